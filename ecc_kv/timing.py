@@ -59,9 +59,8 @@ def time_stats(times_ms: list[float]) -> dict[str, float]:
         raise ValueError("time_stats needs at least one timing")
     xs = sorted(times_ms)
     if len(xs) >= 2:
-        q = statistics.quantiles(xs, n=20, method="inclusive")  # 5% steps
-        q25, q75 = statistics.quantiles(xs, n=4, method="inclusive")[0], statistics.quantiles(xs, n=4, method="inclusive")[2]
-        p10, p90 = q[1], q[17]
+        pct = statistics.quantiles(xs, n=20, method="inclusive")  # 5%, 10%, ..., 95%
+        p10, q25, q75, p90 = pct[1], pct[4], pct[14], pct[17]
     else:
         q25 = q75 = p10 = p90 = xs[0]
     return {
