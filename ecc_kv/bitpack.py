@@ -1,0 +1,244 @@
+"""Real packed storage for quantized K/V at per-token widths, and its byte accounting.
+
+Layout (``PackedTensor``), per group of ``G`` values quantized at ``b`` bits (1..8):
+
+- ``data``: one uint8 buffer; group ``m`` owns ``b_m`` *bit planes* of ``PB = ceil(G / 8)``
+  bytes each, at byte offset ``off_m = PB * sum_{i<m} b_i`` (groups in row-major order of
+  ``[..., D // G]``). Bit ``k`` of byte ``j`` of plane ``p`` is bit ``p`` of the code of value
+  ``8 j + k``. A group therefore stores exactly ``b * ceil(G / 8)`` bytes, no padding to a
+  word; the offsets are a prefix sum of the widths and are not stored.
+- ``widths``: uint8 per token per head, stored only when widths vary (adaptive modes);
+  fixed-width modes keep the width in the header (``fixed_bits``).
+- ``scale`` fp16 per group; ``zero`` fp16 per group (``None`` for the symmetric grid).
+- ``out_val`` fp16 and ``out_pos`` (uint8 when G <= 256, else int16) per outlier.
+
+``nbytes()`` counts exactly these tensors: the *real* storage. The *ideal* size is
+``numel * mean_width / 8`` bytes (what ``16 / average bits`` assumes). ``backend="triton"``
+runs ``kernels.bitpack``; the bytes are the same bit for bit.
+
+Bit errors hit ``data`` only (the codes); metadata are assumed protected or in a safer
+memory, and are counted in the storage either way (see docs/qaq.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ecc_kv.quant import check_backend, resolve_group_size
+from ecc_kv.uniform_quant import (
+    QuantizedGroups,
+    check_scheme,
+    dequantize_groups_torch,
+    group_bits,
+    outliers_per_tail,
+    quantize,
+)
+
+
+@dataclass
+class PackedTensor:
+    """A quantized tensor as the bytes a cache would hold (see the module docstring)."""
+
+    data: torch.Tensor  # uint8 [sum_m b_m * PB]
+    widths: torch.Tensor | None  # uint8 [prod(shape[:-1])] or None (fixed width)
+    fixed_bits: int  # the width when ``widths`` is None, else 0
+    scale: torch.Tensor  # fp16 [M]
+    zero: torch.Tensor | None  # fp16 [M] or None (symmetric)
+    out_val: torch.Tensor  # fp16 [M, 2k]
+    out_pos: torch.Tensor  # uint8 or int16 [M, 2k]
+    shape: tuple[int, ...]
+    group_size: int
+    scheme: str
+
+    @property
+    def n_groups(self) -> int:
+        return self.scale.shape[0]
+
+    @property
+    def plane_bytes(self) -> int:
+        return (self.group_size + 7) // 8
+
+    def group_widths(self) -> torch.Tensor:
+        """uint8 [M]: the width of every group."""
+        lead = self.shape[:-1]
+        per_row = self.shape[-1] // self.group_size
+        bits = self.widths.reshape(lead) if self.widths is not None else self.fixed_bits
+        return group_bits(bits, tuple(lead), per_row, self.scale.device)
+
+    def offsets(self) -> torch.Tensor:
+        """int64 [M]: byte offset of each group's first plane (prefix sum of widths)."""
+        return group_offsets(self.group_widths(), self.plane_bytes)
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes stored, by part, and their ``total``."""
+        parts = {
+            "codes": self.data.numel(),
+            "widths": self.widths.numel() if self.widths is not None else 0,
+            "scales": 2 * self.scale.numel(),
+            "zeros": 2 * self.zero.numel() if self.zero is not None else 0,
+            "outliers": self.out_val.numel() * 2 + self.out_pos.numel() * self.out_pos.element_size(),
+        }
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def group_offsets(bits: torch.Tensor, plane_bytes: int) -> torch.Tensor:
+    """int64 [M] exclusive prefix sum of ``bits * plane_bytes``."""
+    b = bits.to(torch.int64)
+    return (torch.cumsum(b, 0) - b) * plane_bytes
+
+
+def byte_report(p: PackedTensor, ideal_bits: float | None = None) -> dict[str, float]:
+    """Real and ideal storage of one packed tensor versus fp16 (bytes, bits per value, ratios)."""
+    n = p.numel()
+    parts = p.nbytes()
+    bits = ideal_bits if ideal_bits is not None else float(p.group_widths().to(torch.float64).mean())
+    return {
+        "avg_bits": bits,
+        "bytes_real": float(parts["total"]),
+        "bytes_ideal": n * bits / 8.0,
+        "bytes_fp16": 2.0 * n,
+        "bits_per_value_real": 8.0 * parts["total"] / n,
+        "ratio_ideal": 16.0 / bits,
+        "ratio_real": 2.0 * n / parts["total"],
+        **{f"bytes_{k}": float(v) for k, v in parts.items() if k != "total"},
+    }
+
+
+# ----------------------------------------------------------------------------- torch twin
+
+
+def _planes_torch(codes: torch.Tensor, pb: int) -> torch.Tensor:
+    """codes uint8 [M, G] -> planes uint8 [M, 8, PB]."""
+    m, g = codes.shape
+    c = torch.zeros(m, pb * 8, dtype=torch.int32, device=codes.device)
+    c[:, :g] = codes.to(torch.int32)
+    c = c.reshape(m, pb, 8)
+    weights = (1 << torch.arange(8, device=codes.device, dtype=torch.int32))
+    planes = [(((c >> p) & 1) * weights).sum(-1) for p in range(8)]  # each [M, PB]
+    return torch.stack(planes, 1).to(torch.uint8)
+
+
+def pack_codes_torch(codes: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Pack codes uint8 [M, G] at widths uint8 [M] into the planar byte stream (uint8 [sum b * PB])."""
+    pb = (codes.shape[1] + 7) // 8
+    planes = _planes_torch(codes, pb)  # [M, 8, PB]
+    keep = torch.arange(8, device=codes.device)[None, :] < bits.to(torch.int64)[:, None]  # [M, 8]
+    return planes[keep].reshape(-1)
+
+
+def unpack_codes_torch(data: torch.Tensor, bits: torch.Tensor, g: int) -> torch.Tensor:
+    """Inverse of ``pack_codes_torch``: codes uint8 [M, G]."""
+    m = bits.shape[0]
+    pb = (g + 7) // 8
+    keep = torch.arange(8, device=data.device)[None, :] < bits.to(torch.int64)[:, None]  # [M, 8]
+    planes = torch.zeros(m, 8, pb, dtype=torch.int32, device=data.device)
+    planes[keep] = data.reshape(-1, pb).to(torch.int32)
+    shifts = torch.arange(8, device=data.device, dtype=torch.int32)
+    bitsk = (planes[..., None] >> shifts) & 1  # [M, 8 planes, PB, 8 positions]
+    codes = (bitsk << shifts[None, :, None, None]).sum(1).reshape(m, pb * 8)  # [M, PB*8]
+    return codes[:, :g].to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _pos_dtype(g: int) -> torch.dtype:
+    return torch.uint8 if g <= 256 else torch.int16
+
+
+def pack(q: QuantizedGroups, adaptive: bool | None = None, backend: str = "torch") -> PackedTensor:
+    """Pack quantized groups into real bytes. ``adaptive=None``: store widths iff they vary."""
+    check_backend(backend)
+    per_row = q.shape[-1] // q.group_size
+    if backend == "triton":
+        from kernels.bitpack import pack_codes_triton
+
+        data = pack_codes_triton(q.codes, q.bits)
+    else:
+        data = pack_codes_torch(q.codes, q.bits)
+    tok_bits = q.bits.reshape(-1, per_row)[:, 0].contiguous()
+    if adaptive is None:
+        adaptive = bool(tok_bits.numel()) and bool((tok_bits != tok_bits[0]).any())
+    widths = tok_bits if adaptive else None
+    fixed = 0 if adaptive else (int(tok_bits[0]) if tok_bits.numel() else 1)
+    zero = None if q.scheme == "symmetric" else q.zero
+    return PackedTensor(data, widths, fixed, q.scale, zero, q.out_val, q.out_pos.to(_pos_dtype(q.group_size)),
+                        q.shape, q.group_size, q.scheme)
+
+
+def _zero_or_zeros(p: PackedTensor) -> torch.Tensor:
+    return p.zero if p.zero is not None else torch.zeros_like(p.scale)
+
+
+def unpack(p: PackedTensor, backend: str = "torch") -> QuantizedGroups:
+    """The codes and metadata stored in ``p``."""
+    check_backend(backend)
+    bits = p.group_widths()
+    if backend == "triton":
+        from kernels.bitpack import unpack_codes_triton
+
+        codes = unpack_codes_triton(p.data, bits, p.group_size)
+    else:
+        codes = unpack_codes_torch(p.data, bits, p.group_size)
+    return QuantizedGroups(codes, bits, p.scale, _zero_or_zeros(p), p.out_val, p.out_pos.to(torch.int16),
+                           p.shape, p.group_size, p.scheme)
+
+
+def quantize_pack(
+    x: torch.Tensor,
+    bits: int | torch.Tensor,
+    group_size: int | None = None,
+    scheme: str = "minmax",
+    outliers: float = 0.0,
+    adaptive: bool | None = None,
+    backend: str = "torch",
+) -> PackedTensor:
+    """Quantize ``x [..., D]`` at ``bits`` and pack it; fused into one kernel on Triton."""
+    check_backend(backend)
+    check_scheme(scheme)
+    if backend != "triton" or scheme == "mean":
+        return pack(quantize(x, bits, group_size, scheme, outliers, backend="torch"), adaptive, backend)
+    from kernels.bitpack import quantize_pack_triton
+
+    g = resolve_group_size(x.shape[-1], group_size)
+    k = outliers_per_tail(outliers, g)
+    lead = tuple(x.shape[:-1])
+    gb = group_bits(bits, lead, x.shape[-1] // g, x.device)
+    if scheme == "symmetric" and gb.numel() and int(gb.min()) < 2:
+        raise ValueError("scheme='symmetric' needs bits >= 2 (1 bit has no symmetric grid)")
+    data, scale, zero, out_val, out_pos = quantize_pack_triton(x.reshape(-1, g), gb, scheme == "symmetric", k)
+    q = QuantizedGroups(torch.empty(0, g, dtype=torch.uint8), gb, scale, zero, out_val, out_pos, tuple(x.shape), g, scheme)
+    per_row = x.shape[-1] // g
+    tok_bits = gb.reshape(-1, per_row)[:, 0].contiguous()
+    if adaptive is None:
+        adaptive = isinstance(bits, torch.Tensor) and bool(tok_bits.numel()) and bool((tok_bits != tok_bits[0]).any())
+    return PackedTensor(data, tok_bits if adaptive else None, 0 if adaptive else int(tok_bits[0]) if tok_bits.numel() else 1,
+                        scale, None if scheme == "symmetric" else zero, out_val, out_pos.to(_pos_dtype(g)),
+                        q.shape, g, scheme)
+
+
+def unpack_dequantize(p: PackedTensor, dtype: torch.dtype = torch.float16, backend: str = "torch") -> torch.Tensor:
+    """The tensor ``p`` stands for, in ``dtype``; fused into one kernel on Triton."""
+    check_backend(backend)
+    if backend == "triton":
+        from kernels.bitpack import unpack_dequantize_triton
+
+        x = unpack_dequantize_triton(p.data, p.group_widths(), p.scale, _zero_or_zeros(p), p.out_val,
+                                     p.out_pos, p.group_size, p.scheme != "minmax", dtype)
+        return x.reshape(p.shape)
+    return dequantize_groups_torch(unpack(p, "torch"), dtype).reshape(p.shape)
+
+
+def replace_data(p: PackedTensor, data: torch.Tensor) -> PackedTensor:
+    """A copy of ``p`` with other code bytes (e.g. after fault injection)."""
+    if data.shape != p.data.shape or data.dtype != torch.uint8:
+        raise ValueError(f"data must be uint8 {tuple(p.data.shape)}, got {data.dtype} {tuple(data.shape)}")
+    return PackedTensor(data, p.widths, p.fixed_bits, p.scale, p.zero, p.out_val, p.out_pos, p.shape,
+                        p.group_size, p.scheme)

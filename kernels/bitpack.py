@@ -1,0 +1,230 @@
+"""Triton kernels: quantize+pack and unpack+dequantize at per-group widths (bit-planar layout).
+
+The torch twin and the layout are in ``ecc_kv.bitpack`` / ``ecc_kv.uniform_quant``; these
+kernels reproduce them bit for bit. One program handles ``BLOCK_M`` groups of ``G`` values;
+group ``m`` writes ``bits[m]`` planes of ``PB = ceil(G / 8)`` bytes at ``off[m]`` (a prefix
+sum of the widths computed before the launch).
+
+Bit-exactness: the same fp32 operations as the twin (correctly rounded division,
+``floor(v + 0.5)``, scales rounded up to fp16, first-index argmax/argmin for outliers);
+dequantization ``(code - c0) * scale + zero`` has an exact product, so a fused multiply-add
+rounds the same as the twin's separate multiply and add.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_FP16_MAX = 65504.0
+
+
+@triton.jit
+def _round_up_fp16(s32):
+    s32 = tl.minimum(s32, _FP16_MAX)
+    s16 = s32.to(tl.float16)
+    down = s16.to(tl.float32) < s32
+    bumped = (s16.to(tl.int16, bitcast=True) + 1).to(tl.float16, bitcast=True)
+    return tl.where(down, bumped, s16)
+
+
+@triton.jit
+def _pack_kernel(
+    x_ptr, codes_ptr, bits_ptr, off_ptr, data_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr,
+    M, G, PB,
+    FROM_X: tl.constexpr, SYMMETRIC: tl.constexpr, K_TAIL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    cols = tl.arange(0, BLOCK_G)  # [BG]
+    rmask = rows < M
+    valid = rmask[:, None] & (cols[None, :] < G)  # [BM, BG]
+    rows64 = rows.to(tl.int64)
+    b = tl.load(bits_ptr + rows, mask=rmask, other=0).to(tl.int32)  # [BM]
+    if FROM_X:
+        x = tl.load(x_ptr + rows64[:, None] * G + cols[None, :], mask=valid, other=0.0).to(tl.float32)  # [BM, BG]
+        taken = cols[None, :] < 0  # all False, [1, BG] broadcast below
+        taken = taken | (~valid)
+        for i in tl.static_range(K_TAIL):
+            idx = tl.argmax(tl.where(taken, float("-inf"), x), axis=1)  # [BM]
+            hit = cols[None, :] == idx[:, None]
+            taken = taken | hit
+            tl.store(opos_ptr + rows64 * (2 * K_TAIL) + i, idx.to(tl.int16), mask=rmask)
+            tl.store(oval_ptr + rows64 * (2 * K_TAIL) + i, tl.sum(tl.where(hit, x, 0.0), axis=1).to(tl.float16), mask=rmask)
+        for i in tl.static_range(K_TAIL):
+            idx = tl.argmin(tl.where(taken, float("inf"), x), axis=1)
+            hit = cols[None, :] == idx[:, None]
+            taken = taken | hit
+            tl.store(opos_ptr + rows64 * (2 * K_TAIL) + K_TAIL + i, idx.to(tl.int16), mask=rmask)
+            tl.store(oval_ptr + rows64 * (2 * K_TAIL) + K_TAIL + i,
+                     tl.sum(tl.where(hit, x, 0.0), axis=1).to(tl.float16), mask=rmask)
+        mx = tl.max(tl.where(taken, float("-inf"), x), axis=1)  # [BM]
+        mn = tl.min(tl.where(taken, float("inf"), x), axis=1)
+        levels = (1 << b).to(tl.float32)
+        if SYMMETRIC:
+            amax = tl.maximum(tl.abs(mx), tl.abs(mn))
+            scale = _round_up_fp16(tl.math.div_rn(amax, levels * 0.5 - 1.0))
+            zero = tl.zeros_like(scale)
+            c0 = levels * 0.5
+        else:
+            scale = _round_up_fp16(tl.math.div_rn(mx - mn, levels - 1.0))
+            zero = mn.to(tl.float16)
+            c0 = tl.zeros_like(levels)
+        tl.store(scale_ptr + rows, scale, mask=rmask)
+        tl.store(zero_ptr + rows, zero, mask=rmask)
+        s = scale.to(tl.float32)
+        safe = tl.where(s > 0, s, 1.0)
+        v = tl.floor(tl.math.div_rn(x - zero.to(tl.float32)[:, None], safe[:, None]) + 0.5) + c0[:, None]
+        v = tl.minimum(tl.maximum(v, 0.0), (levels - 1.0)[:, None])
+        v = tl.where(s[:, None] > 0, v, c0[:, None])
+        codes = tl.where(valid, v.to(tl.int32), 0)
+    else:
+        codes = tl.load(codes_ptr + rows64[:, None] * G + cols[None, :], mask=valid, other=0).to(tl.int32)
+    # pack: plane p, byte j, bit k = bit p of code 8j+k
+    kk = cols % 8
+    j = tl.arange(0, BLOCK_G // 8)  # [BG8]
+    off = tl.load(off_ptr + rows, mask=rmask, other=0)  # [BM] int64
+    for p in tl.static_range(8):
+        plane = ((codes >> p) & 1) << kk[None, :]  # [BM, BG]
+        byte = tl.sum(tl.reshape(plane, (BLOCK_M, BLOCK_G // 8, 8)), axis=2)  # [BM, BG8]
+        smask = rmask[:, None] & (p < b)[:, None] & (j[None, :] < PB)
+        tl.store(data_ptr + off[:, None] + p * PB + j[None, :], byte.to(tl.uint8), mask=smask)
+
+
+@triton.jit
+def _unpack_kernel(
+    data_ptr, bits_ptr, off_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, out_ptr,
+    M, G, PB,
+    TO_X: tl.constexpr, CENTERED: tl.constexpr, N_OUT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_G)
+    rmask = rows < M
+    valid = rmask[:, None] & (cols[None, :] < G)
+    rows64 = rows.to(tl.int64)
+    b = tl.load(bits_ptr + rows, mask=rmask, other=0).to(tl.int32)
+    off = tl.load(off_ptr + rows, mask=rmask, other=0)
+    j = tl.arange(0, BLOCK_G // 8)
+    kk = tl.arange(0, 8)
+    codes = tl.zeros((BLOCK_M, BLOCK_G), dtype=tl.int32)
+    for p in tl.static_range(8):
+        lmask = rmask[:, None] & (p < b)[:, None] & (j[None, :] < PB)
+        byte = tl.load(data_ptr + off[:, None] + p * PB + j[None, :], mask=lmask, other=0).to(tl.int32)  # [BM, BG8]
+        bit = (byte[:, :, None] >> kk[None, None, :]) & 1  # [BM, BG8, 8]
+        codes = codes | (tl.reshape(bit, (BLOCK_M, BLOCK_G)) << p)
+    if TO_X:
+        s = tl.load(scale_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        z = tl.load(zero_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        if CENTERED:
+            c0 = (1 << b) // 2
+        else:
+            c0 = b * 0
+        x = (codes - c0[:, None]).to(tl.float32) * s[:, None] + z[:, None]
+        for i in tl.static_range(N_OUT):
+            pos = tl.load(opos_ptr + rows64 * N_OUT + i, mask=rmask, other=-1).to(tl.int32)
+            val = tl.load(oval_ptr + rows64 * N_OUT + i, mask=rmask, other=0.0).to(tl.float32)
+            x = tl.where(cols[None, :] == pos[:, None], val[:, None], x)
+        tl.store(out_ptr + rows64[:, None] * G + cols[None, :], x.to(out_ptr.dtype.element_ty), mask=valid)
+    else:
+        tl.store(out_ptr + rows64[:, None] * G + cols[None, :], codes.to(tl.uint8), mask=valid)
+
+
+def _blocks(g: int) -> tuple[int, int]:
+    bg = max(8, triton.next_power_of_2(g))
+    bm = max(1, min(64, 4096 // bg))
+    return bm, bg
+
+
+def _offsets(bits: torch.Tensor, pb: int) -> tuple[torch.Tensor, int]:
+    b = bits.to(torch.int64)
+    cs = torch.cumsum(b, 0)
+    total = int(cs[-1]) * pb if b.numel() else 0
+    return (cs - b) * pb, total
+
+
+def quantize_pack_triton(
+    xg: torch.Tensor, bits: torch.Tensor, symmetric: bool, k_tail: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused quantize+pack of groups xg [M, G] at widths uint8 [M]: (data, scale, zero, out_val, out_pos)."""
+    xg = xg.contiguous()
+    m, g = xg.shape
+    pb = (g + 7) // 8
+    off, total = _offsets(bits, pb)
+    dev = xg.device
+    data = torch.empty(total, dtype=torch.uint8, device=dev)
+    scale = torch.empty(m, dtype=torch.float16, device=dev)
+    zero = torch.empty(m, dtype=torch.float16, device=dev)
+    out_val = torch.empty(m, 2 * k_tail, dtype=torch.float16, device=dev)
+    out_pos = torch.empty(m, 2 * k_tail, dtype=torch.int16, device=dev)
+    if m:
+        bm, bg = _blocks(g)
+        _pack_kernel[(triton.cdiv(m, bm),)](
+            xg, xg, bits.contiguous(), off, data, scale, zero, out_val, out_pos, m, g, pb,
+            FROM_X=True, SYMMETRIC=symmetric, K_TAIL=k_tail, BLOCK_M=bm, BLOCK_G=bg, num_warps=4,
+        )
+    return data, scale, zero, out_val, out_pos
+
+
+def quantize_groups_triton(
+    xg: torch.Tensor, bits: torch.Tensor, symmetric: bool, k_tail: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize groups (codes unpacked): fused quantize+pack, then unpack of the codes."""
+    data, scale, zero, out_val, out_pos = quantize_pack_triton(xg, bits, symmetric, k_tail)
+    codes = unpack_codes_triton(data, bits, xg.shape[1])
+    return codes, scale, zero, out_val, out_pos
+
+
+def pack_codes_triton(codes: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Pack codes uint8 [M, G] at widths uint8 [M] into the planar byte stream."""
+    codes = codes.contiguous()
+    m, g = codes.shape
+    pb = (g + 7) // 8
+    off, total = _offsets(bits, pb)
+    data = torch.empty(total, dtype=torch.uint8, device=codes.device)
+    if m:
+        bm, bg = _blocks(g)
+        dummy = torch.empty(1, dtype=torch.float16, device=codes.device)
+        _pack_kernel[(triton.cdiv(m, bm),)](
+            dummy, codes, bits.contiguous(), off, data, dummy, dummy, dummy, dummy, m, g, pb,
+            FROM_X=False, SYMMETRIC=False, K_TAIL=0, BLOCK_M=bm, BLOCK_G=bg, num_warps=4,
+        )
+    return data
+
+
+def _unpack(data: torch.Tensor, bits: torch.Tensor, g: int, out: torch.Tensor, scale: torch.Tensor | None,
+            zero: torch.Tensor | None, out_val: torch.Tensor | None, out_pos: torch.Tensor | None,
+            centered: bool) -> torch.Tensor:
+    m = bits.shape[0]
+    pb = (g + 7) // 8
+    off, _ = _offsets(bits, pb)
+    if m:
+        bm, bg = _blocks(g)
+        to_x = scale is not None
+        dummy = torch.empty(1, dtype=torch.float16, device=data.device)
+        n_out = out_val.shape[1] if to_x and out_val is not None else 0
+        _unpack_kernel[(triton.cdiv(m, bm),)](
+            data, bits.contiguous(), off,
+            scale if to_x else dummy, zero if to_x else dummy,
+            out_val.contiguous() if n_out else dummy, out_pos.contiguous() if n_out else dummy, out,
+            m, g, pb, TO_X=to_x, CENTERED=centered, N_OUT=n_out, BLOCK_M=bm, BLOCK_G=bg, num_warps=4,
+        )
+    return out
+
+
+def unpack_codes_triton(data: torch.Tensor, bits: torch.Tensor, g: int) -> torch.Tensor:
+    """Inverse of ``pack_codes_triton``: codes uint8 [M, G]."""
+    out = torch.empty(bits.shape[0], g, dtype=torch.uint8, device=data.device)
+    return _unpack(data, bits, g, out, None, None, None, None, False)
+
+
+def unpack_dequantize_triton(
+    data: torch.Tensor, bits: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, out_val: torch.Tensor,
+    out_pos: torch.Tensor, g: int, centered: bool, dtype: torch.dtype,
+) -> torch.Tensor:
+    """Fused unpack+dequantize (+ outliers written back): x_hat [M, G] in ``dtype``."""
+    out = torch.empty(bits.shape[0], g, dtype=dtype, device=data.device)
+    return _unpack(data, bits, g, out, scale, zero, out_val, out_pos, centered)
