@@ -1,0 +1,259 @@
+"""Shared pieces of the shape benchmarks (``gemm_shapes``, ``sdpa_shapes``, ``pad_shapes``).
+
+Parameter checking that names the key and the allowed values, dtype/device resolution,
+the timing loop (``ecc_kv.timing`` with an auto-calibrated inner loop so microsecond
+kernels are not dominated by launch gaps between CUDA events), and the plot helper that
+draws a metric against a dimension with aligned and irregular points marked apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ecc_kv.timing import time_fn
+
+DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+# Timing keys every shape task accepts; ``inner=0`` means "calibrate": enough calls per
+# timed repeat that one repeat lasts about ``TARGET_REPEAT_MS``.
+# ``threads`` (CPU only, 0 = torch's default) pins the intra-op thread count: on a shared
+# laptop/CI box OpenMP threads that wait for each other turn a 40 us matmul into 30 ms.
+TIMING_DEFAULTS: dict[str, Any] = {"warmup": 10, "repeats": 50, "inner": 0, "device": "auto", "seed": 0, "threads": 0}
+TARGET_REPEAT_MS = 1.0
+MAX_INNER = 1000
+
+
+# --------------------------------------------------------------------------- params
+
+
+def check_unknown(params: Mapping[str, Any], allowed: Iterable[str], kind: str) -> None:
+    """Reject keys the task does not know (a typo would otherwise be silently ignored)."""
+    allowed = set(allowed)
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {unknown} for task {kind}; possible parameters are: {sorted(allowed)}"
+        )
+
+
+def choice(params: Mapping[str, Any], key: str, choices: Iterable[str], default: str) -> str:
+    """``params[key]`` (or ``default``), which must be one of ``choices``."""
+    choices = tuple(choices)
+    value = params.get(key, default)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{key}={value!r} is not valid; allowed values: {list(choices)}")
+    return value
+
+
+def pos_int(params: Mapping[str, Any], key: str, default: int | None, minimum: int = 1) -> int:
+    """``params[key]`` as an int >= ``minimum`` (bools and floats like 1.5 are refused)."""
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{key}={value!r} must be an integer >= {minimum}")
+    if value < minimum:
+        raise ValueError(f"{key}={value!r} must be an integer >= {minimum}")
+    return value
+
+
+def opt_pos_int(params: Mapping[str, Any], key: str) -> int | None:
+    """Like :func:`pos_int` but ``None`` (absent or null) is allowed and kept."""
+    if params.get(key) is None:
+        return None
+    return pos_int(params, key, None)
+
+
+def flag(params: Mapping[str, Any], key: str, default: bool) -> bool:
+    """A boolean parameter; YAML ``true``/``false`` only (no truthy strings)."""
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{key}={value!r} must be true or false")
+    return value
+
+
+def timing_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The validated timing/device keys shared by all shape tasks."""
+    return {
+        "warmup": pos_int(params, "warmup", TIMING_DEFAULTS["warmup"], minimum=0),
+        "repeats": pos_int(params, "repeats", TIMING_DEFAULTS["repeats"]),
+        "inner": pos_int(params, "inner", TIMING_DEFAULTS["inner"], minimum=0),
+        "device": choice(params, "device", DEVICES, TIMING_DEFAULTS["device"]),
+        "seed": pos_int(params, "seed", TIMING_DEFAULTS["seed"], minimum=0),
+        "threads": pos_int(params, "threads", TIMING_DEFAULTS["threads"], minimum=0),
+    }
+
+
+def resolve_device(requested: str, ctx_device: str) -> str:
+    """``auto`` follows the run context; ``cuda`` without a GPU is a run-time error."""
+    device = ctx_device if requested == "auto" else requested
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was requested but no CUDA GPU is visible to this process")
+    return device
+
+
+def ceil_to(n: int, align: int) -> int:
+    """Smallest multiple of ``align`` that is >= ``n``."""
+    return -(-n // align) * align
+
+
+def ref_dims(dim: int, align: int, align_coarse: int) -> tuple[int, int | None]:
+    """The aligned reference sizes measured next to ``dim``: fine and (optionally) coarse."""
+    fine = ceil_to(dim, align)
+    coarse = ceil_to(dim, align_coarse) if align_coarse > 0 else None
+    return fine, coarse
+
+
+@contextmanager
+def cpu_threads(device: str, threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op CPU threads (0 or a GPU device: unchanged)."""
+    if device != "cpu" or threads == 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def env_info(device: str) -> dict[str, Any]:
+    """What the numbers were measured on (the run record has more; this keeps raw self-contained)."""
+    info: dict[str, Any] = {"device": device, "torch": torch.__version__}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+        info["capability"] = list(torch.cuda.get_device_capability())
+    else:
+        info["threads"] = torch.get_num_threads()
+    return info
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(fn: Callable[[], object], device: str, warmup: int, repeats: int, inner: int) -> dict[str, Any]:
+    """Per-call milliseconds of ``fn`` for every repeat, after warm-up.
+
+    Each timed repeat runs ``fn`` ``inner`` times back to back and is divided by
+    ``inner``; with ``inner == 0`` it is calibrated so a repeat lasts about
+    ``TARGET_REPEAT_MS`` (on a GPU that keeps the queue full, so a 10 us kernel is not
+    timed together with the launch gap between its CUDA events).
+    """
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    if inner == 0:
+        probe = time_fn(fn, device=device, warmup=0, repeats=3)
+        one = max(sorted(probe)[1], 1e-6)
+        inner = max(1, min(MAX_INNER, math.ceil(TARGET_REPEAT_MS / one)))
+
+    def loop() -> None:
+        for _ in range(inner):
+            fn()
+
+    times = time_fn(loop, device=device, warmup=0, repeats=repeats)
+    return {"inner": inner, "times_ms": [t / inner for t in times]}
+
+
+def finite_or_none(x: float | None) -> float | None:
+    """JSON-safe number: NaN/inf become ``None`` (null)."""
+    if x is None or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return finite_or_none(a / b)
+
+
+def tflops(flops: float, median_ms: float | None) -> float | None:
+    if median_ms is None or median_ms <= 0:
+        return None
+    return flops / (median_ms * 1e-3) / 1e12
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def varying(df: Any, candidates: Iterable[str]) -> list[str]:
+    """The candidate columns that take more than one value in ``df`` (they label series)."""
+    return [c for c in candidates if c in df.columns and df[c].astype(str).nunique() > 1]
+
+
+def plot_vs_dim(
+    df: Any,
+    *,
+    x: str,
+    ys: list[tuple[str, str]],
+    series: list[str],
+    facet: str | None,
+    aligned_col: str,
+    path: Path,
+    title: str,
+) -> Path | None:
+    """One row of panels per metric in ``ys`` ((column, axis label)), one column per ``facet``
+    value; one line per ``series`` combination; aligned points drawn as filled circles,
+    irregular ones as red crosses. Rows with a missing metric (refused shapes) are skipped.
+    Returns the PNG path, or ``None`` when nothing could be drawn.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ys = [(col, label) for col, label in ys if col in df.columns and df[col].notna().any()]
+    if df.empty or x not in df.columns or not ys:
+        return None
+    facets = sorted(df[facet].astype(str).unique()) if facet and facet in df.columns else [None]
+    fig, axes = plt.subplots(
+        len(ys), len(facets), figsize=(5.5 * len(facets), 3.6 * len(ys)), squeeze=False, sharex="col"
+    )
+    for j, fval in enumerate(facets):
+        sub = df if fval is None else df[df[facet].astype(str) == fval]
+        for i, (col, label) in enumerate(ys):
+            ax = axes[i][j]
+            groups = sub.groupby(series, dropna=False, sort=True) if series else [((), sub)]
+            for key, g in groups:
+                g = g[g[col].notna()].sort_values(x)
+                if g.empty:
+                    continue
+                key = key if isinstance(key, tuple) else (key,)
+                name = ", ".join(f"{k}={v}" for k, v in zip(series, key, strict=True)) or col
+                (line,) = ax.plot(g[x], g[col], "-", alpha=0.7, label=name)
+                al = g[g[aligned_col].astype(bool)] if aligned_col in g.columns else g
+                ir = g[~g[aligned_col].astype(bool)] if aligned_col in g.columns else g.iloc[0:0]
+                ax.plot(al[x], al[col], "o", color=line.get_color())
+                ax.plot(ir[x], ir[col], "x", color="red", markersize=9, markeredgewidth=2)
+            ax.set_ylabel(label)
+            ax.grid(True, alpha=0.3)
+            if i == 0:
+                ax.set_title(f"{facet}={fval}" if fval is not None else title, fontsize=10)
+            if i == len(ys) - 1:
+                ax.set_xlabel(x)
+            if i == 0 and j == 0:
+                ax.plot([], [], "o", color="gray", label="aligned")
+                ax.plot([], [], "x", color="red", label="irregular")
+                ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
