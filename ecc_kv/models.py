@@ -109,13 +109,28 @@ def _tiny_config(name: str) -> Any:
 
     if name == "tiny-llama":  # grouped-query attention: 4 query heads share 2 KV heads
         return LlamaConfig(
-            vocab_size=BYTE_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
-            bos_token_id=None, eos_token_id=BYTE_VOCAB - 1, pad_token_id=BYTE_VOCAB - 1, tie_word_embeddings=True,
+            vocab_size=BYTE_VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=1024,
+            bos_token_id=None,
+            eos_token_id=BYTE_VOCAB - 1,
+            pad_token_id=BYTE_VOCAB - 1,
+            tie_word_embeddings=True,
         )
     return GPT2Config(
-        vocab_size=BYTE_VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=1024,
-        bos_token_id=BYTE_VOCAB - 1, eos_token_id=BYTE_VOCAB - 1, pad_token_id=BYTE_VOCAB - 1,
+        vocab_size=BYTE_VOCAB,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=1024,
+        bos_token_id=BYTE_VOCAB - 1,
+        eos_token_id=BYTE_VOCAB - 1,
+        pad_token_id=BYTE_VOCAB - 1,
     )
 
 
