@@ -1,0 +1,359 @@
+"""Fused decode attention over the paged, ECC-protected INT4 KV cache (flash-decoding style).
+
+One query token per sequence. Each program owns one (sequence, KV head, split) and all
+``G`` query heads of that KV head (GQA; ``G = 1`` is MHA). Per tile of ``BLOCK_N`` tokens
+it gathers the rows through the block table, loads the packed codeword bytes, rebuilds
+and decodes the codewords in int32 registers (``kernels.codecs``), optionally replaces
+detected values by the mean of their neighbouring tokens, dequantizes and runs an
+online-softmax attention step; nothing decoded is written to memory. With more than one
+split, partial (max, sum, accumulator) triples go to a small fp32 buffer and a reduce
+kernel merges them. Row layouts: ``ecc_kv.cache_layout``. Torch twin:
+``ecc_kv.cache_reference.reference_attention``.
+
+The value tile of one row is held in ``R`` parts so packed layouts never need an
+in-register interleave: raw INT4 keeps low/high nibbles apart (``R = 2``, value
+``2c + i``), Golay keeps the three values of a codeword apart (``R = 3``, value
+``3c + i``); the query and the output use the same split, so ``q . k`` is a sum of ``R``
+dot products.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+try:
+    from kernels import codecs as kc
+except ImportError:  # TEMP until kernels.codecs lands
+    kc = None
+from kernels.cache_write import CODEC_IDS
+from kernels.quant import int4_dequantize
+
+
+@triton.jit
+def _decode_tile(data_ptr, scale_ptr, row, srow, tmask, dtype: tl.constexpr,
+                 CODEC: tl.constexpr, D: tl.constexpr, NU: tl.constexpr, DR: tl.constexpr,
+                 GS: tl.constexpr, NG: tl.constexpr):  # fmt: skip
+    """Dequantized parts x0, x1, x2 [BLOCK_N, DR] of the rows at byte offsets ``row``; statuses.
+
+    Returns (x0, x1, x2, status0 [BLOCK_N, DR] int32, corrected, detected) where statuses are
+    per codeword (0 clean, 1 corrected, 2 detected) and the counts are over valid codewords.
+    """
+    c = tl.arange(0, DR)[None, :]
+    r2 = row[:, None]
+    m = tmask[:, None] & (c < NU)
+    st0 = tl.zeros(m.shape, dtype=tl.int32)
+    if CODEC == 0:  # raw INT4, two codes per byte
+        byte = tl.load(data_ptr + r2 + c, mask=m, other=0x88).to(tl.int32)
+        v0 = byte & 15
+        v1 = byte >> 4
+        v2 = v0
+        st = st0
+        vpu = 2
+    elif CODEC == 1:  # hamming84, one byte per value
+        cw = tl.load(data_ptr + r2 + c, mask=m, other=0).to(tl.int32)
+        v0, st = kc.hamming84_decode(cw)
+        v1 = v0
+        v2 = v0
+        vpu = 1
+    elif CODEC == 2:  # hamming74, 8 codewords in 7 bytes
+        j = c % 8
+        base = data_ptr + r2 + 7 * (c // 8)
+        main = tl.load(base + tl.minimum(j, 6), mask=m, other=0).to(tl.int32) & 0x7F
+        tail = tl.zeros(m.shape, dtype=tl.int32)
+        for bb in tl.static_range(7):
+            bit = (tl.load(base + bb, mask=m & (j == 7), other=0).to(tl.int32) >> 7) & 1
+            tail = tail | (bit << bb)
+        v0, st = kc.hamming74_decode(tl.where(j == 7, tail, main))
+        v1 = v0
+        v2 = v0
+        vpu = 1
+    else:  # golay2412, three byte planes of NU bytes
+        p0 = tl.load(data_ptr + r2 + c, mask=m, other=0).to(tl.int32)
+        p1 = tl.load(data_ptr + r2 + NU + c, mask=m, other=0).to(tl.int32)
+        p2 = tl.load(data_ptr + r2 + 2 * NU + c, mask=m, other=0).to(tl.int32)
+        msg, st = kc.golay_decode(p0 | (p1 << 8) | (p2 << 16))
+        v0 = msg & 15
+        v1 = (msg >> 4) & 15
+        v2 = (msg >> 8) & 15
+        vpu = 3
+    st = tl.where(m, st, 0)
+    n_corr = tl.sum(tl.sum((st == 1).to(tl.int32), axis=1), axis=0)
+    n_det = tl.sum(tl.sum((st == 2).to(tl.int32), axis=1), axis=0)
+    if NG == 1:
+        s = tl.load(scale_ptr + srow, mask=tmask, other=0.0).to(tl.float32)[:, None]
+        s0 = s
+        s1 = s
+        s2 = s
+    else:
+        s2d = scale_ptr + srow[:, None]
+        s0 = tl.load(s2d + tl.minimum(vpu * c, D - 1) // GS, mask=m, other=0.0).to(tl.float32)
+        s1 = tl.load(s2d + tl.minimum(vpu * c + 1, D - 1) // GS, mask=m, other=0.0).to(tl.float32)
+        s2 = tl.load(s2d + tl.minimum(vpu * c + 2, D - 1) // GS, mask=m, other=0.0).to(tl.float32)
+    x0 = tl.where(m, int4_dequantize(v0, s0), 0.0).to(dtype)
+    x1 = tl.where(m & (vpu * c + 1 < D), int4_dequantize(v1, s1), 0.0).to(dtype)
+    x2 = tl.where(m & (vpu * c + 2 < D), int4_dequantize(v2, s2), 0.0).to(dtype)
+    return x0, x1, x2, st, n_corr, n_det
+
+
+@triton.jit
+def _rows(bt_ptr, t, tmask, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS: tl.constexpr):
+    """Byte offsets of the data and scale rows of tokens ``t`` (gathered through the block table)."""
+    phys = tl.load(bt_ptr + t // BS, mask=tmask, other=0).to(tl.int64)
+    off = (t % BS).to(tl.int64)
+    row = phys * stride_db + h * stride_dh + off * stride_dt
+    srow = phys * stride_sb + h * stride_sh + off * stride_st
+    return row, srow
+
+
+@triton.jit
+def _interp_tile(x, st, data_ptr, scale_ptr, bt_ptr, t, tmask, seq_len, h,
+                 stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, dtype: tl.constexpr,
+                 BS: tl.constexpr, CODEC: tl.constexpr, D: tl.constexpr, NU: tl.constexpr, DR: tl.constexpr,
+                 GS: tl.constexpr, NG: tl.constexpr):  # fmt: skip
+    """Replace detected values by the mean of the same channel at the neighbouring tokens.
+
+    Mirrors ``ecc_kv.interp.interpolate_detected``: neighbours that are outside the sequence
+    or detected themselves are left out; a value with no usable neighbour becomes 0.
+    """
+    bad = (st == 2) & tmask[:, None]
+    if tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0) > 0:
+        pm = tmask & (t >= 1)
+        prow, psrow = _rows(bt_ptr, t - 1, pm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+        xp, _a, _b, stp, _c, _d = _decode_tile(data_ptr, scale_ptr, prow, psrow, pm, tl.float32, CODEC, D, NU, DR, GS, NG)
+        nm = tmask & (t + 1 < seq_len)
+        nrow, nsrow = _rows(bt_ptr, t + 1, nm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+        xn, _e, _f, stn, _g, _h = _decode_tile(data_ptr, scale_ptr, nrow, nsrow, nm, tl.float32, CODEC, D, NU, DR, GS, NG)
+        okp = pm[:, None] & (stp != 2)
+        okn = nm[:, None] & (stn != 2)
+        cnt = okp.to(tl.float32) + okn.to(tl.float32)
+        tot = tl.where(okp, xp, 0.0) + tl.where(okn, xn, 0.0)
+        rep = tl.where(cnt > 0, tot / tl.maximum(cnt, 1.0), 0.0)
+        x = tl.where(bad, rep.to(dtype), x)
+    return x
+
+
+@triton.jit
+def _paged_decode_kernel(
+    q_ptr, stride_qb, stride_qh,  # q: [B, HQ, D]
+    kd_ptr, ks_ptr, vd_ptr, vs_ptr,  # data [NB, HKV, BS, W] uint8, scale [NB, HKV, BS, NG] fp16 (K, V alike)
+    stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st,
+    bt_ptr, stride_bt, len_ptr,  # block_tables [B, MAXB] int32, lengths [B] int32
+    out_ptr, stride_ob, stride_oh,  # out: [B, HQ, D] (single split)
+    pacc_ptr, pml_ptr,  # partial acc [B, HQ, S, D] fp32, (m, l) [B, HQ, S, 2] fp32
+    cnt_ptr,  # [2] int64: corrected, detected codewords
+    qk_scale, tok_lo, tok_hi, part_tokens, split_off, S_TOTAL,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
+    CODEC: tl.constexpr, R: tl.constexpr, NU: tl.constexpr, DR: tl.constexpr, GS: tl.constexpr, NG: tl.constexpr,
+    PARTIAL: tl.constexpr, COUNT: tl.constexpr, INTERP: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    s = tl.program_id(2)
+    seq_len = tl.load(len_ptr + b)
+    hi = tl.minimum(seq_len, tok_hi)
+    start = tok_lo + s * part_tokens
+    end = tl.minimum(start + part_tokens, hi)
+    dtype = q_ptr.dtype.element_ty
+    g = tl.arange(0, GP)
+    gm = g < G
+    c = tl.arange(0, DR)
+    qrow = q_ptr + b.to(tl.int64) * stride_qb + (h * G + g)[:, None] * stride_qh
+    d0 = R * c
+    q0 = tl.load(qrow + d0[None, :], mask=gm[:, None] & (c < NU)[None, :] & (d0 < D)[None, :], other=0.0)
+    q1 = q0
+    q2 = q0
+    if R > 1:
+        q1 = tl.load(qrow + (d0 + 1)[None, :], mask=gm[:, None] & (c < NU)[None, :] & (d0 + 1 < D)[None, :], other=0.0)
+    if R > 2:
+        q2 = tl.load(qrow + (d0 + 2)[None, :], mask=gm[:, None] & (c < NU)[None, :] & (d0 + 2 < D)[None, :], other=0.0)
+    m_i = tl.full([GP], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([GP], dtype=tl.float32)
+    acc0 = tl.zeros([GP, DR], dtype=tl.float32)
+    acc1 = tl.zeros([GP, DR], dtype=tl.float32)
+    acc2 = tl.zeros([GP, DR], dtype=tl.float32)
+    n_corr = tl.zeros([], dtype=tl.int32)
+    n_det = tl.zeros([], dtype=tl.int32)
+    bt = bt_ptr + b.to(tl.int64) * stride_bt
+    for t0 in range(start, end, BLOCK_N):
+        t = t0 + tl.arange(0, BLOCK_N)
+        tm = t < end
+        row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+        k0, k1, k2, kst, kc_, kd_ = _decode_tile(kd_ptr, ks_ptr, row, srow, tm, dtype, CODEC, D, NU, DR, GS, NG)
+        if INTERP:
+            k0 = _interp_tile(k0, kst, kd_ptr, ks_ptr, bt, t, tm, seq_len, h, stride_db, stride_dh, stride_dt,
+                              stride_sb, stride_sh, stride_st, dtype, BS, CODEC, D, NU, DR, GS, NG)  # fmt: skip
+        qk = tl.dot(q0, tl.trans(k0))  # [GP, BLOCK_N] fp32
+        if R > 1:
+            qk += tl.dot(q1, tl.trans(k1))
+        if R > 2:
+            qk += tl.dot(q2, tl.trans(k2))
+        qk = tl.where(tm[None, :], qk * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i = m_new
+        v0, v1, v2, vst, vc_, vd_ = _decode_tile(vd_ptr, vs_ptr, row, srow, tm, dtype, CODEC, D, NU, DR, GS, NG)
+        if INTERP:
+            v0 = _interp_tile(v0, vst, vd_ptr, vs_ptr, bt, t, tm, seq_len, h, stride_db, stride_dh, stride_dt,
+                              stride_sb, stride_sh, stride_st, dtype, BS, CODEC, D, NU, DR, GS, NG)  # fmt: skip
+        pc = p.to(dtype)
+        acc0 = acc0 * alpha[:, None] + tl.dot(pc, v0)
+        if R > 1:
+            acc1 = acc1 * alpha[:, None] + tl.dot(pc, v1)
+        if R > 2:
+            acc2 = acc2 * alpha[:, None] + tl.dot(pc, v2)
+        n_corr += kc_ + vc_
+        n_det += kd_ + vd_
+    if COUNT:
+        tl.atomic_add(cnt_ptr, n_corr.to(tl.int64))
+        tl.atomic_add(cnt_ptr + 1, n_det.to(tl.int64))
+    hq = h * G + g
+    if PARTIAL:
+        base = (b.to(tl.int64) * (G * tl.num_programs(1)) + hq) * S_TOTAL + split_off + s  # [GP]
+        ptr = pacc_ptr + base[:, None] * D
+        tl.store(pml_ptr + base * 2, m_i, mask=gm)
+        tl.store(pml_ptr + base * 2 + 1, l_i, mask=gm)
+    else:
+        inv = tl.where(l_i > 0, 1.0 / l_i, 0.0)[:, None]
+        acc0 = acc0 * inv
+        acc1 = acc1 * inv
+        acc2 = acc2 * inv
+        ptr = out_ptr + b.to(tl.int64) * stride_ob + hq[:, None] * stride_oh
+    om = gm[:, None] & (c < NU)[None, :]
+    tl.store(ptr + d0[None, :], acc0.to(ptr.dtype.element_ty), mask=om & (d0 < D)[None, :])
+    if R > 1:
+        tl.store(ptr + (d0 + 1)[None, :], acc1.to(ptr.dtype.element_ty), mask=om & (d0 + 1 < D)[None, :])
+    if R > 2:
+        tl.store(ptr + (d0 + 2)[None, :], acc2.to(ptr.dtype.element_ty), mask=om & (d0 + 2 < D)[None, :])
+
+
+@triton.jit
+def _reduce_kernel(pacc_ptr, pml_ptr, out_ptr, stride_ob, stride_oh, HQ, S_TOTAL,
+                   D: tl.constexpr, DP: tl.constexpr, SP: tl.constexpr):  # fmt: skip
+    """Merge the split partials of one (sequence, query head): out = sum_s w_s acc_s / sum_s w_s l_s."""
+    b = tl.program_id(0)
+    hq = tl.program_id(1)
+    s = tl.arange(0, SP)
+    sm = s < S_TOTAL
+    d = tl.arange(0, DP)
+    base = (b.to(tl.int64) * HQ + hq) * S_TOTAL + s  # [SP]
+    m = tl.load(pml_ptr + base * 2, mask=sm, other=float("-inf"))
+    ls = tl.load(pml_ptr + base * 2 + 1, mask=sm, other=0.0)
+    mmax = tl.max(m, axis=0)
+    w = tl.where(m > float("-inf"), tl.math.exp2(m - mmax), 0.0)
+    den = tl.sum(ls * w, axis=0)
+    acc = tl.load(pacc_ptr + base[:, None] * D + d[None, :], mask=sm[:, None] & (d < D)[None, :], other=0.0)
+    num = tl.sum(acc * w[:, None], axis=0)
+    out = tl.where(den > 0, num / den, 0.0)
+    tl.store(out_ptr + b.to(tl.int64) * stride_ob + hq * stride_oh + d, out.to(out_ptr.dtype.element_ty), mask=d < D)
+
+
+def _geometry(codec: str | None, d: int) -> tuple[int, int, int]:
+    """(codec id, R parts, units per row NU) of a codec at head dim d."""
+    cid = CODEC_IDS[codec]
+    r = {0: 2, 1: 1, 2: 1, 3: 3}[cid]
+    return cid, r, -(-d // r)
+
+
+def default_num_splits(batch: int, kv_heads: int, max_len: int, block_n: int, device: torch.device) -> int:
+    """Splits per (sequence, head) so that about two waves of programs cover every SM."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    want = -(-2 * sms // max(batch * kv_heads, 1))
+    min_part = 4 * block_n  # keep each split long enough to amortise its partial write
+    return max(1, min(want, -(-max_len // min_part)))
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_data: torch.Tensor,
+    k_scale: torch.Tensor,
+    v_data: torch.Tensor,
+    v_scale: torch.Tensor,
+    block_tables: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    sm_scale: float,
+    codec: str | None,
+    max_len: int,
+    interpolate: bool = False,
+    sink: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    sink_codec: str | None = None,
+    sink_tokens: int = 0,
+    counters: torch.Tensor | None = None,
+    num_splits: int | None = None,
+    block_n: int = 64,
+    num_warps: int = 4,
+) -> torch.Tensor:
+    """Attention of ``q [B, HQ, D]`` over the paged cache; returns ``[B, HQ, D]`` in q's dtype.
+
+    k_data/v_data: ``[NB, HKV, BS, W]`` uint8 rows (layout of ``codec``); k_scale/v_scale:
+    ``[NB, HKV, BS, NG]`` fp16; block_tables ``[B, MAXB]`` int32; lengths ``[B]`` int32 (>= 1);
+    ``max_len`` >= max(lengths) (host value, sizes the splits without a sync). ``sink``:
+    (k_data, k_scale, v_data, v_scale) of the sink pool holding tokens ``[0, sink_tokens)``
+    with ``sink_codec`` (adaptive mode). ``counters``: int64 ``[2]``, corrected and detected
+    codewords of this call are added. ``num_splits``: None picks enough to fill the GPU.
+    """
+    if codec not in CODEC_IDS:
+        raise ValueError(f"codec={codec!r} is not one of {list(CODEC_IDS)}")
+    if interpolate and codec not in ("hamming84", "hamming74"):
+        raise ValueError(f"interpolate=True needs a Hamming codec, got codec={codec!r}")
+    if q.dim() != 3 or q.stride(2) != 1 or q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"q must be [B, HQ, D] fp16/bf16 with a contiguous last dim, got {tuple(q.shape)} {q.dtype}")
+    bsz, hq, d = q.shape
+    nb, hkv, bs, _ = k_data.shape
+    if hq % hkv:
+        raise ValueError(f"query heads {hq} must be a multiple of KV heads {hkv}")
+    if k_data.stride() != v_data.stride() or k_scale.stride() != v_scale.stride():
+        raise ValueError("K and V storage must share strides")
+    group = hq // hkv
+    ng = k_scale.shape[3]
+    gs = d // ng
+    out = torch.empty_like(q)
+    cnt = counters if counters is not None else torch.zeros(2, dtype=torch.int64, device=q.device)
+    qk_scale = sm_scale * 1.4426950408889634  # log2(e): the kernel works in exp2
+    bt = block_tables.to(torch.int32)
+    max_len = max(int(max_len), 1)
+    if num_splits is None:
+        num_splits = default_num_splits(bsz, hkv, max_len, block_n, q.device)
+    num_splits = max(1, min(int(num_splits), -(-max_len // block_n)))
+    launches = []  # (codec, storage, tok_lo, tok_hi, splits, split_off)
+    if sink is not None:
+        launches.append((sink_codec, sink, 0, sink_tokens, 1, 0))
+        rest = max(max_len - sink_tokens, 1)
+        splits = max(1, min(num_splits, -(-rest // block_n)))
+        launches.append((codec, (k_data, k_scale, v_data, v_scale), sink_tokens, 2**31 - 1, splits, 1))
+        s_total = 1 + splits
+    else:
+        launches.append((codec, (k_data, k_scale, v_data, v_scale), 0, 2**31 - 1, num_splits, 0))
+        s_total = num_splits
+    partial = s_total > 1
+    if partial:
+        pacc = torch.empty(bsz, hq, s_total, d, dtype=torch.float32, device=q.device)
+        pml = torch.empty(bsz, hq, s_total, 2, dtype=torch.float32, device=q.device)
+    else:
+        pacc = pml = out  # unused
+    for cod, (kd, ks, vd, vs), lo, hi, splits, off in launches:
+        cid, r, nu = _geometry(cod, d)
+        span = min(hi, max_len) - lo
+        part = -(-max(span, 1) // splits)
+        part = -(-part // block_n) * block_n
+        _paged_decode_kernel[(bsz, hkv, splits)](
+            q, q.stride(0), q.stride(1),
+            kd, ks, vd, vs, kd.stride(0), kd.stride(1), kd.stride(2), ks.stride(0), ks.stride(1), ks.stride(2),
+            bt, bt.stride(0), lengths,
+            out, out.stride(0), out.stride(1), pacc, pml, cnt,
+            qk_scale, lo, hi, part, off, s_total,
+            G=group, GP=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
+            CODEC=cid, R=r, NU=nu, DR=max(16, triton.next_power_of_2(nu)), GS=gs, NG=ng,
+            PARTIAL=partial, COUNT=counters is not None, INTERP=interpolate,
+            num_warps=num_warps,
+        )  # fmt: skip
+    if partial:
+        _reduce_kernel[(bsz, hq)](
+            pacc, pml, out, out.stride(0), out.stride(1), hq, s_total,
+            D=d, DP=triton.next_power_of_2(d), SP=max(2, triton.next_power_of_2(s_total)),
+        )  # fmt: skip
+    return out
