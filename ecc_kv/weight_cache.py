@@ -1,0 +1,417 @@
+"""Paired-replacement weight cache for dynamic sparse MLPs (CPU, GPU and offloaded).
+
+With contextual sparsity each decode step runs the MLP only on the neurons predicted
+active. The cache keeps the active neurons' weights contiguous in a preallocated buffer,
+so the sparse MLP is a small dense GEMM, and when the mask changes only the changed
+neurons move: every removed neuron is paired with an added one whose row is written
+straight into the freed slot. That is at most max(added, removed) row writes per update
+instead of gathering all m active rows again.
+
+Layout: one pool of bundled rows ``[gate_i | up_i | down_i^T]`` (so one row copy moves
+all three matrices of a neuron), a buffer of ``capacity`` such rows, and int32 maps
+slot->neuron and neuron->slot (-1 when absent). ``cache.gate``, ``cache.up`` and
+``cache.down`` are strided views of the buffer that ``torch.matmul`` / ``F.linear`` take
+without a copy (the leading dimension is the bundled row length; BLAS accepts it).
+
+The move planner (:func:`plan_moves`) is one vectorised pass of fixed-shape tensor ops
+(no data-dependent shapes, no host sync), so the GPU update can be captured in a CUDA
+graph when the active count does not change (fixed top-k masks). The moves are applied
+by :func:`apply_moves_torch` here or by the one-launch Triton kernel in
+``kernels.weight_cache``; both give bit-identical buffers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+Placement = Literal["cpu", "gpu", "offloaded"]
+PLACEMENTS: tuple[str, ...] = ("cpu", "gpu", "offloaded")
+BACKENDS: tuple[str, ...] = ("torch", "triton")
+DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass
+class MovePlan:
+    """Independent row moves that turn the old buffer into the new one.
+
+    Move ``j < n_moves`` writes buffer slot ``dst[j]``; for ``j < n_pool`` it reads pool
+    row ``src[j]`` (a neuron id), otherwise buffer slot ``src[j]``, which always lies in
+    the tail being vacated (>= the new size), while every destination lies below it, so
+    the moves may run in any order or all at once.
+    """
+
+    dst: torch.Tensor  # int32 [cap]: destination slots, first n_moves valid
+    src: torch.Tensor  # int32 [cap]: pool neuron id (j < n_pool) or buffer slot (j >= n_pool)
+    counts: torch.Tensor  # int32 [2]: (n_pool, n_moves), read by the kernel on its device
+    stats: torch.Tensor  # int64 [4]: (added, removed, n_moves, new size), one host read
+    s2n: torch.Tensor  # int32 [cap]: slot -> neuron after the update
+    n2s: torch.Tensor  # int32 [N]: neuron -> slot after the update
+
+
+def plan_moves(new: torch.Tensor, n2s: torch.Tensor, s2n: torch.Tensor) -> MovePlan:
+    """Plan a paired-replacement update from the maps and the new mask, in fixed-shape ops.
+
+    added = new & ~old and removed = old & ~new. The new size is m' = stays + added;
+    every slot below m' that does not hold a staying neuron is a hole (a removed
+    neuron's slot, or an empty slot when the set grows). Holes are filled first with the
+    added neurons (from the pool), then with the staying neurons that sit in the
+    vacated tail [m', m) (from the buffer). Writes = added + tail stayers <= max(A, R).
+    """
+    cap, n = s2n.numel(), n2s.numel()
+    dev = new.device
+    slots = torch.arange(cap, device=dev)  # [cap]
+    occ = s2n >= 0  # [cap]
+    held = s2n.long().clamp(min=0)  # [cap] neuron in each slot (0 when empty)
+    stays = occ & new[held]  # [cap] slot holds a neuron that remains active
+    added = new & (n2s < 0)  # [N]
+    n_add = added.sum()
+    n_old, n_stay = occ.sum(), stays.sum()
+    m_new = n_stay + n_add
+    below = slots < m_new
+    hole = below & ~stays  # [cap] slots that receive a row
+    climb = stays & ~below  # [cap] stayers above the new size: move down into a hole
+    n_moves = hole.sum()  # == n_add + climb.sum() whenever m_new <= cap
+
+    trash = cap  # padded lists: index `cap` absorbs the scatters of inactive entries
+    dst = torch.zeros(cap + 1, dtype=torch.int32, device=dev)
+    dst.scatter_(0, torch.where(hole, hole.cumsum(0) - 1, trash), slots.int())
+    src = torch.zeros(cap + 1, dtype=torch.int32, device=dev)
+    rank_a = added.cumsum(0) - 1  # [N]
+    src.scatter_(0, torch.where(added & (rank_a < cap), rank_a, trash), torch.arange(n, device=dev, dtype=torch.int32))
+    rank_c = n_add + climb.cumsum(0) - 1  # [cap]
+    src.scatter_(0, torch.where(climb & (rank_c < cap), rank_c, trash), slots.int())
+    dst, src = dst[:cap], src[:cap]
+
+    from_pool = slots < n_add
+    src_l = src.long()
+    moved = torch.where(from_pool, src_l, held[src_l.clamp(max=cap - 1)])  # [cap] neuron landing in dst[j]
+    valid = slots < n_moves
+    new_s2n = torch.full((cap + 1,), -1, dtype=torch.int32, device=dev)
+    new_s2n[:cap] = torch.where(stays & below, s2n, -1)
+    new_s2n.scatter_(0, torch.where(valid, dst.long(), trash), moved.int())
+    new_n2s = torch.full((n + 1,), -1, dtype=torch.int32, device=dev)
+    new_n2s[:n] = torch.where(new, n2s, -1)
+    new_n2s.scatter_(0, torch.where(valid, moved, n), dst)
+    counts = torch.stack([n_add, n_moves]).int()
+    stats = torch.stack([n_add, n_old - n_stay, n_moves, m_new])
+    return MovePlan(dst, src, counts, stats, new_s2n[:cap], new_n2s[:n])
+
+
+def plan_moves_host(new: torch.Tensor, n2s: torch.Tensor, s2n: torch.Tensor, size: int) -> MovePlan:
+    """The same plan as :func:`plan_moves` (same moves, same order), for maps in host memory.
+
+    On the host the sizes are free to read, so this variant works on index lists with
+    numpy (a few microseconds per op, against ~5 us per small torch op on a CPU), which
+    is what makes the CPU update cheap next to a full index_select rebuild.
+    """
+    new_np, n2s_np, s2n_np = new.numpy(), n2s.numpy(), s2n.numpy()
+    cap = s2n_np.shape[0]
+    held = s2n_np[:size]  # [m] neurons in slot order
+    stays = new_np[held]  # [m]
+    added = np.flatnonzero(new_np & (n2s_np < 0))  # [A] ascending neuron ids
+    n_add = added.shape[0]
+    n_stay = int(np.count_nonzero(stays))
+    m_new = n_stay + n_add
+    if m_new > cap:  # no plan: the caller raises before touching the cache
+        stats = torch.tensor([n_add, size - n_stay, 0, m_new], dtype=torch.int64)
+        return MovePlan(torch.zeros(0, dtype=torch.int32), torch.zeros(0, dtype=torch.int32),
+                        torch.zeros(2, dtype=torch.int32), stats, s2n, n2s)
+    low = min(m_new, size)
+    holes = np.flatnonzero(~stays[:low]).astype(np.int32)  # [W] removed slots below m', then new slots
+    if m_new > size:
+        holes = np.concatenate([holes, np.arange(size, m_new, dtype=np.int32)])
+    climb = (m_new + np.flatnonzero(stays[m_new:])).astype(np.int32)  # [W - A] tail stayers
+    src = np.concatenate([added.astype(np.int32), climb])  # [W]
+    moved = np.concatenate([added.astype(np.int32), held[climb]])  # [W] neuron landing in holes[j]
+    new_s2n, new_n2s = s2n_np.copy(), n2s_np.copy()
+    new_n2s[held[~stays]] = -1
+    new_s2n[m_new:size] = -1
+    new_s2n[holes] = moved
+    new_n2s[moved] = holes
+    w = holes.shape[0]
+    counts = torch.from_numpy(np.array([n_add, w], dtype=np.int32))
+    stats = torch.from_numpy(np.array([n_add, size - n_stay, w, m_new], dtype=np.int64))
+    return MovePlan(torch.from_numpy(holes), torch.from_numpy(src), counts, stats,
+                    torch.from_numpy(new_s2n), torch.from_numpy(new_n2s))
+
+
+def plan_rebuild(new: torch.Tensor, cap: int) -> MovePlan:
+    """A full rebuild as a plan: every active neuron, in id order, copied from the pool."""
+    n = new.numel()
+    dev = new.device
+    ids = new.nonzero().squeeze(1)  # [m'] int64
+    m_new = ids.numel()
+    if m_new > cap:
+        raise ValueError(f"mask has {m_new} active neurons, more than the cache capacity {cap}")
+    dst = torch.zeros(cap, dtype=torch.int32, device=dev)
+    dst[:m_new] = torch.arange(m_new, dtype=torch.int32, device=dev)
+    src = torch.zeros(cap, dtype=torch.int32, device=dev)
+    src[:m_new] = ids.int()
+    s2n = torch.full((cap,), -1, dtype=torch.int32, device=dev)
+    s2n[:m_new] = ids.int()
+    n2s = torch.full((n,), -1, dtype=torch.int32, device=dev)
+    n2s[ids] = dst[:m_new]
+    counts = torch.tensor([m_new, m_new], dtype=torch.int32, device=dev)
+    stats = torch.tensor([m_new, 0, m_new, m_new], dtype=torch.int64)
+    return MovePlan(dst, src, counts, stats, s2n, n2s)
+
+
+_INT_VIEW = {4: torch.int32, 2: torch.int16}
+
+
+def _scatter_rows(buf: torch.Tensor, dst: torch.Tensor, part: torch.Tensor) -> None:
+    """buf[dst] = part, row by row. On the CPU through numpy, whose fancy assignment copies
+    whole rows (torch's CPU index_copy_ goes element by element, ~3x slower here)."""
+    if buf.device.type == "cpu":
+        iv = _INT_VIEW[buf.element_size()]  # bit-exact view: numpy has no bfloat16
+        buf.view(iv).numpy()[dst.numpy()] = part.view(iv).numpy()
+    else:
+        buf.index_copy_(0, dst.long(), part)
+
+
+def apply_moves_torch(
+    buf: torch.Tensor, rows: torch.Tensor, dst: torch.Tensor, src: torch.Tensor, n_pool: int, n_moves: int,
+    *, staged: bool = False,
+) -> None:
+    """The torch twin of ``kernels.weight_cache.apply_moves``: the same moves, as gathers and scatters.
+
+    ``rows`` is the pool (``staged=False``: move j reads row ``src[j]``) or a staging
+    block of already gathered pool rows (``staged=True``: move j reads row j). ``dst`` and
+    ``src`` live on the buffer's device (host for a host pool, except ``staged``).
+    """
+    # buf: [cap, R], rows: [N or cap, R]
+    if n_pool > 0:
+        part = rows[:n_pool] if staged else rows.index_select(0, src[:n_pool].to(rows.device))
+        _scatter_rows(buf, dst[:n_pool].to(buf.device), part.to(buf.device))
+    if n_moves > n_pool:
+        d, s = dst[n_pool:n_moves].to(buf.device), src[n_pool:n_moves].to(buf.device)
+        _scatter_rows(buf, d, buf.index_select(0, s))
+
+
+def _apply_triton(buf: torch.Tensor, rows: torch.Tensor, plan: MovePlan, n_moves: int | None, staged: bool) -> None:
+    from kernels.weight_cache import apply_moves
+
+    apply_moves(buf, rows, plan.dst, plan.src, plan.counts, max_moves=n_moves, staged=staged)
+
+
+class PairedWeightCache:
+    """The active neurons' MLP weights, contiguous, updated by paired replacement.
+
+    Parameters
+    ----------
+    gate, up: [N, H] (``gate`` may be None for a non-gated MLP); down: [H, N]; one dtype
+        out of fp32/fp16/bf16, on one device.
+    capacity: the most neurons ever active at once (buffer rows).
+    placement: ``"cpu"`` (pool and buffer in host memory), ``"gpu"`` (both on the GPU) or
+        ``"offloaded"`` (pool in pinned host memory, buffer on ``device``; only the added
+        rows cross PCIe, asynchronously). Default: where the weights are.
+    backend: ``"torch"`` or ``"triton"`` (one-launch kernel); default triton when the
+        buffer is on CUDA, else torch.
+    rebuild_tau: hybrid policy: when max(added, removed) > tau * new size, rebuild the
+        buffer from scratch instead (the maps are rebuilt too, so the cache stays exact).
+    device: the buffer's device for ``"offloaded"`` (default ``"cuda"``).
+    """
+
+    def __init__(
+        self,
+        gate: torch.Tensor | None,
+        up: torch.Tensor,
+        down: torch.Tensor,
+        capacity: int,
+        *,
+        placement: str | None = None,
+        backend: str | None = None,
+        rebuild_tau: float | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if up.dim() != 2:
+            raise ValueError(f"up must be [N, H], got shape {tuple(up.shape)}")
+        n, h = up.shape
+        if gate is not None and tuple(gate.shape) != (n, h):
+            raise ValueError(f"gate must be [N, H] = {(n, h)} like up, got {tuple(gate.shape)}")
+        if tuple(down.shape) != (h, n):
+            raise ValueError(f"down must be [H, N] = {(h, n)}, got {tuple(down.shape)}")
+        mats = [t for t in (gate, up, down) if t is not None]
+        if up.dtype not in DTYPES or any(t.dtype != up.dtype for t in mats):
+            raise TypeError(f"weights must share one dtype out of {DTYPES}, got {[t.dtype for t in mats]}")
+        if any(t.device != up.device for t in mats):
+            raise ValueError(f"weights must be on one device, got {[str(t.device) for t in mats]}")
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= n:
+            raise ValueError(f"capacity must be an int in [1, N={n}], got {capacity!r}")
+        placement = placement or ("gpu" if up.is_cuda else "cpu")
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+        if rebuild_tau is not None and not rebuild_tau >= 0:
+            raise ValueError(f"rebuild_tau must be None or >= 0, got {rebuild_tau!r}")
+        if placement == "cpu":
+            pool_dev = buf_dev = torch.device("cpu")
+        elif placement == "gpu":
+            buf_dev = up.device if up.is_cuda else torch.device(device or "cuda")
+            pool_dev = buf_dev
+        else:
+            buf_dev = torch.device(device or "cuda")
+            pool_dev = torch.device("cpu")
+        backend = backend or ("triton" if buf_dev.type == "cuda" else "torch")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+        self.n_neurons, self.hidden, self.capacity = n, h, capacity
+        self.placement, self.backend, self.rebuild_tau = placement, backend, rebuild_tau
+        self.gated = gate is not None
+        parts = [t.to(pool_dev) for t in mats[:-1]] + [down.to(pool_dev).t()]
+        pool = torch.cat(parts, dim=1).contiguous()  # [N, R]: [gate_i | up_i | down_i^T]
+        pin = placement == "offloaded" and torch.cuda.is_available()
+        self.pool = pool.pin_memory() if pin else pool
+        self.row_len = pool.shape[1]
+        self.row_bytes = self.row_len * pool.element_size()
+        self.buffer = torch.zeros(capacity, self.row_len, dtype=pool.dtype, device=buf_dev)  # [cap, R]
+        map_dev = pool_dev  # the planner runs where the pool is (host for offloaded)
+        self._s2n = torch.full((capacity,), -1, dtype=torch.int32, device=map_dev)
+        self._n2s = torch.full((n,), -1, dtype=torch.int32, device=map_dev)
+        self._m = 0
+        self.rows_written = 0  # total over the cache's life
+        self.last: dict[str, int] = {"added": 0, "removed": 0, "written": 0, "size": 0, "rebuilt": 0}
+        if placement == "offloaded":
+            # host staging for gathered pool rows and the packed plan; device twins; an event
+            # guarding the pinned buffers until their asynchronous copies finished
+            self._stage_h = torch.empty(capacity, self.row_len, dtype=pool.dtype, pin_memory=pin)
+            self._stage_d = torch.empty(capacity, self.row_len, dtype=pool.dtype, device=buf_dev)
+            self._plan_h = torch.empty(2 * capacity + 2, dtype=torch.int32, pin_memory=pin)
+            self._plan_d = torch.empty(2 * capacity + 2, dtype=torch.int32, device=buf_dev)
+            self._copied = torch.cuda.Event() if buf_dev.type == "cuda" else None
+
+    # -- views -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._m
+
+    @property
+    def active(self) -> torch.Tensor:
+        """int64 [n]: the active neuron ids, in slot order (row i of the views is neuron active[i])."""
+        return self._s2n[: self._m].long()
+
+    @property
+    def slot_to_neuron(self) -> torch.Tensor:
+        """int32 [capacity]: the neuron in each slot, -1 when empty."""
+        return self._s2n
+
+    @property
+    def neuron_to_slot(self) -> torch.Tensor:
+        """int32 [N]: each neuron's slot, -1 when not cached."""
+        return self._n2s
+
+    def _cols(self, k: int) -> torch.Tensor:
+        return self.buffer[: self._m, k * self.hidden : (k + 1) * self.hidden]
+
+    @property
+    def gate(self) -> torch.Tensor | None:
+        """[n, H] view of the buffer (row stride R): no copy."""
+        return self._cols(0) if self.gated else None
+
+    @property
+    def up(self) -> torch.Tensor:
+        """[n, H] view of the buffer (row stride R): no copy."""
+        return self._cols(1 if self.gated else 0)
+
+    @property
+    def down(self) -> torch.Tensor:
+        """[H, n] transposed view of the buffer (column stride R): no copy."""
+        return self._cols(2 if self.gated else 1).t()
+
+    # -- updates -----------------------------------------------------------------------
+    def _check_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a bool tensor of shape [{self.n_neurons}], got {type(mask).__name__}")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must have dtype torch.bool, got {mask.dtype}")
+        if mask.dim() != 1 or mask.numel() != self.n_neurons:
+            raise ValueError(f"mask must have shape [{self.n_neurons}] (N neurons), got {tuple(mask.shape)}")
+        return mask.to(self._s2n.device)
+
+    def update(self, mask: torch.Tensor) -> int:
+        """Make the cache hold exactly the neurons of ``mask`` (bool [N]); returns rows written.
+
+        Reads the plan's counts once on the host (for the new size and the capacity check).
+        """
+        new = self._check_mask(mask)
+        if self._s2n.is_cuda:
+            plan = plan_moves(new, self._n2s, self._s2n)
+        else:
+            plan = plan_moves_host(new, self._n2s, self._s2n, self._m)
+        added, removed, n_moves, m_new = plan.stats.tolist()
+        if m_new > self.capacity:
+            raise ValueError(f"mask has {m_new} active neurons, more than the cache capacity {self.capacity}")
+        rebuilt = self.rebuild_tau is not None and max(added, removed) > self.rebuild_tau * m_new
+        if rebuilt:
+            plan = plan_rebuild(new, self.capacity)
+            n_pool = n_moves = m_new
+        else:
+            n_pool = added
+        self._apply(plan, n_pool, n_moves)
+        self._s2n.copy_(plan.s2n)
+        self._n2s.copy_(plan.n2s)
+        self._m = m_new
+        self.rows_written += n_moves
+        self.last = {"added": added, "removed": removed, "written": n_moves, "size": m_new, "rebuilt": int(rebuilt)}
+        return n_moves
+
+    def update_async(self, mask: torch.Tensor) -> torch.Tensor:
+        """Paired update with no host sync (GPU placement, triton backend); returns rows written as a device tensor.
+
+        The active count must not change (``mask.sum() == len(cache)``, e.g. fixed top-k
+        masks): the views keep their size. Under that condition the call is capturable in
+        a CUDA graph (static ``mask`` input, in-place state).
+        """
+        if self.placement != "gpu" or self.backend != "triton":
+            raise ValueError(f"update_async needs placement 'gpu' and backend 'triton', got {self.placement!r}/{self.backend!r}")
+        new = self._check_mask(mask)
+        plan = plan_moves(new, self._n2s, self._s2n)
+        _apply_triton(self.buffer, self.pool, plan, None, staged=False)
+        self._s2n.copy_(plan.s2n)
+        self._n2s.copy_(plan.n2s)
+        return plan.stats[2]
+
+    def _apply(self, plan: MovePlan, n_pool: int, n_moves: int) -> None:
+        if n_moves == 0:
+            return
+        if self.placement != "offloaded":
+            if self.backend == "triton":
+                _apply_triton(self.buffer, self.pool, plan, n_moves, staged=False)
+            else:
+                apply_moves_torch(self.buffer, self.pool, plan.dst, plan.src, n_pool, n_moves)
+            return
+        # offloaded: gather the pool rows on the host, ship them and the plan in two async copies
+        if self._copied is not None:
+            self._copied.synchronize()  # the pinned buffers are free again
+        if n_pool:
+            torch.index_select(self.pool, 0, plan.src[:n_pool].long(), out=self._stage_h[:n_pool])
+        cap = self.capacity
+        # packed plan [counts(2) | dst(cap) | src(cap)]: one small copy
+        self._plan_h[:2].copy_(plan.counts)
+        self._plan_h[2 : 2 + n_moves].copy_(plan.dst[:n_moves])
+        self._plan_h[2 + cap : 2 + cap + n_moves].copy_(plan.src[:n_moves])
+        self._plan_d.copy_(self._plan_h, non_blocking=True)
+        self._stage_d[:n_pool].copy_(self._stage_h[:n_pool], non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
+        counts, dst, src = self._plan_d[:2], self._plan_d[2 : 2 + cap], self._plan_d[2 + cap :]
+        if self.backend == "triton":
+            from kernels.weight_cache import apply_moves
+
+            apply_moves(self.buffer, self._stage_d, dst, src, counts, max_moves=n_moves, staged=True)
+        else:
+            apply_moves_torch(self.buffer, self._stage_d, dst, src, n_pool, n_moves, staged=True)
+
+    def check(self) -> None:
+        """Raise ValueError if the buffer or the maps disagree with the pool (tests, debugging)."""
+        act = self.active
+        if not torch.equal(self.buffer[: self._m].cpu(), self.pool.index_select(0, act.to(self.pool.device)).cpu()):
+            raise ValueError("weight cache buffer differs from pool[active]")
+        n2s = self._n2s.long().cpu()
+        if not torch.equal(n2s[act.cpu()], torch.arange(self._m)) or int((n2s >= 0).sum()) != self._m:
+            raise ValueError("neuron->slot map disagrees with slot->neuron map")
+        if bool((self._s2n[self._m :] >= 0).any()):
+            raise ValueError("slots past the active size are not empty")
