@@ -155,7 +155,15 @@ class PagedECCCache:
     mirrors avoid synchronisations in decode loops.
     """
 
-    def __init__(self, config: ECCCacheConfig, max_seqs: int, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        config: ECCCacheConfig,
+        max_seqs: int,
+        device: str | torch.device = "cpu",
+        block_order_seed: int | None = None,
+    ) -> None:
+        """``block_order_seed``: hand out free blocks in a random order (as a long-running server
+        would), so block tables are not the identity; None hands out blocks 0, 1, 2, ..."""
         if isinstance(max_seqs, bool) or not isinstance(max_seqs, int) or max_seqs < 1:
             raise ValueError(f"max_seqs={max_seqs!r} must be a positive int")
         self.config = config
@@ -181,6 +189,9 @@ class PagedECCCache:
         self._host_tables: list[list[int]] = [[] for _ in range(max_seqs)]
         self._host_lengths = [0] * max_seqs
         self._free = list(range(c.num_blocks - 1, -1, -1))  # pop() hands out block 0 first
+        if block_order_seed is not None:
+            gen = torch.Generator().manual_seed(block_order_seed)
+            self._free = torch.randperm(c.num_blocks, generator=gen).tolist()
         self._step_slots: torch.Tensor | None = None
         self.stats = {"corrected": 0, "detected": 0, "injected_flips": 0, "scrub_rewritten": 0}
 
@@ -222,7 +233,7 @@ class PagedECCCache:
         c = self.config
         bs, nsink = c.block_size, c.sink_blocks
         main_slots = c.num_blocks * bs
-        slots: list[int] = []
+        slots: list[torch.Tensor] = []
         changed = False
         for b, n in enumerate(counts):
             table = self._host_tables[b]
@@ -241,16 +252,18 @@ class PagedECCCache:
                         )
                     table.append(self._free.pop())
                 changed = True
-            for t in range(start, start + n):
-                j, off = divmod(t, bs)
-                slot = table[j] * bs + off
-                slots.append(slot + main_slots if j < nsink else slot)
+            if n:
+                t = torch.arange(start, start + n)
+                j = t // bs
+                s = torch.tensor(table, dtype=torch.int64)[j] * bs + t % bs
+                slots.append(torch.where(j < nsink, s + main_slots, s))
             self._host_lengths[b] = start + n
         if changed:
             rows = [t + [0] * (self.max_blocks_per_seq - len(t)) for t in self._host_tables]
             self.block_tables.copy_(torch.tensor(rows, dtype=torch.int32))
         self.lengths.copy_(torch.tensor(self._host_lengths, dtype=torch.int32))
-        return torch.tensor(slots, dtype=torch.int64).to(self.device)
+        flat = torch.cat(slots) if slots else torch.zeros(0, dtype=torch.int64)
+        return flat.to(self.device)
 
     # --- writes ----------------------------------------------------------------------------
     def write(

@@ -25,56 +25,59 @@ _UNIT = {0: (2, 2), 1: (1, 1), 2: (8, 8), 3: (3, 4)}
 
 @triton.jit
 def _cache_write_kernel(
-    x_ptr, stride_xn, stride_xh,  # x: [N, H, D]
+    x_ptr, stride_xn, stride_xh, N,  # x: [N, H, D]
     slot_ptr,  # [N] int64
     data_ptr, stride_db, stride_dh, stride_dt,  # data: [NB, H, BS, W] uint8
     scale_ptr, stride_sb, stride_sh, stride_st,  # scale: [NB, H, BS, NG] fp16
     slot_lo, slot_hi,  # this launch handles slots in [slot_lo, slot_hi)
-    D: tl.constexpr, BS: tl.constexpr, GS: tl.constexpr, NG: tl.constexpr,
+    D: tl.constexpr, BS: tl.constexpr, GS: tl.constexpr, NG: tl.constexpr, BT: tl.constexpr,
     CODEC: tl.constexpr, VPU: tl.constexpr, UW: tl.constexpr, NU: tl.constexpr, NUP: tl.constexpr,
 ):  # fmt: skip
-    n = tl.program_id(0)
+    # one program = BT tokens of one head; register tile [BT, NUP, UW]: unit a (one output
+    # byte or codeword) of token n holds the values d = VPU * a + b
+    n = tl.program_id(0) * BT + tl.arange(0, BT)
     h = tl.program_id(1)
-    slot = tl.load(slot_ptr + n)
-    if (slot < slot_lo) | (slot >= slot_hi):
-        return
-    slot = slot - slot_lo
+    slot = tl.load(slot_ptr + n, mask=n < N, other=-1)
+    tmask = (n < N) & (slot >= slot_lo) & (slot < slot_hi)
+    slot = tl.where(tmask, slot - slot_lo, 0)
     blk = slot // BS
     off = slot % BS
-    # register tile [NUP, UW]: unit a (one output byte or codeword) holds values d = VPU * a + b
-    a = tl.arange(0, NUP)[:, None]
-    b = tl.arange(0, UW)[None, :]
+    t3 = tmask[:, None, None]
+    a = tl.arange(0, NUP)[None, :, None]
+    b = tl.arange(0, UW)[None, None, :]
     d = a * VPU + b
-    valid = (b < VPU) & (d < D) & (a < NU)
-    x = tl.load(x_ptr + n.to(tl.int64) * stride_xn + h * stride_xh + d, mask=valid, other=0.0).to(tl.float32)
-    srow = scale_ptr + blk * stride_sb + h * stride_sh + off * stride_st
-    s = tl.zeros([NUP, UW], dtype=tl.float32)
+    valid = t3 & (b < VPU) & (d < D) & (a < NU)
+    xrow = x_ptr + n.to(tl.int64)[:, None, None] * stride_xn + h * stride_xh
+    x = tl.load(xrow + d, mask=valid, other=0.0).to(tl.float32)
+    srow = scale_ptr + blk * stride_sb + h * stride_sh + off * stride_st  # [BT]
+    s = tl.zeros([BT, NUP, UW], dtype=tl.float32)
     for g in tl.static_range(NG):
         ing = valid & (d >= g * GS) & (d < (g + 1) * GS)
-        sg = int4_scale(tl.max(tl.max(tl.where(ing, tl.abs(x), 0.0), axis=1), axis=0))
-        tl.store(srow + g, sg)
-        s = tl.where(ing, sg.to(tl.float32), s)
+        sg = int4_scale(tl.max(tl.max(tl.where(ing, tl.abs(x), 0.0), axis=2), axis=1))  # [BT] fp16
+        tl.store(srow + g, sg, mask=tmask)
+        s = tl.where(ing, sg.to(tl.float32)[:, None, None], s)
     code = tl.where(valid, int4_quantize(x, s), 8)  # int32 codes, padding = 8 (zero)
-    row = data_ptr + blk * stride_db + h * stride_dh + off * stride_dt
-    au = tl.arange(0, NUP)
+    row = data_ptr + blk * stride_db + h * stride_dh + off * stride_dt  # [BT]
+    a2 = tl.arange(0, NUP)[None, :]
+    um = tmask[:, None] & (a2 < NU)
+    r2 = row[:, None]
     if CODEC == 0:  # raw INT4: byte a = code[2a] | code[2a+1] << 4
-        byte = tl.sum(tl.where(b < 2, code << (4 * b), 0), axis=1)
-        tl.store(row + au, byte.to(tl.uint8), mask=au < NU)
+        byte = tl.sum(tl.where(b < 2, code << (4 * b), 0), axis=2)
+        tl.store(r2 + a2, byte.to(tl.uint8), mask=um)
     elif CODEC == 1:  # hamming84: one byte per value
         cw = kc.hamming84_encode(code)
-        tl.store(row + a, cw.to(tl.uint8), mask=valid)
+        tl.store(row[:, None, None] + a, cw.to(tl.uint8), mask=valid)
     elif CODEC == 2:  # hamming74: byte 7a+j = cw[j] | bit j of cw[7] << 7
         cw = kc.hamming74_encode(code)
-        top = tl.sum(tl.where(b == 7, cw, 0), axis=1)[:, None]  # [NUP, 1]
+        top = tl.sum(tl.where(b == 7, cw, 0), axis=2)[:, :, None]  # [BT, NUP, 1]
         byte = (cw & 0x7F) | (((top >> b) & 1) << 7)
-        tl.store(row + 7 * a + b, byte.to(tl.uint8), mask=valid & (b < 7))
+        tl.store(row[:, None, None] + 7 * a + b, byte.to(tl.uint8), mask=valid & (b < 7))
     else:  # golay2412: 3 values per 24-bit codeword, three byte planes of NU bytes
-        msg = tl.sum(tl.where(b < 3, code << (4 * b), 0), axis=1)  # [NUP] 12-bit message
+        msg = tl.sum(tl.where(b < 3, code << (4 * b), 0), axis=2)  # [BT, NUP] 12-bit messages
         cw = kc.golay_encode(msg)
-        um = au < NU
-        tl.store(row + au, (cw & 0xFF).to(tl.uint8), mask=um)
-        tl.store(row + NU + au, ((cw >> 8) & 0xFF).to(tl.uint8), mask=um)
-        tl.store(row + 2 * NU + au, ((cw >> 16) & 0xFF).to(tl.uint8), mask=um)
+        tl.store(r2 + a2, (cw & 0xFF).to(tl.uint8), mask=um)
+        tl.store(r2 + NU + a2, ((cw >> 8) & 0xFF).to(tl.uint8), mask=um)
+        tl.store(r2 + 2 * NU + a2, ((cw >> 16) & 0xFF).to(tl.uint8), mask=um)
 
 
 def _launch(
@@ -86,12 +89,13 @@ def _launch(
     vpu, uw = _UNIT[cid]
     nu = -(-d // vpu)
     bs = data.shape[2]
-    _cache_write_kernel[(n, h)](
-        x, x.stride(0), x.stride(1), slots,
+    bt = 16
+    _cache_write_kernel[(triton.cdiv(n, bt), h)](
+        x, x.stride(0), x.stride(1), n, slots,
         data, data.stride(0), data.stride(1), data.stride(2),
         scale, scale.stride(0), scale.stride(1), scale.stride(2),
         slot_lo, slot_hi,
-        D=d, BS=bs, GS=group_size, NG=d // group_size,
+        D=d, BS=bs, GS=group_size, NG=d // group_size, BT=bt,
         CODEC=cid, VPU=vpu, UW=uw, NU=nu, NUP=triton.next_power_of_2(nu),
     )  # fmt: skip
 
