@@ -1,0 +1,243 @@
+"""Packed (physical) encode / decode: plain packed INT4 <-> the stored layouts at the nominal code rate.
+
+The layouts (documented in ``ecc_kv/layouts.py``, whose torch functions are the oracle) per row of
+``n`` INT4 values:
+
+- hamming84: one byte per value (the codeword), ``n`` bytes.
+- hamming74: per row ``[data n/2 bytes | Q0 n/8 | Q1 n/8 | Q2 n/8]``; the data plane is the plain
+  packed INT4 row, Q_b word j holds the parity triples of codes 32j+8b..32j+8b+7 (nibble i, bits 0-2)
+  and bit b of the parity triple of code 32j+24+i (nibble i, bit 3). 7 bits per value.
+- golay2412: per row ``[data n/2 bytes | parity n/2 bytes]``; codeword c's 12 data bits are bits
+  12c..12c+11 of the data plane (the plain packed INT4 row), its 12 parity bits the same bits of the
+  parity plane. 24 bits per 3 values.
+
+One program handles BLOCK aligned groups (8, 32 or 24 values) with 128-bit loads where the group is
+a power of two, SWAR arithmetic on uint32 words, and int32 indexing. Decoders add their corrected /
+detected counts to ``counts[0:2]`` with one atomic per program, and optionally write the status
+byte of every codeword.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.codecs import (
+    CODEC_IDS,
+    GROUP_VALUES,
+    _count_swar,
+    _i32,
+    _spread16,
+    _u32,
+    golay_decode_group,
+    golay_encode_group,
+    golay_tables,
+    hamming74_decode_group,
+    hamming74_encode_group,
+    hamming84_decode_word,
+    hamming84_encode_word,
+    status_counts,
+)
+
+_BLOCKS = {0: 256, 1: 1024, 2: 512}  # groups per program: 8192, 8192, 12288 values
+
+
+@triton.jit
+def _split4(x):
+    """[B, 4] -> its four columns."""
+    a, b = tl.split(tl.reshape(x, [x.shape[0], 2, 2]))
+    w0, w2 = tl.split(a)
+    w1, w3 = tl.split(b)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _join4(w0, w1, w2, w3):
+    """Four [B] tensors -> [B, 4] with them as columns."""
+    return tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [w0.shape[0], 4])
+
+
+@triton.jit
+def _encode_packed_kernel(src, dst, NG, GPR, CODEC: tl.constexpr, BLOCK: tl.constexpr):
+    # src: packed INT4 words, group g at words [W*g, W*g+W) (W = 4 / 1 / 3); dst: stored words
+    g = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = g < NG
+    if CODEC == 1:
+        w = _u32(tl.load(src + g, mask=mask, other=0))
+        lo, hi = hamming84_encode_word(w)
+        o = g[:, None] * 2 + tl.arange(0, 2)[None, :]
+        tl.store(dst + o, _i32(tl.join(lo, hi)), mask=o < 2 * NG)
+    elif CODEC == 0:
+        row = g // GPR
+        j = g - row * GPR
+        i4 = g[:, None] * 4 + tl.arange(0, 4)[None, :]
+        m4 = i4 < 4 * NG
+        x = _u32(tl.load(src + i4, mask=m4, other=0))  # [B, 4]
+        w0, w1, w2, w3 = _split4(x)
+        q0, q1, q2 = hamming74_encode_group(w0, w1, w2, w3)
+        base = row * (7 * GPR)
+        tl.store(dst + (base + 4 * j)[:, None] + tl.arange(0, 4)[None, :], _i32(x), mask=m4)
+        tl.store(dst + base + 4 * GPR + j, _i32(q0), mask=mask)
+        tl.store(dst + base + 5 * GPR + j, _i32(q1), mask=mask)
+        tl.store(dst + base + 6 * GPR + j, _i32(q2), mask=mask)
+    else:
+        row = g // GPR
+        j = g - row * GPR
+        w0 = _u32(tl.load(src + 3 * g, mask=mask, other=0))
+        w1 = _u32(tl.load(src + 3 * g + 1, mask=mask, other=0))
+        w2 = _u32(tl.load(src + 3 * g + 2, mask=mask, other=0))
+        p0, p1, p2 = golay_encode_group(w0, w1, w2)
+        d = row * (6 * GPR) + 3 * j
+        p = d + 3 * GPR
+        tl.store(dst + d, _i32(w0), mask=mask)
+        tl.store(dst + d + 1, _i32(w1), mask=mask)
+        tl.store(dst + d + 2, _i32(w2), mask=mask)
+        tl.store(dst + p, _i32(p0), mask=mask)
+        tl.store(dst + p + 1, _i32(p1), mask=mask)
+        tl.store(dst + p + 2, _i32(p2), mask=mask)
+
+
+@triton.jit
+def _decode_packed_kernel(
+    src, dst, st_ptr, cnt_ptr, table_ptr, NG, GPR,
+    CODEC: tl.constexpr, BLOCK: tl.constexpr, WRITE_STATUS: tl.constexpr, ALGEBRAIC: tl.constexpr,
+):
+    # src: stored words; dst: packed INT4 words; st_ptr: status bytes as words; cnt_ptr: int32[2]
+    g = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = g < NG
+    if CODEC == 1:
+        o = g[:, None] * 2 + tl.arange(0, 2)[None, :]
+        lo, hi = tl.split(_u32(tl.load(src + o, mask=o < 2 * NG, other=0)))
+        w, corr, det = hamming84_decode_word(lo, hi)
+        tl.store(dst + g, _i32(w), mask=mask)
+        if WRITE_STATUS:
+            st = corr | (det << 1)
+            tl.store(st_ptr + o, _i32(tl.join(_spread16(st), _spread16(st >> 16))), mask=o < 2 * NG)
+        n_corr = tl.sum(_count_swar(corr).to(tl.int32), axis=0)
+        n_det = tl.sum(_count_swar(det).to(tl.int32), axis=0)
+    elif CODEC == 0:
+        row = g // GPR
+        j = g - row * GPR
+        base = row * (7 * GPR)
+        m4 = (g < NG)[:, None] & (tl.arange(0, 4) < 4)[None, :]
+        x = _u32(tl.load(src + (base + 4 * j)[:, None] + tl.arange(0, 4)[None, :], mask=m4, other=0))
+        q0 = _u32(tl.load(src + base + 4 * GPR + j, mask=mask, other=0))
+        q1 = _u32(tl.load(src + base + 5 * GPR + j, mask=mask, other=0))
+        q2 = _u32(tl.load(src + base + 6 * GPR + j, mask=mask, other=0))
+        w0, w1, w2, w3 = _split4(x)
+        w0, w1, w2, w3, f0, f1, f2, f3 = hamming74_decode_group(w0, w1, w2, w3, q0, q1, q2)
+        tl.store(dst + g[:, None] * 4 + tl.arange(0, 4)[None, :], _i32(_join4(w0, w1, w2, w3)), mask=m4)
+        if WRITE_STATUS:
+            s8 = g * 8
+            tl.store(st_ptr + s8, _i32(_spread16(f0)), mask=mask)
+            tl.store(st_ptr + s8 + 1, _i32(_spread16(f0 >> 16)), mask=mask)
+            tl.store(st_ptr + s8 + 2, _i32(_spread16(f1)), mask=mask)
+            tl.store(st_ptr + s8 + 3, _i32(_spread16(f1 >> 16)), mask=mask)
+            tl.store(st_ptr + s8 + 4, _i32(_spread16(f2)), mask=mask)
+            tl.store(st_ptr + s8 + 5, _i32(_spread16(f2 >> 16)), mask=mask)
+            tl.store(st_ptr + s8 + 6, _i32(_spread16(f3)), mask=mask)
+            tl.store(st_ptr + s8 + 7, _i32(_spread16(f3 >> 16)), mask=mask)
+        n_corr = tl.sum((_count_swar(f0) + _count_swar(f1) + _count_swar(f2) + _count_swar(f3)).to(tl.int32), axis=0)
+        n_det = n_corr * 0
+    else:
+        row = g // GPR
+        j = g - row * GPR
+        d = row * (6 * GPR) + 3 * j
+        p = d + 3 * GPR
+        w0 = _u32(tl.load(src + d, mask=mask, other=0))
+        w1 = _u32(tl.load(src + d + 1, mask=mask, other=0))
+        w2 = _u32(tl.load(src + d + 2, mask=mask, other=0))
+        p0 = _u32(tl.load(src + p, mask=mask, other=0))
+        p1 = _u32(tl.load(src + p + 1, mask=mask, other=0))
+        p2 = _u32(tl.load(src + p + 2, mask=mask, other=0))
+        o0, o1, o2, sa, sb = golay_decode_group(w0, w1, w2, p0, p1, p2, table_ptr, ALGEBRAIC)
+        tl.store(dst + 3 * g, _i32(o0), mask=mask)
+        tl.store(dst + 3 * g + 1, _i32(o1), mask=mask)
+        tl.store(dst + 3 * g + 2, _i32(o2), mask=mask)
+        if WRITE_STATUS:
+            tl.store(st_ptr + 2 * g, _i32(sa), mask=mask)
+            tl.store(st_ptr + 2 * g + 1, _i32(sb), mask=mask)
+        n_corr, n_det = status_counts(sa, sb)
+    tl.atomic_add(cnt_ptr, n_corr)
+    tl.atomic_add(cnt_ptr + 1, n_det)
+
+
+def stored_nbytes(name: str, n: int) -> int:
+    """Bytes of one stored row of ``n`` values (``n`` a multiple of ``GROUP_VALUES[name]``)."""
+    return {"hamming74": 7 * n // 8, "hamming84": n, "golay2412": n}[name]
+
+
+def _words(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().reshape(-1).view(torch.int32)
+
+
+def _check_row(name: str, n: int, last: int, want: int, what: str) -> None:
+    if name not in CODEC_IDS:
+        raise ValueError(f"unknown codec {name!r}; choose one of: {', '.join(CODEC_IDS)}")
+    gv = GROUP_VALUES[name]
+    if n <= 0 or n % gv != 0:
+        raise ValueError(f"row length n={n} must be a positive multiple of {gv} for the packed {name} kernels")
+    if last != want:
+        raise ValueError(f"{what} last dim is {last}, expected {want} for n={n} values of {name}")
+
+
+def encode_packed(name: str, packed: torch.Tensor, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain packed INT4 ``[..., n/2]`` (uint8) -> stored layout ``[..., stored_nbytes(n)]`` (uint8)."""
+    _check_row(name, n, packed.shape[-1], n // 2, "packed")
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"packed.dtype={packed.dtype} must be torch.uint8")
+    cid, nb = CODEC_IDS[name], stored_nbytes(name, n)
+    rows = packed.numel() // (n // 2)
+    if out is None:
+        out = torch.empty(*packed.shape[:-1], nb, dtype=torch.uint8, device=packed.device)
+    if out.numel() >= 2**31:
+        raise ValueError(f"{out.numel()} stored bytes exceed the int32 indexing of the kernels")
+    gpr = n // GROUP_VALUES[name]
+    ng = rows * gpr
+    if ng:
+        block = _BLOCKS[cid]
+        _encode_packed_kernel[(triton.cdiv(ng, block),)](_words(packed), out.view(-1).view(torch.int32), ng, gpr, CODEC=cid, BLOCK=block)
+    return out
+
+
+def decode_packed(
+    name: str,
+    stored: torch.Tensor,
+    n: int,
+    *,
+    with_status: bool = True,
+    algebraic: bool = False,
+    out: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Stored layout ``[..., stored_nbytes(n)]`` -> (packed INT4 ``[..., n/2]``, status ``[..., m]`` or None, counts).
+
+    ``counts``: int32 [2] (corrected, detected) on the device, added to (pass one to accumulate);
+    no host sync happens here. ``algebraic`` selects the algebraic Golay decoder.
+    """
+    _check_row(name, n, stored.shape[-1], stored_nbytes(name, n), "stored")
+    if stored.dtype != torch.uint8:
+        raise TypeError(f"stored.dtype={stored.dtype} must be torch.uint8")
+    cid = CODEC_IDS[name]
+    lead = stored.shape[:-1]
+    rows = stored.numel() // stored_nbytes(name, n)
+    dev = stored.device
+    if out is None:
+        out = torch.empty(*lead, n // 2, dtype=torch.uint8, device=dev)
+    m = n // 3 if cid == 2 else n
+    status = torch.empty(*lead, m, dtype=torch.uint8, device=dev) if with_status else None
+    if counts is None:
+        counts = torch.zeros(2, dtype=torch.int32, device=dev)
+    if stored.numel() >= 2**31:
+        raise ValueError(f"{stored.numel()} stored bytes exceed the int32 indexing of the kernels")
+    gpr = n // GROUP_VALUES[name]
+    ng = rows * gpr
+    if ng:
+        block = _BLOCKS[cid]
+        st = status.view(-1).view(torch.int32) if status is not None else counts
+        _decode_packed_kernel[(triton.cdiv(ng, block),)](
+            _words(stored), out.view(-1).view(torch.int32), st, counts, golay_tables(dev), ng, gpr,
+            CODEC=cid, BLOCK=block, WRITE_STATUS=with_status, ALGEBRAIC=algebraic,
+        )
+    return out, status, counts
