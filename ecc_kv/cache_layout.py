@@ -115,7 +115,7 @@ class Layout:
             g = b.reshape(*b.shape[:-1], -1, 7)  # [..., D/8, 7]
             shifts = torch.arange(7, device=b.device, dtype=torch.int32)
             last = (((g >> 7) & 1) << shifts).sum(-1, keepdim=True)  # [..., D/8, 1]
-            return torch.cat([g & 0x7F, last], dim=-1).reshape(*b.shape[:-1], -1)
+            return torch.cat([g & 0x7F, last], dim=-1).reshape(*b.shape[:-1], -1).to(torch.int32)
         nc = self.words_per_row
         return b[..., :nc] | (b[..., nc : 2 * nc] << 8) | (b[..., 2 * nc :] << 16)
 

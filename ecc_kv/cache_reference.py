@@ -124,7 +124,7 @@ def inject_storage(
 ) -> int:
     """Flip stored codeword bits of every allocated block in place; returns the number of flips.
 
-    Each (layer, K/V, pool) tensor draws its own stream (seed + its index); the words handed
+    Each (layer, K/V, pool) tensor draws its own stream (``stream`` = its index); the words handed
     to ``ecc_kv.faults.inject`` are the logical codewords, so only stored bits can flip.
     """
     from ecc_kv.faults import inject
@@ -136,10 +136,10 @@ def inject_storage(
             continue
         blocks = blocks.to(data.device)
         words = layout.bytes_to_words(data[blocks])  # [nb, H, BS, NW]
-        kw = {"burst_len": burst_len} if model == "burst" else {}
         flipped, n = inject(
-            words, bits_per_word=layout.word_bits, ber=ber, seed=seed + 7919 * i, model=model, backend=backend, **kw
-        )
+            words, bits_per_word=layout.word_bits, ber=ber, seed=seed, model=model, burst_len=burst_len,
+            backend=backend, stream=i,
+        )  # fmt: skip
         data[blocks] = layout.words_to_bytes(flipped.to(torch.int32))
         total += int(n)
     return total

@@ -11,10 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-try:
-    from kernels import codecs as kc
-except ImportError:  # TEMP until kernels.codecs lands
-    kc = None
+from kernels import codecs as kc
 from kernels.quant import int4_quantize, int4_scale
 
 # codec ids shared with kernels.paged_attention
@@ -65,16 +62,16 @@ def _cache_write_kernel(
         byte = tl.sum(tl.where(b < 2, code << (4 * b), 0), axis=2)
         tl.store(r2 + a2, byte.to(tl.uint8), mask=um)
     elif CODEC == 1:  # hamming84: one byte per value
-        cw = kc.hamming84_encode(code)
+        cw = kc.hamming84_encode(code).to(tl.int32)
         tl.store(row[:, None, None] + a, cw.to(tl.uint8), mask=valid)
     elif CODEC == 2:  # hamming74: byte 7a+j = cw[j] | bit j of cw[7] << 7
-        cw = kc.hamming74_encode(code)
+        cw = kc.hamming74_encode(code).to(tl.int32)
         top = tl.sum(tl.where(b == 7, cw, 0), axis=2)[:, :, None]  # [BT, NUP, 1]
         byte = (cw & 0x7F) | (((top >> b) & 1) << 7)
         tl.store(row[:, None, None] + 7 * a + b, byte.to(tl.uint8), mask=valid & (b < 7))
     else:  # golay2412: 3 values per 24-bit codeword, three byte planes of NU bytes
         msg = tl.sum(tl.where(b < 3, code << (4 * b), 0), axis=2)  # [BT, NUP] 12-bit messages
-        cw = kc.golay_encode(msg)
+        cw = kc.golay_encode(msg).to(tl.int32)
         tl.store(r2 + a2, (cw & 0xFF).to(tl.uint8), mask=um)
         tl.store(r2 + NU + a2, ((cw >> 8) & 0xFF).to(tl.uint8), mask=um)
         tl.store(r2 + 2 * NU + a2, ((cw >> 16) & 0xFF).to(tl.uint8), mask=um)

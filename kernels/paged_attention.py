@@ -23,16 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
-try:
-    from kernels import codecs as kc
-except ImportError:  # TEMP until kernels.codecs lands
-    kc = None
+from kernels import codecs as kc
 from kernels.cache_write import CODEC_IDS
 from kernels.quant import int4_dequantize
 
 
 @triton.jit
-def _decode_tile(data_ptr, scale_ptr, row, srow, tmask, dtype: tl.constexpr,
+def _decode_tile(data_ptr, scale_ptr, gtab_ptr, row, srow, tmask, dtype: tl.constexpr,
                  CODEC: tl.constexpr, D: tl.constexpr, NU: tl.constexpr, DR: tl.constexpr,
                  GS: tl.constexpr, NG: tl.constexpr):  # fmt: skip
     """Dequantized parts x0, x1, x2 [BLOCK_N, DR] of the rows at byte offsets ``row``; statuses.
@@ -54,6 +51,8 @@ def _decode_tile(data_ptr, scale_ptr, row, srow, tmask, dtype: tl.constexpr,
     elif CODEC == 1:  # hamming84, one byte per value
         cw = tl.load(data_ptr + r2 + c, mask=m, other=0).to(tl.int32)
         v0, st = kc.hamming84_decode(cw)
+        v0 = v0.to(tl.int32)
+        st = st.to(tl.int32)
         v1 = v0
         v2 = v0
         vpu = 1
@@ -66,6 +65,8 @@ def _decode_tile(data_ptr, scale_ptr, row, srow, tmask, dtype: tl.constexpr,
             bit = (tl.load(base + bb, mask=m & (j == 7), other=0).to(tl.int32) >> 7) & 1
             tail = tail | (bit << bb)
         v0, st = kc.hamming74_decode(tl.where(j == 7, tail, main))
+        v0 = v0.to(tl.int32)
+        st = st.to(tl.int32)
         v1 = v0
         v2 = v0
         vpu = 1
@@ -73,7 +74,9 @@ def _decode_tile(data_ptr, scale_ptr, row, srow, tmask, dtype: tl.constexpr,
         p0 = tl.load(data_ptr + r2 + c, mask=m, other=0).to(tl.int32)
         p1 = tl.load(data_ptr + r2 + NU + c, mask=m, other=0).to(tl.int32)
         p2 = tl.load(data_ptr + r2 + 2 * NU + c, mask=m, other=0).to(tl.int32)
-        msg, st = kc.golay_decode(p0 | (p1 << 8) | (p2 << 16))
+        msg, st = kc.golay_decode(p0 | (p1 << 8) | (p2 << 16), gtab_ptr)
+        msg = msg.to(tl.int32)
+        st = st.to(tl.int32)
         v0 = msg & 15
         v1 = (msg >> 4) & 15
         v2 = (msg >> 8) & 15
@@ -108,7 +111,7 @@ def _rows(bt_ptr, t, tmask, h, stride_db, stride_dh, stride_dt, stride_sb, strid
 
 
 @triton.jit
-def _interp_tile(x, st, data_ptr, scale_ptr, bt_ptr, t, tmask, seq_len, h,
+def _interp_tile(x, st, data_ptr, scale_ptr, gtab_ptr, bt_ptr, t, tmask, seq_len, h,
                  stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, dtype: tl.constexpr,
                  BS: tl.constexpr, CODEC: tl.constexpr, D: tl.constexpr, NU: tl.constexpr, DR: tl.constexpr,
                  GS: tl.constexpr, NG: tl.constexpr):  # fmt: skip
@@ -121,10 +124,10 @@ def _interp_tile(x, st, data_ptr, scale_ptr, bt_ptr, t, tmask, seq_len, h,
     if tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0) > 0:
         pm = tmask & (t >= 1)
         prow, psrow = _rows(bt_ptr, t - 1, pm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-        xp, _a, _b, stp, _c, _d = _decode_tile(data_ptr, scale_ptr, prow, psrow, pm, tl.float32, CODEC, D, NU, DR, GS, NG)
+        xp, _a, _b, stp, _c, _d = _decode_tile(data_ptr, scale_ptr, gtab_ptr, prow, psrow, pm, tl.float32, CODEC, D, NU, DR, GS, NG)
         nm = tmask & (t + 1 < seq_len)
         nrow, nsrow = _rows(bt_ptr, t + 1, nm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-        xn, _e, _f, stn, _g, _h = _decode_tile(data_ptr, scale_ptr, nrow, nsrow, nm, tl.float32, CODEC, D, NU, DR, GS, NG)
+        xn, _e, _f, stn, _g, _h = _decode_tile(data_ptr, scale_ptr, gtab_ptr, nrow, nsrow, nm, tl.float32, CODEC, D, NU, DR, GS, NG)
         okp = pm[:, None] & (stp != 2)
         okn = nm[:, None] & (stn != 2)
         cnt = okp.to(tl.float32) + okn.to(tl.float32)
@@ -143,6 +146,7 @@ def _paged_decode_kernel(
     out_ptr, stride_ob, stride_oh,  # out: [B, HQ, D] (single split)
     pacc_ptr, pml_ptr,  # partial acc [B, HQ, S, D] fp32, (m, l) [B, HQ, S, 2] fp32
     cnt_ptr,  # [2] int64: corrected, detected codewords
+    gtab_ptr,  # Golay syndrome table (kernels.codecs.golay_tables)
     qk_scale, tok_lo, tok_hi, part_tokens, split_off, S_TOTAL,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
     CODEC: tl.constexpr, R: tl.constexpr, NU: tl.constexpr, DR: tl.constexpr, GS: tl.constexpr, NG: tl.constexpr,
@@ -180,9 +184,9 @@ def _paged_decode_kernel(
         t = t0 + tl.arange(0, BLOCK_N)
         tm = t < end
         row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-        k0, k1, k2, kst, kc_, kd_ = _decode_tile(kd_ptr, ks_ptr, row, srow, tm, dtype, CODEC, D, NU, DR, GS, NG)
+        k0, k1, k2, kst, kc_, kd_ = _decode_tile(kd_ptr, ks_ptr, gtab_ptr, row, srow, tm, dtype, CODEC, D, NU, DR, GS, NG)
         if INTERP:
-            k0 = _interp_tile(k0, kst, kd_ptr, ks_ptr, bt, t, tm, seq_len, h, stride_db, stride_dh, stride_dt,
+            k0 = _interp_tile(k0, kst, kd_ptr, ks_ptr, gtab_ptr, bt, t, tm, seq_len, h, stride_db, stride_dh, stride_dt,
                               stride_sb, stride_sh, stride_st, dtype, BS, CODEC, D, NU, DR, GS, NG)  # fmt: skip
         qk = tl.dot(q0, tl.trans(k0))  # [GP, BLOCK_N] fp32
         if R > 1:
@@ -195,9 +199,9 @@ def _paged_decode_kernel(
         p = tl.math.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
-        v0, v1, v2, vst, vc_, vd_ = _decode_tile(vd_ptr, vs_ptr, row, srow, tm, dtype, CODEC, D, NU, DR, GS, NG)
+        v0, v1, v2, vst, vc_, vd_ = _decode_tile(vd_ptr, vs_ptr, gtab_ptr, row, srow, tm, dtype, CODEC, D, NU, DR, GS, NG)
         if INTERP:
-            v0 = _interp_tile(v0, vst, vd_ptr, vs_ptr, bt, t, tm, seq_len, h, stride_db, stride_dh, stride_dt,
+            v0 = _interp_tile(v0, vst, vd_ptr, vs_ptr, gtab_ptr, bt, t, tm, seq_len, h, stride_db, stride_dh, stride_dt,
                               stride_sb, stride_sh, stride_st, dtype, BS, CODEC, D, NU, DR, GS, NG)  # fmt: skip
         pc = p.to(dtype)
         acc0 = acc0 * alpha[:, None] + tl.dot(pc, v0)
@@ -330,6 +334,7 @@ def paged_decode_attention(
         launches.append((codec, (k_data, k_scale, v_data, v_scale), 0, 2**31 - 1, num_splits, 0))
         s_total = num_splits
     partial = s_total > 1
+    gtab = kc.golay_tables(q.device)
     if partial:
         pacc = torch.empty(bsz, hq, s_total, d, dtype=torch.float32, device=q.device)
         pml = torch.empty(bsz, hq, s_total, 2, dtype=torch.float32, device=q.device)
@@ -344,7 +349,7 @@ def paged_decode_attention(
             q, q.stride(0), q.stride(1),
             kd, ks, vd, vs, kd.stride(0), kd.stride(1), kd.stride(2), ks.stride(0), ks.stride(1), ks.stride(2),
             bt, bt.stride(0), lengths,
-            out, out.stride(0), out.stride(1), pacc, pml, cnt,
+            out, out.stride(0), out.stride(1), pacc, pml, cnt, gtab,
             qk_scale, lo, hi, part, off, s_total,
             G=group, GP=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
             CODEC=cid, R=r, NU=nu, DR=max(16, triton.next_power_of_2(nu)), GS=gs, NG=ng,
