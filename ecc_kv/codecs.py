@@ -25,7 +25,7 @@ cross-check of the table and as the baseline in docs/codecs.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -74,7 +74,7 @@ def golay_parity(d: torch.Tensor) -> torch.Tensor:
     return p
 
 
-@lru_cache(maxsize=None)
+@cache
 def _golay_table_cpu() -> torch.Tensor:
     """Syndrome -> (data correction | status << 12), int32 [4096], by enumerating error patterns.
 
