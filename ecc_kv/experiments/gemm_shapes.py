@@ -129,7 +129,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "shape": "x".join(str(target[c]) for c in ("m", "k", "n")),
         "aligned": int(cfg["dim"] % cfg["align"] == 0),
         "device_used": raw["env"]["device"],
-        "inner": target["inner"],
+        "calls_per_repeat": target["inner"],
         "gflop": target["flops"] / 1e9,
         **stats,
         "tflops": sc.tflops(target["flops"], stats["median_ms"]),

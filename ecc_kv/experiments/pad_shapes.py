@@ -135,8 +135,8 @@ def _time_variant(
                 out = crop(fn())
                 if oracle is not None:
                     point["max_abs_err"] = float((out.float() - oracle).abs().max())
-                if cfg.op == "sdpa":
-                    point["picked"] = sdpa_shapes.picked_backend(fn)
+                if cfg.op == "sdpa":  # forced: the only enabled backend is the one that ran
+                    point["picked"] = sdpa_shapes.picked_backend(fn) if backend == "default" else backend
                 del out
                 point.update(sc.measure(fn, device, cfg.warmup, cfg.repeats, cfg.inner))
         point["status"] = "ok"

@@ -252,7 +252,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "aligned": int(cfg["head_dim"] % cfg["align"] == 0),
         "device_used": raw["env"]["device"],
         "gflop": target["flops"] / 1e9,
-        "inner": target.get("inner"),
+        "calls_per_repeat": target.get("inner"),
         **stats,
         "tflops": sc.tflops(target["flops"], stats["median_ms"]),
         "max_abs_err": target.get("max_abs_err"),
