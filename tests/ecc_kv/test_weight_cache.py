@@ -1,0 +1,241 @@
+"""PairedWeightCache: exact consistency over long mask sequences, write bounds, planners, views, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.profiler import profile
+
+from ecc_kv.sparse_mlp import (
+    drifting_topk_masks,
+    masked_mlp_reference,
+    mlp_forward,
+    random_walk_masks,
+    union_masks,
+)
+from ecc_kv.weight_cache import PairedWeightCache, plan_moves, plan_moves_host, plan_rebuild
+
+N, H = 96, 12
+# dtype -> (atol, rtol) of the cached MLP against the float32 masked reference
+TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-2, 2e-2), torch.bfloat16: (1e-1, 5e-2)}
+
+
+def _weights(gated: bool, dtype: torch.dtype = torch.float32, device: str = "cpu", n: int = N, h: int = H):
+    g = torch.Generator().manual_seed(7)
+    mk = lambda *s: (torch.randn(*s, generator=g) / h**0.5).to(device=device, dtype=dtype)  # noqa: E731
+    return (mk(n, h) if gated else None), mk(n, h), mk(h, n)
+
+
+def _sequences() -> dict[str, torch.Tensor]:
+    """Mask sequences [T, N] covering the regimes the issue lists."""
+    gen = torch.Generator().manual_seed(3)
+    sizes = torch.randint(0, 41, (40,), generator=gen)
+    rand = torch.zeros(40, N, dtype=torch.bool)
+    for t, s in enumerate(sizes.tolist()):
+        rand[t, torch.randperm(N, generator=gen)[:s]] = True
+    empty_full = torch.zeros(6, N, dtype=torch.bool)
+    empty_full[1:3, :40] = True
+    empty_full[4, 50:90] = True
+    disjoint = torch.zeros(8, N, dtype=torch.bool)  # 100% churn every step
+    for t in range(8):
+        disjoint[t, (t % 2) * 40 : (t % 2) * 40 + 40] = True
+    per_token = torch.rand(64, N, generator=gen).topk(8, dim=-1).indices
+    pt = torch.zeros(64, N, dtype=torch.bool).scatter_(1, per_token, True)
+    return {
+        "random_walk": random_walk_masks(N, 30, 4, 60, seed=1),
+        "random_walk_frac": random_walk_masks(N, 40, 0.25, 30, seed=2),
+        "fixed_topk": drifting_topk_masks(N, 24, 60, drift=0.3, seed=4),
+        "union_batch4": union_masks(pt, 4),
+        "random_sizes": rand,
+        "empty_full": empty_full,
+        "full_churn": disjoint,
+    }
+
+
+SEQS = _sequences()
+
+
+def _run_sequence(cache: PairedWeightCache, masks: torch.Tensor, x: torch.Tensor, weights, tol) -> None:
+    gate, up, down = weights
+    for t, mask in enumerate(masks):
+        old = cache.neuron_to_slot.cpu() >= 0
+        a, r = int((mask & ~old).sum()), int((old & ~mask).sum())
+        written = cache.update(mask.to(cache.neuron_to_slot.device))
+        cache.check()  # buffer == pool[active], maps consistent, tail empty
+        assert written <= max(a, r), f"step {t}: wrote {written} rows, A={a}, R={r}"
+        assert sorted(cache.active.tolist()) == mask.nonzero().squeeze(1).tolist(), f"step {t}"
+        y = mlp_forward(x, cache.gate, cache.up, cache.down).float()
+        ref = masked_mlp_reference(x, gate, up, down, mask)
+        torch.testing.assert_close(y, ref, atol=tol[0], rtol=tol[1], msg=lambda m, t=t: f"step {t}: {m}")
+
+
+@pytest.mark.parametrize("seq", list(SEQS))
+@pytest.mark.parametrize("gated", [True, False])
+def test_sequences_cpu(seq: str, gated: bool) -> None:
+    w = _weights(gated)
+    x = torch.randn(3, H, generator=torch.Generator().manual_seed(0))
+    cache = PairedWeightCache(*w, capacity=48 if seq != "empty_full" else N)
+    masks = SEQS[seq]
+    if seq == "empty_full":
+        masks = masks.clone()
+        masks[3] = True  # the full set
+    _run_sequence(cache, masks, x, w, TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_dtypes(dtype: torch.dtype, device: str) -> None:
+    w = _weights(True, dtype, device)
+    x = torch.randn(2, H, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    cache = PairedWeightCache(*w, capacity=48)
+    assert cache.buffer.dtype == dtype and cache.row_bytes == 3 * H * dtype.itemsize
+    _run_sequence(cache, SEQS["random_walk"][:20], x, w, TOL[dtype])
+
+
+def test_triton_matches_torch(device: str) -> None:
+    """Same sequence through both backends: the buffers agree bit for bit after every step."""
+    w = _weights(True, device=device, n=40, h=5)  # row length 15: not a multiple of any block
+    a = PairedWeightCache(*w, capacity=20, backend="torch")
+    b = PairedWeightCache(*w, capacity=20, backend="triton")
+    masks = torch.cat([random_walk_masks(40, 12, 3, 6, seed=5), drifting_topk_masks(40, 18, 4, seed=6)])
+    masks[3] = False
+    for mask in masks.to(device):
+        assert a.update(mask) == b.update(mask)
+        assert torch.equal(a.buffer[: len(a)], b.buffer[: len(b)])
+        assert torch.equal(a.active, b.active)
+        b.check()
+
+
+def test_planners_agree() -> None:
+    """The fixed-shape (GPU, graph-capturable) planner and the host planner make the same plan."""
+    cache = PairedWeightCache(*_weights(True), capacity=48)
+    for seq in ("random_walk", "union_batch4", "random_sizes", "full_churn"):
+        for mask in SEQS[seq]:
+            s2n, n2s, m = cache.slot_to_neuron.clone(), cache.neuron_to_slot.clone(), len(cache)
+            p, q = plan_moves(mask, n2s, s2n), plan_moves_host(mask, n2s, s2n, m)
+            assert p.stats.tolist() == q.stats.tolist()
+            w = int(p.stats[2])
+            assert p.counts.tolist() == q.counts.tolist() == [int(p.stats[0]), w]
+            assert torch.equal(p.dst[:w], q.dst[:w]) and torch.equal(p.src[:w], q.src[:w])
+            assert torch.equal(p.s2n, q.s2n) and torch.equal(p.n2s, q.n2s)
+            # independence: destinations below the new size; buffer sources in the vacated tail
+            m_new, n_pool = int(p.stats[3]), int(p.stats[0])
+            assert bool((p.dst[:w] < m_new).all()) and bool((p.src[n_pool:w] >= m_new).all())
+            assert len(set(p.dst[:w].tolist())) == w
+            cache.update(mask)
+
+
+def test_fewer_writes_when_removed_rows_sit_in_the_tail() -> None:
+    cache = PairedWeightCache(*_weights(True), capacity=48)
+    mask = torch.zeros(N, dtype=torch.bool)
+    mask[:20] = True
+    cache.update(mask)
+    tail = cache.active[-5:]
+    new = mask.clone()
+    new[tail] = False  # R = 5 removed, all in the tail being vacated
+    new[60] = True  # A = 1
+    assert cache.update(new) == 1  # only the added row moves
+    cache.check()
+
+
+def test_hybrid_rebuild_keeps_cache_exact() -> None:
+    w = _weights(True)
+    x = torch.randn(2, H)
+    cache = PairedWeightCache(*w, capacity=48, rebuild_tau=0.5)
+    masks = SEQS["full_churn"]
+    _run_sequence(cache, masks, x, w, TOL[torch.float32])
+    assert cache.last["rebuilt"] == 1 and cache.last["written"] == 40
+    small = masks[-1].clone()
+    small[int(cache.active[-1])] = False  # churn 1 < tau * m: paired again; the last slot just empties
+    assert cache.update(small) == 0 and cache.last["rebuilt"] == 0
+    cache.check()
+    plan = plan_rebuild(masks[0], 48)
+    assert plan.stats.tolist() == [40, 0, 40, 40]
+
+
+def test_offloaded_logic_on_host() -> None:
+    """The offloaded path (host staging, packed plan, staged moves) with the buffer on the CPU."""
+    w = _weights(True)
+    x = torch.randn(2, H)
+    for backend in ("torch", "triton"):
+        cache = PairedWeightCache(*w, capacity=48, placement="offloaded", device="cpu", backend=backend)
+        _run_sequence(cache, SEQS["union_batch4"][:8], x, w, TOL[torch.float32])
+
+
+def test_views_are_zero_copy_and_matmul_takes_them() -> None:
+    w = _weights(True)
+    cache = PairedWeightCache(*w, capacity=48)
+    cache.update(SEQS["random_walk"][0])
+    base, end = cache.buffer.data_ptr(), cache.buffer.data_ptr() + cache.buffer.nbytes
+    for v, shape in ((cache.gate, (30, H)), (cache.up, (30, H)), (cache.down, (H, 30))):
+        assert tuple(v.shape) == shape and base <= v.data_ptr() < end
+        assert v.untyped_storage().data_ptr() == cache.buffer.untyped_storage().data_ptr()
+    x = torch.randn(2, H)
+    copies = {"aten::copy_", "aten::clone", "aten::contiguous"}
+
+    def ops(fn) -> set[str]:
+        with profile() as p:
+            fn()
+        return {e.name for e in p.events()}
+
+    assert not ops(lambda: torch.matmul(torch.matmul(x, cache.up.t()), cache.down.t())) & copies
+    assert not ops(lambda: mlp_forward(x, cache.gate, cache.up, cache.down)) & copies
+    # negative control: a view BLAS cannot take is copied, and the profiler sees it
+    assert ops(lambda: torch.matmul(x, cache.buffer[:30, : 2 * H : 2].t())) & copies
+
+
+def test_errors_are_clear_and_leave_cache_intact() -> None:
+    w = _weights(True)
+    cache = PairedWeightCache(*w, capacity=10)
+    mask = torch.zeros(N, dtype=torch.bool)
+    mask[:10] = True
+    cache.update(mask)
+    with pytest.raises(ValueError, match=r"shape \[96\]"):
+        cache.update(torch.zeros(N + 1, dtype=torch.bool))
+    with pytest.raises(TypeError, match="torch.bool"):
+        cache.update(torch.zeros(N, dtype=torch.int64))
+    with pytest.raises(TypeError, match="bool tensor"):
+        cache.update([True] * N)  # type: ignore[arg-type]
+    over = mask.clone()
+    over[50] = True
+    with pytest.raises(ValueError, match="11 active neurons, more than the cache capacity 10"):
+        cache.update(over)
+    cache.check()
+    assert cache.active.tolist() == list(range(10))
+    with pytest.raises(ValueError, match="capacity"):
+        PairedWeightCache(*w, capacity=N + 1)
+    with pytest.raises(ValueError, match="down must be"):
+        PairedWeightCache(w[0], w[1], w[2].t(), capacity=4)
+    with pytest.raises(ValueError, match="placement"):
+        PairedWeightCache(*w, capacity=4, placement="disk")
+    with pytest.raises(ValueError, match="backend"):
+        PairedWeightCache(*w, capacity=4, backend="cuda")
+    with pytest.raises(TypeError, match="dtype"):
+        PairedWeightCache(w[0], w[1].double(), w[2], capacity=4)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_fixed_topk() -> None:
+    """With A = R (fixed top-k masks) the GPU update runs with no host sync inside a CUDA graph."""
+    w = _weights(True, torch.float16, "cuda", n=512, h=64)
+    cache = PairedWeightCache(*w, capacity=64)
+    masks = drifting_topk_masks(512, 64, 30, drift=0.2, seed=9).cuda()
+    cache.update(masks[0])
+    static = masks[0].clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):  # warm up (compiles the kernel) on a side stream
+            cache.update_async(static)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        written = cache.update_async(static)
+    for mask in masks[1:]:
+        old = cache.neuron_to_slot >= 0
+        a = int((mask & ~old).sum())
+        static.copy_(mask)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert int(written) == a
+        cache.check()
+        assert sorted(cache.active.tolist()) == mask.nonzero().squeeze(1).tolist()
