@@ -1,0 +1,89 @@
+"""kernels.weight_cache.apply_moves against its torch twin ecc_kv.weight_cache.apply_moves_torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ecc_kv.weight_cache import apply_moves_torch, plan_moves
+from kernels.weight_cache import apply_moves
+
+
+def _state(n: int, cap: int, m: int, gen: torch.Generator, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maps of a cache holding m random neurons in slots 0..m-1."""
+    ids = torch.randperm(n, generator=gen)[:m]
+    s2n = torch.full((cap,), -1, dtype=torch.int32)
+    s2n[:m] = ids.int()
+    n2s = torch.full((n,), -1, dtype=torch.int32)
+    n2s[ids] = torch.arange(m, dtype=torch.int32)
+    return s2n.to(device), n2s.to(device)
+
+
+def _assert_equal_rows(got: torch.Tensor, want: torch.Tensor) -> None:
+    bad = (got != want).any(dim=1).nonzero().squeeze(1)
+    assert bad.numel() == 0, f"{bad.numel()} rows differ, first at slots {bad[:8].tolist()}"
+
+
+# (N, capacity, row length): row lengths that are not multiples of any block size
+SHAPES = [(20, 9, 1), (37, 16, 15), (64, 33, 100), (50, 50, 259)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("full_grid", [False, True])
+def test_apply_moves_matches_torch(shape: tuple[int, int, int], dtype: torch.dtype, full_grid: bool, device: str) -> None:
+    n, cap, r = shape
+    gen = torch.Generator().manual_seed(n * 31 + r)
+    pool = torch.randn(n, r, generator=gen).to(device, dtype)  # [N, R]
+    for _trial in range(3):
+        m = int(torch.randint(0, cap + 1, (1,), generator=gen))
+        s2n, n2s = _state(n, cap, m, gen, device)
+        new = torch.zeros(n, dtype=torch.bool)
+        new[torch.randperm(n, generator=gen)[: int(torch.randint(0, cap + 1, (1,), generator=gen))]] = True
+        new = new.to(device)
+        plan = plan_moves(new, n2s, s2n)
+        n_pool, n_moves = plan.counts.tolist()
+        buf = torch.randn(cap, r, generator=gen).to(device, dtype)  # stale rows everywhere
+        buf[:m] = pool[s2n[:m].long()]
+        want = buf.clone()
+        apply_moves_torch(want, pool, plan.dst, plan.src, n_pool, n_moves)
+        got = buf.clone()
+        apply_moves(got, pool, plan.dst, plan.src, plan.counts, max_moves=None if full_grid else n_moves)
+        _assert_equal_rows(got, want)
+        m_new = int(plan.stats[3])
+        _assert_equal_rows(got[:m_new], pool[plan.s2n[:m_new].long()])
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:3])
+def test_staged_moves(shape: tuple[int, int, int], device: str) -> None:
+    """Staged mode (offloaded cache): move j < n_pool reads row j of a staging block."""
+    n, cap, r = shape
+    gen = torch.Generator().manual_seed(5)
+    pool = torch.randn(n, r, generator=gen).to(device)
+    s2n, n2s = _state(n, cap, cap // 2, gen, device)
+    new = torch.zeros(n, dtype=torch.bool)
+    new[torch.randperm(n, generator=gen)[: cap - 2]] = True
+    plan = plan_moves(new.to(device), n2s, s2n)
+    n_pool, n_moves = plan.counts.tolist()
+    stage = torch.zeros(cap, r, device=device)
+    stage[:n_pool] = pool[plan.src[:n_pool].long()]
+    buf = torch.zeros(cap, r, device=device)
+    buf[: cap // 2] = pool[s2n[: cap // 2].long()]
+    want = buf.clone()
+    apply_moves_torch(want, stage, plan.dst, plan.src, n_pool, n_moves, staged=True)
+    apply_moves(buf, stage, plan.dst, plan.src, plan.counts, staged=True)
+    _assert_equal_rows(buf, want)
+
+
+def test_no_moves_and_bad_inputs(device: str) -> None:
+    buf = torch.ones(4, 8, device=device)
+    pool = torch.zeros(10, 8, device=device)
+    idx = torch.zeros(4, dtype=torch.int32, device=device)
+    apply_moves(buf, pool, idx, idx, torch.zeros(2, dtype=torch.int32, device=device))
+    assert bool((buf == 1).all())  # counts (0, 0): nothing written by the full grid
+    with pytest.raises(TypeError, match="int32"):
+        apply_moves(buf, pool, idx.long(), idx, torch.zeros(2, dtype=torch.int32, device=device))
+    with pytest.raises(ValueError, match="equal R"):
+        apply_moves(buf, pool[:, :7], idx, idx, torch.zeros(2, dtype=torch.int32, device=device))
+    with pytest.raises(TypeError, match="dtype"):
+        apply_moves(buf, pool.half(), idx, idx, torch.zeros(2, dtype=torch.int32, device=device))
