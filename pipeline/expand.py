@@ -154,9 +154,10 @@ def expand(exp: ExperimentSpec, task_path: str, only: dict[str, list[Any]] | Non
         runs.append(Run(experiment=exp.name, task=task_path, params=params,
                         run_id=make_run_id(params, varying, chash), config_hash=chash, varying=varying))
     if not runs:
-        why = "--only matches no run" if only else "exclude rules drop every run"
-        raise SpecError(f"no runs to do: {why}", file=exp.spec_path, experiment=exp.name,
-                        key="--only" if only else "exclude")
+        if only:
+            raise SpecError("no runs to do: --only matches no run", file=exp.spec_path, experiment=exp.name,
+                            key="--only")
+        raise exp.error("no runs to do: exclude rules drop every run", "exclude")
     return runs
 
 

@@ -49,6 +49,8 @@ def slurm_parameters(plan: ExperimentPlan) -> dict[str, Any]:
     params: dict[str, Any] = {
         "job_name": plan.spec.name, "time": r.time_min, "cpus_per_task": r.cpus, "ntasks_per_node": 1,
         "array_parallelism": arr.parallelism, "stderr_to_stdout": True,
+        # SIGUSR2 this long before the time limit lets submitit requeue the element in time
+        "signal_delay_s": max(10, min(90, r.time_min * 60 // 4)),
         # jobs must import this project even when it is not pip-installed
         "setup": [f"export PYTHONPATH={shlex.quote(str(PROJECT_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"],
     }
@@ -102,7 +104,7 @@ def print_hints(arrays: list[SubmittedArray], plans: list[ExperimentPlan]) -> No
     print(f"watch:  squeue -j {ids}")
     for plan in plans:
         print(f"status: python -m pipeline.status {plan.exp_dir}")
-        print(f"logs:   {plan.exp_dir / '.submitit'}/<job_id>/")
+        print(f"logs:   {plan.exp_dir / '.submitit'}/<array_job_id>_<element>/")
     print(f"cancel: scancel {ids.replace(',', ' ')}")
 
 
