@@ -39,6 +39,7 @@ from kernels.codecs import (
     hamming84_encode_word,
     status_counts,
 )
+from kernels.faults import event_probability, event_thresholds, flip_mask
 
 _BLOCKS = {0: 256, 1: 1024, 2: 512}  # groups per program: 8192, 8192, 12288 values
 
@@ -56,6 +57,16 @@ def _split4(x):
 def _join4(w0, w1, w2, w3):
     """Four [B] tensors -> [B, 4] with them as columns."""
     return tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [w0.shape[0], 4])
+
+
+@triton.jit
+def _load_words(ptr, idx, valid, seed, stream, thr_ptr, INJECT: tl.constexpr, BURST_LEN: tl.constexpr):
+    """Stored int32 words at ``idx`` as uint32, with the fault channel applied when INJECT (global word index = idx)."""
+    x = tl.load(ptr + idx, mask=valid, other=0)
+    if INJECT:
+        m = flip_mask(seed, idx.to(tl.int64), stream, thr_ptr, 32, BURST_LEN)
+        x = x ^ tl.where(valid, m, 0)
+    return _u32(x)
 
 
 @triton.jit
@@ -98,17 +109,18 @@ def _encode_packed_kernel(src, dst, NG, GPR, CODEC: tl.constexpr, BLOCK: tl.cons
         tl.store(dst + p + 2, _i32(p2), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "stream"])
 def _decode_packed_kernel(
-    src, dst, st_ptr, cnt_ptr, table_ptr, NG, GPR,
+    src, dst, st_ptr, cnt_ptr, table_ptr, thr_ptr, NG, GPR, seed, stream,
     CODEC: tl.constexpr, BLOCK: tl.constexpr, WRITE_STATUS: tl.constexpr, ALGEBRAIC: tl.constexpr,
+    INJECT: tl.constexpr, BURST_LEN: tl.constexpr,
 ):
     # src: stored words; dst: packed INT4 words; st_ptr: status bytes as words; cnt_ptr: int32[2]
     g = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = g < NG
     if CODEC == 1:
         o = g[:, None] * 2 + tl.arange(0, 2)[None, :]
-        lo, hi = tl.split(_u32(tl.load(src + o, mask=o < 2 * NG, other=0)))
+        lo, hi = tl.split(_load_words(src, o, o < 2 * NG, seed, stream, thr_ptr, INJECT, BURST_LEN))
         w, corr, det = hamming84_decode_word(lo, hi)
         tl.store(dst + g, _i32(w), mask=mask)
         if WRITE_STATUS:
@@ -121,10 +133,10 @@ def _decode_packed_kernel(
         j = g - row * GPR
         base = row * (7 * GPR)
         m4 = (g < NG)[:, None] & (tl.arange(0, 4) < 4)[None, :]
-        x = _u32(tl.load(src + (base + 4 * j)[:, None] + tl.arange(0, 4)[None, :], mask=m4, other=0))
-        q0 = _u32(tl.load(src + base + 4 * GPR + j, mask=mask, other=0))
-        q1 = _u32(tl.load(src + base + 5 * GPR + j, mask=mask, other=0))
-        q2 = _u32(tl.load(src + base + 6 * GPR + j, mask=mask, other=0))
+        x = _load_words(src, (base + 4 * j)[:, None] + tl.arange(0, 4)[None, :], m4, seed, stream, thr_ptr, INJECT, BURST_LEN)
+        q0 = _load_words(src, base + 4 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+        q1 = _load_words(src, base + 5 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+        q2 = _load_words(src, base + 6 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
         w0, w1, w2, w3 = _split4(x)
         w0, w1, w2, w3, f0, f1, f2, f3 = hamming74_decode_group(w0, w1, w2, w3, q0, q1, q2)
         tl.store(dst + g[:, None] * 4 + tl.arange(0, 4)[None, :], _i32(_join4(w0, w1, w2, w3)), mask=m4)
@@ -145,12 +157,12 @@ def _decode_packed_kernel(
         j = g - row * GPR
         d = row * (6 * GPR) + 3 * j
         p = d + 3 * GPR
-        w0 = _u32(tl.load(src + d, mask=mask, other=0))
-        w1 = _u32(tl.load(src + d + 1, mask=mask, other=0))
-        w2 = _u32(tl.load(src + d + 2, mask=mask, other=0))
-        p0 = _u32(tl.load(src + p, mask=mask, other=0))
-        p1 = _u32(tl.load(src + p + 1, mask=mask, other=0))
-        p2 = _u32(tl.load(src + p + 2, mask=mask, other=0))
+        w0 = _load_words(src, d, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+        w1 = _load_words(src, d + 1, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+        w2 = _load_words(src, d + 2, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+        p0 = _load_words(src, p, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+        p1 = _load_words(src, p + 1, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+        p2 = _load_words(src, p + 2, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
         o0, o1, o2, sa, sb = golay_decode_group(w0, w1, w2, p0, p1, p2, table_ptr, ALGEBRAIC)
         tl.store(dst + 3 * g, _i32(o0), mask=mask)
         tl.store(dst + 3 * g + 1, _i32(o1), mask=mask)
@@ -210,11 +222,20 @@ def decode_packed(
     algebraic: bool = False,
     out: torch.Tensor | None = None,
     counts: torch.Tensor | None = None,
+    ber: float = 0.0,
+    seed: int = 0,
+    model: str = "bsc",
+    burst_len: int = 2,
+    stream: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Stored layout ``[..., stored_nbytes(n)]`` -> (packed INT4 ``[..., n/2]``, status ``[..., m]`` or None, counts).
 
     ``counts``: int32 [2] (corrected, detected) on the device, added to (pass one to accumulate);
-    no host sync happens here. ``algebraic`` selects the algebraic Golay decoder.
+    no host sync happens here. ``algebraic`` selects the algebraic Golay decoder. ``ber > 0`` fuses
+    fault injection into the read: every stored int32 word (all 32 bits are stored bits in these
+    layouts) is XORed with ``kernels.faults.flip_mask(seed, word index, stream)`` before decoding,
+    the same faults as ``inject_triton(stored.view(int32), 32, ber, seed, model, burst_len)``; the
+    stored buffer itself is not modified.
     """
     _check_row(name, n, stored.shape[-1], stored_nbytes(name, n), "stored")
     if stored.dtype != torch.uint8:
@@ -236,8 +257,11 @@ def decode_packed(
     if ng:
         block = _BLOCKS[cid]
         st = status.view(-1).view(torch.int32) if status is not None else counts
+        inject = ber > 0
+        blen = 1 if model == "bsc" else burst_len
+        thr = event_thresholds(event_probability(ber, model, burst_len), 32, dev) if inject else counts
         _decode_packed_kernel[(triton.cdiv(ng, block),)](
-            _words(stored), out.view(-1).view(torch.int32), st, counts, golay_tables(dev), ng, gpr,
-            CODEC=cid, BLOCK=block, WRITE_STATUS=with_status, ALGEBRAIC=algebraic,
+            _words(stored), out.view(-1).view(torch.int32), st, counts, golay_tables(dev), thr, ng, gpr, seed, stream,
+            CODEC=cid, BLOCK=block, WRITE_STATUS=with_status, ALGEBRAIC=algebraic, INJECT=inject, BURST_LEN=blen,
         )
     return out, status, counts
