@@ -1,0 +1,287 @@
+"""Task kind ``weight_cache_bench``: how fast the active weights of a sparse MLP follow the mask.
+
+One run = one setting (N neurons, hidden width, m active, churn k per step, dtype,
+placement). Every method replays the SAME pre-generated random-walk mask sequence (each
+step swaps k active neurons for k inactive ones, so A = R = k) from the same start:
+
+- ``paired``: :class:`ecc_kv.weight_cache.PairedWeightCache` (<= max(A, R) row writes).
+- ``hybrid``: the same cache with ``rebuild_tau``: a full rebuild when churn > tau * m.
+- ``rebuild``: ``torch.index_select`` of all m active rows from the bundled pool
+  ``[gate | up | down^T]`` into a preallocated buffer (down stored transposed, so the
+  baseline gathers whole contiguous rows and is as fast as index_select gets).
+- ``masking``: boolean masking of the separate matrices, ``gate[mask]``, ``up[mask]``,
+  ``down[:, mask]`` (what code without a cache does).
+- ``paired_graph`` (GPU placement only): the paired update captured once in a CUDA graph
+  (``update_async``, fixed size) and replayed per step.
+
+Per step: the time (median and p90 over ``steps`` steps after ``warmup``), the bytes
+written against the lower bound max(A, R) * row bytes, and the achieved bandwidth
+(read + write) against the device copy bandwidth measured in the same run; for
+``offloaded`` also the bytes that cross PCIe against the pinned host-to-device bandwidth.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ecc_kv.experiments import _shapes_common as sc
+from ecc_kv.sparse_mlp import random_walk_masks
+from ecc_kv.timing import copy_bandwidth_gbps, time_fn, time_stats
+from ecc_kv.weight_cache import PLACEMENTS, PairedWeightCache
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipeline.context import RunContext
+
+KIND = "weight_cache_bench"
+METHODS: tuple[str, ...] = ("paired", "hybrid", "rebuild", "masking", "paired_graph")
+DEFAULTS: dict[str, Any] = {
+    "n_neurons": 8192,
+    "hidden": 1024,
+    "m": 1024,  # active neurons
+    "churn": 64,  # neurons swapped per step: a count, or a fraction of m when < 1
+    "dtype": "fp32",
+    "placement": "cpu",
+    "methods": ["paired", "hybrid", "rebuild", "masking"],
+    "tau": 0.25,  # hybrid: rebuild when max(A, R) > tau * m
+    "gated": True,  # SwiGLU (gate, up, down) or a plain MLP (up, down)
+    "backend": "auto",  # cache moves: auto (triton on CUDA, torch on CPU) | torch | triton
+    "steps": 200,
+    "warmup": 20,
+    "seed": 0,
+    "threads": 0,  # CPU intra-op threads (0: torch default)
+}
+
+
+def _methods(params: dict[str, Any]) -> list[str]:
+    methods = params.get("methods", DEFAULTS["methods"])
+    if isinstance(methods, str):
+        methods = [methods]
+    if not isinstance(methods, list) or not methods or any(m not in METHODS for m in methods):
+        raise ValueError(f"methods={methods!r} must be a non-empty list out of {list(METHODS)}")
+    return list(dict.fromkeys(methods))
+
+
+def _config(params: dict[str, Any]) -> dict[str, Any]:
+    sc.check_unknown(params, DEFAULTS, KIND)
+    cfg = {
+        "n_neurons": sc.pos_int(params, "n_neurons", DEFAULTS["n_neurons"]),
+        "hidden": sc.pos_int(params, "hidden", DEFAULTS["hidden"]),
+        "m": sc.pos_int(params, "m", DEFAULTS["m"]),
+        "dtype": sc.choice(params, "dtype", sc.DTYPES, DEFAULTS["dtype"]),
+        "placement": sc.choice(params, "placement", PLACEMENTS, DEFAULTS["placement"]),
+        "methods": _methods(params),
+        "gated": sc.flag(params, "gated", DEFAULTS["gated"]),
+        "backend": sc.choice(params, "backend", ("auto", "torch", "triton"), DEFAULTS["backend"]),
+        "steps": sc.pos_int(params, "steps", DEFAULTS["steps"]),
+        "warmup": sc.pos_int(params, "warmup", DEFAULTS["warmup"], minimum=0),
+        "seed": sc.pos_int(params, "seed", DEFAULTS["seed"], minimum=0),
+        "threads": sc.pos_int(params, "threads", DEFAULTS["threads"], minimum=0),
+    }
+    churn, tau = params.get("churn", DEFAULTS["churn"]), params.get("tau", DEFAULTS["tau"])
+    if isinstance(churn, bool) or not isinstance(churn, (int, float)) or churn < 0:
+        raise ValueError(f"churn={churn!r} must be a count >= 1 or a fraction of m in [0, 1)")
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau < 0:
+        raise ValueError(f"tau={tau!r} must be a number >= 0")
+    if cfg["m"] > cfg["n_neurons"]:
+        raise ValueError(f"m={cfg['m']} must not exceed n_neurons={cfg['n_neurons']}")
+    if "masking" in cfg["methods"] and cfg["placement"] == "offloaded":
+        raise ValueError("methods: 'masking' has no offloaded form; use placement cpu or gpu for it")
+    if "paired_graph" in cfg["methods"] and cfg["placement"] != "gpu":
+        raise ValueError(f"method 'paired_graph' needs placement 'gpu', got placement={cfg['placement']!r}")
+    k = int(round(churn * cfg["m"])) if churn < 1 else int(churn)
+    cfg.update(churn=churn, tau=float(tau), churn_k=min(k, cfg["m"], cfg["n_neurons"] - cfg["m"]))
+    return cfg
+
+
+def validate(params: dict[str, Any]) -> None:
+    """Raise ValueError naming the bad key and the allowed values."""
+    _config(params)
+
+
+def h2d_bandwidth_gbps(nbytes: int, device: str, repeats: int = 20) -> float:
+    """Pinned host -> device copy bandwidth (bytes counted once: they cross PCIe once)."""
+    src = torch.empty(max(nbytes, 1), dtype=torch.uint8).pin_memory()
+    dst = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+    times = time_fn(lambda: dst.copy_(src, non_blocking=True), device=device, warmup=3, repeats=repeats)
+    return src.numel() / (statistics.median(times) * 1e-3) / 1e9
+
+
+def _stepper(
+    method: str, cfg: dict[str, Any], w: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor],
+    masks: torch.Tensor, device: str,
+) -> tuple[Callable[[], object], list[int], PairedWeightCache | None]:
+    """(step function that consumes the next mask, rows written per step, the cache if any)."""
+    gate, up, down = w
+    n_steps = masks.shape[0]
+    written: list[int] = []
+    pos = [1]  # mask 0 is the untimed start state
+
+    def nxt() -> torch.Tensor:
+        mask = masks[pos[0] % n_steps]
+        pos[0] += 1
+        return mask
+
+    cap, place = cfg["m"], cfg["placement"]
+    backend = None if cfg["backend"] == "auto" else cfg["backend"]
+    if method in ("paired", "hybrid", "paired_graph"):
+        tau = cfg["tau"] if method == "hybrid" else None
+        cache = PairedWeightCache(gate, up, down, cap, placement=place, backend=backend, rebuild_tau=tau,
+                                  device=device)
+        cache.update(masks[0])
+        if method == "paired_graph":
+            static = masks[0].clone()
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(2):
+                    cache.update_async(static)
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                cache.update_async(static)
+
+            def step_graph() -> None:
+                static.copy_(nxt())
+                graph.replay()
+
+            return step_graph, written, cache
+
+        def step_cache() -> None:
+            written.append(cache.update(nxt()))
+
+        return step_cache, written, cache
+    if method == "rebuild":
+        host = place == "offloaded"
+        mats = [t for t in (gate, up) if t is not None] + [down.t()]
+        pool = torch.cat(mats, dim=1).contiguous()  # [N, R] rows [gate | up | down^T]
+        pool = pool.pin_memory() if host else pool
+        buf = torch.empty(cap, pool.shape[1], dtype=pool.dtype, device=device)
+        stage = torch.empty(cap, pool.shape[1], dtype=pool.dtype, pin_memory=host) if host else None
+
+        def step_rebuild() -> None:
+            ids = nxt().nonzero().squeeze(1)
+            n = ids.numel()
+            if stage is None:
+                torch.index_select(pool, 0, ids, out=buf[:n])
+            else:  # offloaded: gather on the host, send the whole active set
+                torch.index_select(pool, 0, ids, out=stage[:n])
+                buf[:n].copy_(stage[:n], non_blocking=True)
+            written.append(n)
+
+        return step_rebuild, written, None
+    def step_mask() -> None:
+        mask = nxt()
+        parts = [up[mask], down[:, mask]] + ([gate[mask]] if gate is not None else [])
+        written.append(parts[0].shape[0])
+
+    return step_mask, written, None
+
+
+def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """Replay one mask sequence through every method; keep every per-step time and write count."""
+    cfg = _config(params)
+    device = "cpu" if cfg["placement"] == "cpu" else sc.resolve_device("cuda", ctx.device)
+    dtype = sc.DTYPES[cfg["dtype"]]
+    n, h, m, k = cfg["n_neurons"], cfg["hidden"], cfg["m"], cfg["churn_k"]
+    total = 1 + cfg["warmup"] + cfg["steps"]
+    masks = random_walk_masks(n, m, k, total, seed=cfg["seed"])  # [T, N], A = R = k each step
+    wdev = "cpu" if cfg["placement"] == "offloaded" else device
+    g = torch.Generator().manual_seed(cfg["seed"])
+    mk = lambda *s: (torch.randn(*s, generator=g) / h**0.5).to(wdev, dtype)  # noqa: E731
+    w = (mk(n, h) if cfg["gated"] else None, mk(n, h), mk(h, n))
+    mask_dev = masks.to(wdev)
+    row_bytes = (3 if cfg["gated"] else 2) * h * dtype.itemsize
+    results: dict[str, Any] = {}
+    with sc.cpu_threads(device, cfg["threads"]):
+        copy_gbps = copy_bandwidth_gbps(m * row_bytes, device=device)
+        h2d_gbps = h2d_bandwidth_gbps(m * row_bytes, device) if cfg["placement"] == "offloaded" else None
+        for i, method in enumerate(cfg["methods"]):
+            ctx.progress(i, len(cfg["methods"]), method)
+            step, written, cache = _stepper(method, cfg, w, mask_dev, device)
+            times = time_fn(step, device=device, warmup=cfg["warmup"], repeats=cfg["steps"])
+            consistent = None
+            if cache is not None:
+                cache.check()  # raises if the buffer left pool[active] at any point
+                consistent = int(sorted(cache.active.tolist()) == masks[cfg["warmup"] + cfg["steps"]].nonzero().squeeze(1).tolist())
+            if method == "paired_graph":  # A = R = k every step: the graph writes exactly k rows
+                written = [k] * (cfg["warmup"] + cfg["steps"])
+            results[method] = {"times_ms": times, "rows_written": written[cfg["warmup"]:], "consistent": consistent}
+            ctx.log.info("%s: median %.4f ms (k=%d)", method, statistics.median(times), k)
+    ctx.progress(len(cfg["methods"]), len(cfg["methods"]), "done")
+    return {
+        "kind": KIND, "config": cfg, "env": sc.env_info(device), "row_bytes": row_bytes,
+        "copy_gbps": copy_gbps, "h2d_gbps": h2d_gbps, "bound_rows": k, "methods": results,
+    }
+
+
+def summarize(raw: dict[str, Any]) -> dict[str, Any]:
+    """Per method: median/p90 step time, bytes per step against max(A, R) rows, bandwidth fractions."""
+    rb, k = raw["row_bytes"], raw["bound_rows"]
+    out: dict[str, Any] = {"churn_k": k, "row_bytes": rb, "copy_gbps": raw["copy_gbps"],
+                           "device_used": raw["env"]["device"]}
+    if raw.get("h2d_gbps") is not None:
+        out["h2d_gbps"] = raw["h2d_gbps"]
+    for method, res in raw["methods"].items():
+        st = time_stats(res["times_ms"])
+        nbytes = statistics.median(res["rows_written"]) * rb
+        gbps = 2 * nbytes / (st["median_ms"] * 1e-3) / 1e9 if st["median_ms"] > 0 else None
+        out[f"{method}_median_ms"] = st["median_ms"]
+        out[f"{method}_p90_ms"] = st["p90_ms"]
+        out[f"{method}_bytes_per_step"] = nbytes
+        out[f"{method}_bytes_vs_bound"] = sc.ratio(nbytes, k * rb) if k else None
+        out[f"{method}_gbps"] = gbps
+        out[f"{method}_copy_frac"] = sc.ratio(gbps, raw["copy_gbps"])
+        if raw.get("h2d_gbps") and method in ("paired", "hybrid", "rebuild"):
+            # bytes that crossed PCIe (counted once) against the pinned H2D bandwidth
+            out[f"{method}_h2d_frac"] = sc.ratio(nbytes / (st["median_ms"] * 1e-3) / 1e9, raw["h2d_gbps"])
+        if res.get("consistent") is not None:
+            out[f"{method}_consistent"] = res["consistent"]
+    if "rebuild_median_ms" in out:
+        for method in raw["methods"]:
+            if method != "rebuild":
+                out[f"{method}_speedup_vs_rebuild"] = sc.ratio(out["rebuild_median_ms"], out[f"{method}_median_ms"])
+    return {key: sc.finite_or_none(v) if isinstance(v, float) else v for key, v in out.items()}
+
+
+def plots(df: pd.DataFrame, outdir: Path) -> list[Path]:
+    """Update time versus churn per method (log-log), one panel per placement/dtype."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    if df.empty or "churn_k" not in df:
+        return []
+    panels = [c for c in ("placement", "dtype", "n_neurons", "hidden", "m") if c in df and df[c].nunique() > 1]
+    groups = list(df.groupby(panels)) if panels else [((), df)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
+    for ax, (key, sub) in zip(axes[0], groups, strict=False):
+        for method in METHODS:
+            col = f"{method}_median_ms"
+            if col not in sub or sub[col].isna().all():
+                continue
+            pts = sub[["churn_k", col]].dropna().groupby("churn_k")[col].median().sort_index()
+            pts = pts[pts.index > 0]
+            ax.plot(pts.index, pts.values, marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("churn k (neurons swapped per step)")
+        ax.set_ylabel("update time per step, median [ms]")
+        label = ", ".join(f"{c}={v}" for c, v in zip(panels, key if isinstance(key, tuple) else (key,), strict=False))
+        ax.set_title(label or "weight cache update")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = outdir / "weight_cache_update_vs_churn.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
