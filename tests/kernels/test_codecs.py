@@ -110,3 +110,16 @@ def test_packed_launchers_reject_bad_rows(device):
         decode_packed("hamming84", torch.zeros(1, 10, dtype=torch.uint8, device=device), 16)
     with pytest.raises(ValueError, match="multiple of 24"):
         layouts.encode_stored("golay", torch.zeros(1, 6, dtype=torch.uint8), 12, backend="triton")
+
+
+@pytest.mark.parametrize("name,n", [("hamming84", 8), ("golay2412", 24)])
+def test_packed_inject_decode_equals_inject_then_decode(name, n, device):
+    from kernels.faults import inject_triton
+
+    q = torch.randint(0, 16, (3, n), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    stored = encode_packed(name, layouts.pack_int4(q).to(device), n)
+    fused = decode_packed(name, stored, n, ber=0.05, seed=9, model="burst", burst_len=3)
+    flipped, _ = inject_triton(stored.reshape(-1).view(torch.int32), 32, 0.05, 9, "burst", 3)
+    ref = decode_packed(name, flipped.view(torch.uint8).reshape(stored.shape), n)
+    for a, b, what in zip(fused, ref, ("codes", "status", "counts")):
+        _assert_same(a, b, what)
