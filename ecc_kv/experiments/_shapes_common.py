@@ -9,6 +9,7 @@ draws a metric against a dimension with aligned and irregular points marked apar
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,8 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 # laptop/CI box OpenMP threads that wait for each other turn a 40 us matmul into 30 ms.
 TIMING_DEFAULTS: dict[str, Any] = {"warmup": 10, "repeats": 50, "inner": 0, "device": "auto", "seed": 0, "threads": 0}
 TARGET_REPEAT_MS = 1.0
+# an out-of-memory shape is data (status "oom"), not a crash; torch.OutOfMemoryError is newer
+OOM: type[Exception] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 MAX_INNER = 1000
 
 
@@ -131,6 +134,9 @@ def env_info(device: str) -> dict[str, Any]:
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
         info["capability"] = list(torch.cuda.get_device_capability())
+        # fp32 matmul numbers mean different things with TF32 on or off
+        info["matmul_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        info["float32_matmul_precision"] = torch.get_float32_matmul_precision()
     else:
         info["threads"] = torch.get_num_threads()
     return info
@@ -249,7 +255,7 @@ def plot_vs_dim(
                 ax.plot([], [], "o", color="gray", label="aligned")
                 ax.plot([], [], "x", color="red", label="irregular")
                 ax.legend(fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, width=int(60 * len(facets))), fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
@@ -257,3 +263,85 @@ def plot_vs_dim(
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+# --------------------------------------------------------------------------- highlight: 107 vs 112 / 128
+
+HIGHLIGHT_DIM = 107  # the PaLU-style irregular head dim / rank the study is about
+_HIGHLIGHT_COLS = ("status", "picked_backend", "default_backend", "median_ms", "aligned_dim", "aligned_median_ms",
+                   "slowdown_vs_aligned", "coarse_dim", "coarse_median_ms", "slowdown_vs_coarse")
+
+
+def highlight_dim(df: Any, dim_col: str) -> int | None:
+    """107 when the sweep has it, else its smallest irregular dim, else ``None``."""
+    if df.empty or dim_col not in df.columns:
+        return None
+    if HIGHLIGHT_DIM in set(df[dim_col]):
+        return HIGHLIGHT_DIM
+    irregular = sorted(df.loc[df.get("aligned", 0) == 0, dim_col].unique()) if "aligned" in df.columns else []
+    return int(irregular[0]) if irregular else None
+
+
+def highlight_table(df: Any, dim_col: str, groups: list[str]) -> Any:
+    """One row per ``groups`` combination at the highlight dim: its median time next to the
+    aligned references timed in the same run, and the slowdowns. ``None`` if there is no
+    irregular dim in ``df``."""
+    dim = highlight_dim(df, dim_col)
+    if dim is None:
+        return None
+    sub = df[df[dim_col] == dim]
+    groups = [g for g in groups if g in sub.columns]
+    cols = groups + [dim_col] + [c for c in _HIGHLIGHT_COLS if c in sub.columns]
+    return sub[cols].sort_values(groups).reset_index(drop=True) if groups else sub[cols].reset_index(drop=True)
+
+
+def _md_cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "\\|")
+
+
+def write_highlight(table: Any, groups: list[str], dim_col: str, path_png: Path, title: str) -> Path | None:
+    """Bar chart of the two slowdowns per group (labelled, 1.0 line = as fast as aligned) and
+    the same numbers as a Markdown table next to it (``<stem>.md``) for the docs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if table is None or table.empty:
+        return None
+    groups = [g for g in groups if g in table.columns]
+    labels = [", ".join(str(row[g]) for g in groups) or "all" for _, row in table.iterrows()]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(labels) + 2), 4.2))
+    width = 0.4
+    for k, (col, name) in enumerate((("slowdown_vs_aligned", "vs ceil(dim, align)"),
+                                     ("slowdown_vs_coarse", "vs ceil(dim, align_coarse)"))):
+        if col not in table.columns:
+            continue
+        vals = [v if v is not None and math.isfinite(v) else 0.0 for v in table[col].astype(float)]
+        refs = table.get(col.replace("slowdown_vs_", "") + "_dim")
+        xs = [i + (k - 0.5) * width for i in range(len(vals))]
+        ax.bar(xs, vals, width, label=name)
+        for i, (x, v) in enumerate(zip(xs, vals, strict=True)):
+            ref = f"\n{int(refs.iloc[i])}" if refs is not None and refs.iloc[i] == refs.iloc[i] else ""
+            status = table["status"].iloc[i] if "status" in table.columns else "ok"
+            ax.text(x, v, f"{v:.2f}x{ref}" if v else (status if status != "ok" else "n/a"),
+                    ha="center", va="bottom", fontsize=7, rotation=0 if v else 90)
+    ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    dim = int(table[dim_col].iloc[0])
+    ax.set_ylabel(f"time({dim}) / time(aligned)")
+    ax.set_title(textwrap.fill(f"{title}: {dim_col}={dim} (>1: slower than the larger aligned size)", 70),
+                 fontsize=10)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.15)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path_png, dpi=110)
+    plt.close(fig)
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_md_cell(row[c]) for c in cols) + " |" for _, row in table.iterrows()]
+    path_png.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return path_png

@@ -151,7 +151,8 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
 
 def plots(df: pd.DataFrame, outdir: Path) -> list[Path]:
     """Time, TFLOP/s and slowdown versus ``dim``; one panel per ``vary``, one line per dtype (and
-    any other varying config); irregular dims marked with red crosses."""
+    any other varying config); irregular dims marked with red crosses. Plus the highlight:
+    dim 107 versus 112 and 128 as bars (``gemm_highlight.png``) and a table (``.md``)."""
     outdir = Path(outdir)
     series = sc.varying(df, ["dtype", "m", "hidden", "align", "device_used"])
     common = {"x": "dim", "series": series, "facet": "vary", "aligned_col": "aligned"}
@@ -171,5 +172,18 @@ def plots(df: pd.DataFrame, outdir: Path) -> list[Path]:
             title="matmul slowdown versus the next aligned size (same run)",
             **common,
         ),
+        sc.write_highlight(highlight(df), _highlight_groups(df), "dim", outdir / "gemm_highlight.png",
+                           "matmul slowdown of the irregular dim"),
     ]
     return [p for p in made if p is not None]
+
+
+def _highlight_groups(df: pd.DataFrame) -> list[str]:
+    return ["vary", "dtype"] + sc.varying(df, ["m", "hidden", "align", "align_coarse", "device_used"])
+
+
+def highlight(df: pd.DataFrame) -> pd.DataFrame | None:
+    """dim 107 (or the first irregular dim) per vary/dtype: its time next to ceil(dim, 8) and
+    ceil(dim, 64) measured in the same run, and the slowdowns (also written as
+    ``gemm_highlight.md`` by :func:`plots`)."""
+    return sc.highlight_table(df, "dim", _highlight_groups(df))

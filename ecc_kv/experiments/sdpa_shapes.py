@@ -202,7 +202,7 @@ def _time_point(cfg: SdpaConfig, head_dim: int, role: str, device: str, shared: 
                 del out
                 point.update(sc.measure(call, device, cfg.warmup, cfg.repeats, cfg.inner))
         point["status"] = "ok"
-    except torch.OutOfMemoryError as exc:
+    except sc.OOM as exc:
         point.update(status="oom", reason=f"{type(exc).__name__}: {str(exc).strip()[:500]}")
     except RuntimeError as exc:  # the forced backend does not accept this shape (or is absent)
         point.update(status="refused", reason=refusal_text(exc, caught))
@@ -305,7 +305,9 @@ def _acceptance_plot(df: pd.DataFrame, path: Path) -> Path | None:
 
 def plots(df: pd.DataFrame, outdir: Path) -> list[Path]:
     """Time and TFLOP/s versus head_dim per backend (one panel per seq_len), slowdown versus
-    the aligned sizes, and the backend acceptance grid; irregular head dims marked in red."""
+    the aligned sizes, the backend acceptance grid, and the highlight (head_dim 107 versus
+    112 and 128 per backend: ``sdpa_highlight.png`` and ``sdpa_highlight.md``); irregular
+    head dims marked in red."""
     outdir = Path(outdir)
     series = ["backend"] + sc.varying(df, ["dtype", "causal", "batch", "heads", "q_len", "align", "device_used"])
     series = [s for s in series if s in df.columns]
@@ -323,5 +325,19 @@ def plots(df: pd.DataFrame, outdir: Path) -> list[Path]:
             title="SDPA slowdown versus the next aligned head dim (same backend, same run)", **common,
         ),
         _acceptance_plot(df, outdir / "sdpa_backend_acceptance.png"),
+        sc.write_highlight(highlight(df), _highlight_groups(df), "head_dim", outdir / "sdpa_highlight.png",
+                           "SDPA slowdown of the irregular head dim per backend"),
     ]
     return [p for p in made if p is not None]
+
+
+def _highlight_groups(df: pd.DataFrame) -> list[str]:
+    return ["seq_len", "backend"] + sc.varying(df, ["dtype", "causal", "batch", "heads", "q_len", "align",
+                                                   "align_coarse", "device_used"])
+
+
+def highlight(df: pd.DataFrame) -> pd.DataFrame | None:
+    """head_dim 107 (or the first irregular one) per seq_len and backend: status, the backend
+    that ran, its time next to ceil(D, 8) and ceil(D, 64) timed in the same run, slowdowns
+    (also written as ``sdpa_highlight.md`` by :func:`plots`)."""
+    return sc.highlight_table(df, "head_dim", _highlight_groups(df))

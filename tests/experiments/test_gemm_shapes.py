@@ -79,8 +79,16 @@ def test_plots_write_pngs(tmp_path: Path, device: str) -> None:
             params = _params(device, vary=vary, dim=dim)
             s = gemm_shapes.summarize(gemm_shapes.run(params, RunContext.for_tests(tmp_path, device=device)))
             rows.append({**params, **s})
-    paths = gemm_shapes.plots(pd.DataFrame(rows), tmp_path / "report")
-    assert {p.name for p in paths} == {"gemm_time_tflops_vs_dim.png", "gemm_slowdown_vs_dim.png"}
+    df = pd.DataFrame(rows)
+    paths = gemm_shapes.plots(df, tmp_path / "report")
+    assert {p.name for p in paths} == {"gemm_time_tflops_vs_dim.png", "gemm_slowdown_vs_dim.png",
+                                       "gemm_highlight.png"}
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # no 107 in this sweep: the highlight falls back to its irregular dim (12 -> 16 and 64)
+    table = gemm_shapes.highlight(df)
+    assert list(table["dim"]) == [12, 12] and list(table["vary"]) == ["k", "n"]
+    assert list(table["aligned_dim"]) == [16, 16] and list(table["coarse_dim"]) == [64, 64]
+    md = (tmp_path / "report" / "gemm_highlight.md").read_text()
+    assert md.startswith("| vary | dtype | dim | median_ms |") and md.count("\n") == 4
     assert gemm_shapes.plots(pd.DataFrame(), tmp_path / "empty") == []

@@ -93,6 +93,11 @@ def test_plots_write_pngs(tmp_path: Path, device: str) -> None:
     assert (df["accepted"] == 0).any()  # a refused backend is in the frame and must not break the plots
     paths = sdpa_shapes.plots(df, tmp_path / "report")
     assert {p.name for p in paths} == {
-        "sdpa_time_tflops_vs_head_dim.png", "sdpa_slowdown_vs_head_dim.png", "sdpa_backend_acceptance.png"}
+        "sdpa_time_tflops_vs_head_dim.png", "sdpa_slowdown_vs_head_dim.png", "sdpa_backend_acceptance.png",
+        "sdpa_highlight.png"}
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = sdpa_shapes.highlight(df)  # one row per backend at the irregular head dim 12
+    assert sorted(table["backend"]) == sorted(df["backend"].unique()) and set(table["head_dim"]) == {12}
+    assert set(table["status"]) == {"ok", "refused"}
+    assert (tmp_path / "report" / "sdpa_highlight.md").read_text().count("refused") == 1
