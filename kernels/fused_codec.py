@@ -22,7 +22,6 @@ import triton.language as tl
 from kernels.codecs import (
     _count_swar,
     _i32,
-    _u32,
     golay_decode_group,
     golay_encode_group,
     golay_tables,

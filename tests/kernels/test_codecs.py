@@ -121,5 +121,5 @@ def test_packed_inject_decode_equals_inject_then_decode(name, n, device):
     fused = decode_packed(name, stored, n, ber=0.05, seed=9, model="burst", burst_len=3)
     flipped, _ = inject_triton(stored.reshape(-1).view(torch.int32), 32, 0.05, 9, "burst", 3)
     ref = decode_packed(name, flipped.view(torch.uint8).reshape(stored.shape), n)
-    for a, b, what in zip(fused, ref, ("codes", "status", "counts")):
+    for a, b, what in zip(fused, ref, ("codes", "status", "counts"), strict=True):
         _assert_same(a, b, what)
