@@ -4,10 +4,11 @@ Errors are ``SpecError`` (a ``ValueError``) that name the file, the line, the
 experiment, the key and the problem, so a typo is fixed before anything is submitted.
 
 A file holds either one experiment (``name``, ``task``, ``grid``, ... at the top level)
-or several under ``experiments: [...]``. With ``experiments``, the top-level keys
-``task``, ``resources``, ``array`` and ``defaults`` are shared: each experiment
-inherits them, and its own ``resources``/``array``/``defaults`` are merged over them
-key by key. ``grid``, ``zip`` and ``exclude`` belong to each experiment.
+or several under ``experiments: [...]``. With ``experiments``, every other top-level
+key (all experiment keys but ``name``) is a shared default: each experiment inherits
+it; the mappings ``resources``, ``array``, ``defaults`` and ``grid`` are merged key by
+key with the experiment's own, the rest (``task``, ``zip``, ``exclude``,
+``description``) are replaced by the experiment's value when it gives one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
 EXPERIMENT_KEYS = ("name", "description", "task", "resources", "array", "defaults", "grid", "zip", "exclude")
-SHARED_KEYS = ("description", "task", "resources", "array", "defaults", "experiments")
+SHARED_KEYS = ("description", "task", "resources", "array", "defaults", "grid", "zip", "exclude", "experiments")
+MERGED_KEYS = ("resources", "array", "defaults", "grid")  # merged key by key; other keys are replaced
 RESOURCE_KEYS = ("gpus", "cpus", "mem_gb", "time_min", "constraint", "partition", "account", "qos", "gres", "extra")
 ARRAY_KEYS = ("parallelism", "runs_per_task", "group_by")
 
@@ -245,7 +247,7 @@ def load_spec(path: str | Path) -> SpecFile:
             _check_keys(item, EXPERIMENT_KEYS, base, err, item.get("name"))
             merged = dict(shared)
             for k, v in item.items():
-                if k in ("resources", "array", "defaults") and isinstance(v, dict) and isinstance(shared.get(k), dict):
+                if k in MERGED_KEYS and isinstance(v, dict) and isinstance(shared.get(k), dict):
                     merged[k] = {**shared[k], **v}
                 else:
                     merged[k] = v

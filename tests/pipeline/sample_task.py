@@ -2,7 +2,7 @@
 
 It does real numpy work (seeded, so results are reproducible and checkable against
 math.pi), uses ``ctx.shared`` the way model-loading tasks do (an expensive setup
-cached per element), and has knobs the tests need: ``fail`` raises, ``wait_file``
+cached per element), and has knobs the tests need: ``fail`` raises (``fail_if_missing`` until a file exists), ``wait_file``
 blocks until a file exists (so a test can SIGKILL a run mid-flight), and
 ``block_first_attempt`` sleeps on the first Slurm attempt only (requeue tests).
 """
@@ -20,7 +20,7 @@ import numpy as np
 if TYPE_CHECKING:
     from pipeline.context import RunContext
 
-KNOWN = {"n", "seed", "repeats", "dist", "fail", "wait_file", "sleep_s", "block_first_attempt", "label", "extra"}
+KNOWN = {"n", "seed", "repeats", "dist", "fail", "wait_file", "sleep_s", "block_first_attempt", "label", "extra", "fail_if_missing"}
 DISTS = ("uniform", "normal")
 
 
@@ -55,6 +55,8 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         while not Path(params["wait_file"]).exists():
             time.sleep(0.05)
     time.sleep(float(params.get("sleep_s", 0)))
+    if params.get("fail_if_missing") and not Path(params["fail_if_missing"]).exists():
+        raise FileNotFoundError(f"fail_if_missing: {params['fail_if_missing']} does not exist yet")
     if params.get("fail"):
         raise RuntimeError(f"requested failure for n={params.get('n')}")
     n, seed, repeats = int(params.get("n", 1000)), int(params.get("seed", 0)), int(params.get("repeats", 3))

@@ -48,8 +48,8 @@ BAD_SPECS = {
     "duplicate_experiments": (f"task: {TASK}\nexperiments:\n  - {{name: a, grid: {{n: [1]}}}}\n"
                               "  - {name: a, grid: {n: [2]}}\n", ["duplicate experiment name 'a'"], 4),
     "empty_experiments": (f"task: {TASK}\nexperiments: []\n", ["key 'experiments'", "non-empty list"], 2),
-    "grid_with_experiments": (f"task: {TASK}\ngrid: {{n: [1]}}\nexperiments:\n  - {{name: a}}\n",
-                              ["key 'grid'", "shared keys"], 2),
+    "name_with_experiments": (f"name: x\ntask: {TASK}\nexperiments:\n  - {{name: a, grid: {{n: [1]}}}}\n",
+                              ["key 'name'", "shared keys"], 1),
     "unknown_short_task": (GOOD.replace(TASK, "no_such_task_kind"), ["key 'task'", "unknown task"], 2),
 }
 
@@ -98,6 +98,7 @@ def test_multi_experiment_shared_keys_are_merged(write_spec) -> None:
         task: {TASK}
         resources: {{cpus: 2, time_min: 30}}
         defaults: {{repeats: 2, dist: uniform}}
+        grid: {{seed: [1, 2]}}
         experiments:
           - name: small
             grid: {{n: [10]}}
@@ -112,6 +113,7 @@ def test_multi_experiment_shared_keys_are_merged(write_spec) -> None:
     assert small.defaults == {"repeats": 2, "dist": "uniform"}
     assert big.defaults == {"repeats": 2, "dist": "normal"}
     assert big.grid["n"] == [1e4, 2e4] and all(isinstance(v, float) for v in big.grid["n"])  # YAML 1.2 floats
+    assert small.grid == {"seed": [1, 2], "n": [10]} and big.grid["seed"] == [1, 2]
     assert small.spec_hash != big.spec_hash
     with pytest.raises(SpecError, match="no experiment named 'x'.*small, big"):
         load_spec(spec).select("x")
