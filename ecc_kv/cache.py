@@ -233,23 +233,27 @@ class PagedECCCache:
         c = self.config
         bs, nsink = c.block_size, c.sink_blocks
         main_slots = c.num_blocks * bs
+        extra = 0  # main-pool blocks this call needs: check before touching any table
+        for b, n in enumerate(counts):
+            need = -(-(self._host_lengths[b] + n) // bs)
+            if need > self.max_blocks_per_seq:
+                raise ValueError(f"sequence {b} would reach {self._host_lengths[b] + n} tokens, above the table capacity")
+            extra += max(0, need - max(len(self._host_tables[b]), nsink))
+        if extra > len(self._free):
+            raise RuntimeError(
+                f"out of cache blocks: {extra} more needed, {len(self._free)} free of num_blocks={c.num_blocks}"
+            )
         slots: list[torch.Tensor] = []
         changed = False
         for b, n in enumerate(counts):
             table = self._host_tables[b]
             start = self._host_lengths[b]
             need = -(-(start + n) // bs)
-            if need > self.max_blocks_per_seq:
-                raise ValueError(f"sequence {b} would reach {start + n} tokens, above the table capacity")
             while len(table) < need:
                 j = len(table)
                 if j < nsink:
                     table.append(b * nsink + j)
                 else:
-                    if not self._free:
-                        raise RuntimeError(
-                            f"out of cache blocks: num_blocks={c.num_blocks} cannot hold sequence {b} at {start + n} tokens"
-                        )
                     table.append(self._free.pop())
                 changed = True
             if n:

@@ -117,21 +117,22 @@ def _interp_tile(x, st, data_ptr, scale_ptr, gtab_ptr, bt_ptr, t, tmask, seq_len
                  GS: tl.constexpr, NG: tl.constexpr):  # fmt: skip
     """Replace detected values by the mean of the same channel at the neighbouring tokens.
 
-    Mirrors ``ecc_kv.interp.interpolate_detected``: neighbours that are outside the sequence
-    or detected themselves are left out; a value with no usable neighbour becomes 0.
+    Mirrors ``ecc_kv.interp.interpolate_detected`` with window 1: neighbours outside the
+    sequence or detected themselves are left out, a value with no usable neighbour becomes 0;
+    the mean of the dtype-rounded neighbours is taken in fp32 and rounded once.
     """
     bad = (st == 2) & tmask[:, None]
     if tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0) > 0:
         pm = tmask & (t >= 1)
         prow, psrow = _rows(bt_ptr, t - 1, pm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-        xp, _a, _b, stp, _c, _d = _decode_tile(data_ptr, scale_ptr, gtab_ptr, prow, psrow, pm, tl.float32, CODEC, D, NU, DR, GS, NG)
+        xp, _a, _b, stp, _c, _d = _decode_tile(data_ptr, scale_ptr, gtab_ptr, prow, psrow, pm, dtype, CODEC, D, NU, DR, GS, NG)
         nm = tmask & (t + 1 < seq_len)
         nrow, nsrow = _rows(bt_ptr, t + 1, nm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-        xn, _e, _f, stn, _g, _h = _decode_tile(data_ptr, scale_ptr, gtab_ptr, nrow, nsrow, nm, tl.float32, CODEC, D, NU, DR, GS, NG)
+        xn, _e, _f, stn, _g, _h = _decode_tile(data_ptr, scale_ptr, gtab_ptr, nrow, nsrow, nm, dtype, CODEC, D, NU, DR, GS, NG)
         okp = pm[:, None] & (stp != 2)
         okn = nm[:, None] & (stn != 2)
         cnt = okp.to(tl.float32) + okn.to(tl.float32)
-        tot = tl.where(okp, xp, 0.0) + tl.where(okn, xn, 0.0)
+        tot = tl.where(okp, xp.to(tl.float32), 0.0) + tl.where(okn, xn.to(tl.float32), 0.0)
         rep = tl.where(cnt > 0, tot / tl.maximum(cnt, 1.0), 0.0)
         x = tl.where(bad, rep.to(dtype), x)
     return x

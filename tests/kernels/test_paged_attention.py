@@ -1,0 +1,124 @@
+"""kernels.paged_attention vs the torch reference (decode the cache, then SDPA), errors injected."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ecc_kv.cache import ECCCacheConfig, PagedECCCache
+
+# dtype -> (atol, rtol): outputs are convex combinations of values of magnitude ~1; the kernel
+# dots in fp16/bf16 with fp32 accumulation, the reference in fp32 on the same dequantized values
+TOL = {torch.float16: (4e-3, 1e-2), torch.bfloat16: (3e-2, 2e-2)}
+
+
+def assert_close_verbose(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
+    """allclose with the dtype's tolerance; on failure print the first mismatching indices."""
+    atol, rtol = TOL[dtype]
+    g, w = got.float().cpu(), want.float().cpu()
+    bad = ~torch.isclose(g, w, atol=atol, rtol=rtol)
+    if bad.any():
+        idx = bad.nonzero()[:8].tolist()
+        pairs = [(i, float(g[tuple(i)]), float(w[tuple(i)])) for i in idx]
+        raise AssertionError(f"{int(bad.sum())} mismatches (atol={atol}, rtol={rtol}); first (index, got, want): {pairs}")
+
+
+def _cache(mode: str, lens: list[int], device: str, *, hq_per_kv: int = 4, head_dim: int = 40,
+           group_size: int | None = None, ber: float = 0.0, seed: int = 0) -> PagedECCCache:  # fmt: skip
+    cfg = ECCCacheConfig(
+        num_layers=1, num_kv_heads=2, head_dim=head_dim, num_blocks=24, block_size=4, mode=mode,
+        sink_blocks=2 if mode == "adaptive" else 0, group_size=group_size,
+    )  # fmt: skip
+    cache = PagedECCCache(cfg, max_seqs=len(lens), device=device, block_order_seed=seed)  # shuffled tables
+    slots = cache.allocate(lens)
+    gen = torch.Generator().manual_seed(seed)
+    k = torch.randn(len(slots), 2, head_dim, generator=gen).to(device)
+    v = torch.randn(len(slots), 2, head_dim, generator=gen).to(device)
+    cache.write(0, k, v, slots, backend="triton")
+    if ber:
+        cache.inject_faults(ber, seed=seed + 11)
+    return cache
+
+
+def _check(cache: PagedECCCache, hq: int, dtype: torch.dtype, num_splits: int | None, block_n: int = 16) -> None:
+    from kernels.paged_attention import paged_decode_attention
+
+    c = cache.config
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(cache.max_seqs, hq, c.head_dim, generator=gen).to(dtype).to(cache.device)
+    cnt_ref = torch.zeros(2, dtype=torch.int64, device=cache.device)
+    ref = cache.attend(0, q, backend="torch", counters=cnt_ref)
+    cnt = torch.zeros(2, dtype=torch.int64, device=cache.device)
+    sink = None
+    if c.sink_layout is not None:
+        sink = (cache.k_sink_data[0], cache.k_sink_scale[0], cache.v_sink_data[0], cache.v_sink_scale[0])
+    out = paged_decode_attention(
+        q, cache.k_data[0], cache.k_scale[0], cache.v_data[0], cache.v_scale[0], cache.block_tables, cache.lengths,
+        sm_scale=c.head_dim**-0.5, codec=c.codec, interpolate=c.interpolate, sink=sink, sink_codec=c.sink_codec,
+        sink_tokens=c.sink_tokens, counters=cnt, num_splits=num_splits, max_len=max(cache.host_lengths),
+        block_n=block_n,
+    )  # fmt: skip
+    assert out.dtype == dtype and out.shape == q.shape
+    assert_close_verbose(out, ref, dtype)
+    assert cnt.tolist() == cnt_ref.tolist(), f"counters {cnt.tolist()} != reference {cnt_ref.tolist()}"
+
+
+LENS = [1, 13, 29]  # odd lengths, one shorter than a block, one spanning partial tiles
+
+
+@pytest.mark.parametrize("mode", ["int4", "int4-hamming", "int4-hamming84", "int12-golay", "adaptive"])
+def test_modes_with_errors_split(mode: str, device: str) -> None:
+    cache = _cache(mode, LENS, device, ber=0.01)
+    if mode != "int4":
+        _, _, st = cache.read(0)
+        assert int((st > 0).sum()) > 0, "the test must exercise the correction path"
+    _check(cache, hq=8, dtype=torch.float16, num_splits=3)
+
+
+@pytest.mark.parametrize("group, num_splits", [(1, 1), (1, None), (8, 1), (8, None)])  # group 4: the mode tests
+def test_gqa_groups_and_split_kv(group: int, num_splits: int | None, device: str) -> None:
+    cache = _cache("int4-hamming84", [37, 5], device, ber=0.005, seed=group)
+    _check(cache, hq=2 * group, dtype=torch.float16, num_splits=num_splits)
+
+
+@pytest.mark.parametrize("mode", ["int4", "int12-golay"])
+def test_group_size_scales(mode: str, device: str) -> None:
+    cache = _cache(mode, [9, 22], device, head_dim=48, group_size=16, ber=0.01)
+    _check(cache, hq=4, dtype=torch.float16, num_splits=2)
+
+
+@pytest.mark.gpu  # the Triton interpreter's bf16 tl.dot is broken (triton 3.9): compiled only
+def test_bf16_query_and_many_splits(device: str) -> None:
+    cache = _cache("int4-hamming84", [3, 61], device, ber=0.01, head_dim=64)
+    _check(cache, hq=4, dtype=torch.bfloat16, num_splits=8)
+
+
+def test_interpolation_mode(device: str) -> None:
+    pytest.importorskip("ecc_kv.interp")
+    cache = _cache("int4-hamming84-interp", [2, 30], device, ber=0.03, seed=4)
+    _, _, st = cache.read(0)
+    assert int((st == 2).sum()) > 0, "the test must exercise interpolation"
+    _check(cache, hq=4, dtype=torch.float16, num_splits=2)
+
+
+def test_cache_attend_triton_equals_torch(device: str) -> None:
+    cache = _cache("int4", [6, 17], device)
+    q = torch.randn(2, 8, 40, dtype=torch.float16, device=device)
+    torch.testing.assert_close(cache.attend(0, q), cache.attend(0, q, backend="torch"), atol=4e-3, rtol=1e-2)
+
+
+def test_rejects_bad_arguments(device: str) -> None:
+    from kernels.paged_attention import paged_decode_attention
+
+    cache = _cache("int4", [3], device)
+    c = cache.config
+    q = torch.randn(1, 4, 40, dtype=torch.float16, device=device)
+    args = (cache.k_data[0], cache.k_scale[0], cache.v_data[0], cache.v_scale[0], cache.block_tables, cache.lengths)
+    with pytest.raises(ValueError, match="codec"):
+        paged_decode_attention(q, *args, sm_scale=1.0, codec="bch", max_len=3)
+    with pytest.raises(ValueError, match="interpolate"):
+        paged_decode_attention(q, *args, sm_scale=1.0, codec=None, interpolate=True, max_len=3)
+    with pytest.raises(ValueError, match="multiple"):
+        paged_decode_attention(q[:, :3], *args, sm_scale=1.0, codec=c.codec, max_len=3)
+    with pytest.raises(ValueError, match="fp16/bf16"):
+        paged_decode_attention(q.float(), *args, sm_scale=1.0, codec=c.codec, max_len=3)
