@@ -24,7 +24,7 @@ from pipeline.records import CORRUPT, DONE, FAILED, RunPaths, read_json, write_t
 from pipeline.status import experiment_dirs, is_run_dir
 
 log = logging.getLogger("pipeline.aggregate")
-MAX_GENERIC_PLOTS = 8
+MAX_GENERIC_PLOTS = 6
 MAX_MD_ROWS = 200
 
 
@@ -85,6 +85,12 @@ def collect(exp_dir: Path) -> Collected:
                 summary_cols.append(col)
         rows.append(row)
     df = pd.DataFrame(rows, columns=["run_id", *config_cols, *summary_cols])
+    varying = varying_columns(df, config_cols)
+    if varying and len(df):
+        try:
+            df = df.sort_values(varying, kind="stable").reset_index(drop=True)
+        except TypeError:  # mixed types in a column: keep folder order
+            pass
     task = tasks.most_common(1)[0][0] if tasks else None
     return Collected(exp_dir.name, df, config_cols, summary_cols, task, counts, problems)
 
@@ -97,7 +103,7 @@ def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.4g}"
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
@@ -105,8 +111,8 @@ def markdown_table(df: pd.DataFrame, max_rows: int = MAX_MD_ROWS) -> str:
     """A GitHub Markdown table (no tabulate dependency)."""
     cols = list(df.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in df.head(max_rows).iterrows():
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+    for row in df.head(max_rows).itertuples(index=False):  # itertuples keeps each column's dtype
+        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
     if len(df) > max_rows:
         lines.append(f"\n({len(df) - max_rows} more rows in summary.csv)")
     return "\n".join(lines)
