@@ -41,7 +41,8 @@ from kernels.codecs import (
 )
 from kernels.faults import event_probability, event_thresholds, flip_mask
 
-_BLOCKS = {0: 256, 1: 1024, 2: 512}  # groups per program: 8192, 8192, 12288 values
+# launch config per codec id: (groups per program, warps); 8192 / 8192 / 12288 values per program
+TUNING: dict[int, tuple[int, int]] = {0: (256, 4), 1: (1024, 4), 2: (512, 4)}
 
 
 @triton.jit
@@ -194,7 +195,9 @@ def _check_row(name: str, n: int, last: int, want: int, what: str) -> None:
         raise ValueError(f"{what} last dim is {last}, expected {want} for n={n} values of {name}")
 
 
-def encode_packed(name: str, packed: torch.Tensor, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def encode_packed(
+    name: str, packed: torch.Tensor, n: int, out: torch.Tensor | None = None, config: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Plain packed INT4 ``[..., n/2]`` (uint8) -> stored layout ``[..., stored_nbytes(n)]`` (uint8)."""
     _check_row(name, n, packed.shape[-1], n // 2, "packed")
     if packed.dtype != torch.uint8:
@@ -208,8 +211,10 @@ def encode_packed(name: str, packed: torch.Tensor, n: int, out: torch.Tensor | N
     gpr = n // GROUP_VALUES[name]
     ng = rows * gpr
     if ng:
-        block = _BLOCKS[cid]
-        _encode_packed_kernel[(triton.cdiv(ng, block),)](_words(packed), out.view(-1).view(torch.int32), ng, gpr, CODEC=cid, BLOCK=block)
+        block, warps = config or TUNING[cid]
+        _encode_packed_kernel[(triton.cdiv(ng, block),)](
+            _words(packed), out.view(-1).view(torch.int32), ng, gpr, CODEC=cid, BLOCK=block, num_warps=warps
+        )
     return out
 
 
@@ -227,6 +232,7 @@ def decode_packed(
     model: str = "bsc",
     burst_len: int = 2,
     stream: int = 0,
+    config: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Stored layout ``[..., stored_nbytes(n)]`` -> (packed INT4 ``[..., n/2]``, status ``[..., m]`` or None, counts).
 
@@ -235,7 +241,7 @@ def decode_packed(
     fault injection into the read: every stored int32 word (all 32 bits are stored bits in these
     layouts) is XORed with ``kernels.faults.flip_mask(seed, word index, stream)`` before decoding,
     the same faults as ``inject_triton(stored.view(int32), 32, ber, seed, model, burst_len)``; the
-    stored buffer itself is not modified.
+    stored buffer itself is not modified. ``config``: (groups per program, warps), default ``TUNING``.
     """
     _check_row(name, n, stored.shape[-1], stored_nbytes(name, n), "stored")
     if stored.dtype != torch.uint8:
@@ -255,7 +261,7 @@ def decode_packed(
     gpr = n // GROUP_VALUES[name]
     ng = rows * gpr
     if ng:
-        block = _BLOCKS[cid]
+        block, warps = config or TUNING[cid]
         st = status.view(-1).view(torch.int32) if status is not None else counts
         inject = ber > 0
         blen = 1 if model == "bsc" else burst_len
@@ -263,5 +269,6 @@ def decode_packed(
         _decode_packed_kernel[(triton.cdiv(ng, block),)](
             _words(stored), out.view(-1).view(torch.int32), st, counts, golay_tables(dev), thr, ng, gpr, seed, stream,
             CODEC=cid, BLOCK=block, WRITE_STATUS=with_status, ALGEBRAIC=algebraic, INJECT=inject, BURST_LEN=blen,
+            num_warps=warps,
         )
     return out, status, counts
