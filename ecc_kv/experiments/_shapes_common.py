@@ -196,6 +196,13 @@ def tflops(flops: float, median_ms: float | None) -> float | None:
 # --------------------------------------------------------------------------- plots
 
 
+def with_defaults(df: Any, defaults: Mapping[str, Any]) -> Any:
+    """``df`` with the task defaults filled in for config columns the spec never set (the
+    aggregator only has the spec's keys), so plots can group by any parameter."""
+    missing = {k: v for k, v in defaults.items() if k not in df.columns}
+    return df.assign(**{k: [v] * len(df) for k, v in missing.items()}) if missing else df
+
+
 def varying(df: Any, candidates: Iterable[str]) -> list[str]:
     """The candidate columns that take more than one value in ``df`` (they label series)."""
     return [c for c in candidates if c in df.columns and df[c].astype(str).nunique() > 1]
@@ -213,50 +220,65 @@ def plot_vs_dim(
     title: str,
 ) -> Path | None:
     """One row of panels per metric in ``ys`` ((column, axis label)), one column per ``facet``
-    value; one line per ``series`` combination; aligned points drawn as filled circles,
-    irregular ones as red crosses. Rows with a missing metric (refused shapes) are skipped.
-    Returns the PNG path, or ``None`` when nothing could be drawn.
+    value; one line per ``series`` combination, with the same colour in every panel; aligned
+    points drawn as dots, irregular ones as red crosses (no crosses when ``aligned_col`` is
+    not a column). Rows with a missing metric (refused shapes) are skipped; the legend sits
+    under the panels. Returns the PNG path, or ``None`` when nothing could be drawn.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     ys = [(col, label) for col, label in ys if col in df.columns and df[col].notna().any()]
     if df.empty or x not in df.columns or not ys:
         return None
     facets = sorted(df[facet].astype(str).unique()) if facet and facet in df.columns else [None]
+    keys = sorted({tuple(str(v) for v in row) for row in df[series].itertuples(index=False)}) if series else [()]
+    cmap = plt.get_cmap("tab10" if len(keys) <= 10 else "tab20")
+    colors = {k: cmap(i % cmap.N) for i, k in enumerate(keys)}
     fig, axes = plt.subplots(
-        len(ys), len(facets), figsize=(5.5 * len(facets), 3.6 * len(ys)), squeeze=False, sharex="col"
+        len(ys), len(facets), figsize=(5.5 * len(facets), 3.4 * len(ys) + 0.25 * len(keys) / 2 + 0.8),
+        squeeze=False, sharex="col",
     )
     for j, fval in enumerate(facets):
         sub = df if fval is None else df[df[facet].astype(str) == fval]
         for i, (col, label) in enumerate(ys):
             ax = axes[i][j]
             groups = sub.groupby(series, dropna=False, sort=True) if series else [((), sub)]
+            if not sub[col].notna().any():
+                ax.text(0.5, 0.5, "no accepted runs\n(refused / failed)", ha="center", va="center",
+                        transform=ax.transAxes, color="gray")
             for key, g in groups:
                 g = g[g[col].notna()].sort_values(x)
                 if g.empty:
                     continue
-                key = key if isinstance(key, tuple) else (key,)
-                name = ", ".join(f"{k}={v}" for k, v in zip(series, key, strict=True)) or col
-                (line,) = ax.plot(g[x], g[col], "-", alpha=0.7, label=name)
+                key = tuple(str(v) for v in (key if isinstance(key, tuple) else (key,)))
+                color = colors.get(key, "black")
+                ax.plot(g[x], g[col], "-", alpha=0.7, color=color)
                 al = g[g[aligned_col].astype(bool)] if aligned_col in g.columns else g
                 ir = g[~g[aligned_col].astype(bool)] if aligned_col in g.columns else g.iloc[0:0]
-                ax.plot(al[x], al[col], "o", color=line.get_color())
-                ax.plot(ir[x], ir[col], "x", color="red", markersize=9, markeredgewidth=2)
+                ax.plot(al[x], al[col], "o", color=color, markersize=4)
+                ax.plot(ir[x], ir[col], "x", color="red", markersize=8, markeredgewidth=2)
             ax.set_ylabel(label)
             ax.grid(True, alpha=0.3)
-            if i == 0:
-                ax.set_title(f"{facet}={fval}" if fval is not None else title, fontsize=10)
+            if i == 0 and fval is not None:
+                ax.set_title(f"{facet}={fval}", fontsize=10)
             if i == len(ys) - 1:
                 ax.set_xlabel(x)
-            if i == 0 and j == 0:
-                ax.plot([], [], "o", color="gray", label="aligned")
-                ax.plot([], [], "x", color="red", label="irregular")
-                ax.legend(fontsize=7)
+    handles = [Line2D([], [], color=colors[k], marker="o", label=", ".join(f"{n}={v}" for n, v in zip(series, k, strict=True)))
+               for k in keys if series]
+    if aligned_col in df.columns:
+        handles.append(Line2D([], [], color="red", marker="x", linestyle="", label="irregular dim"))
+    legend_h = 0.0
+    if handles:
+        ncol = min(3, len(handles))
+        rows = -(-len(handles) // ncol)
+        legend_h = min(0.45, (0.3 * rows + 0.2) / fig.get_figheight())
+        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
     fig.suptitle(textwrap.fill(title, width=int(60 * len(facets))), fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_h, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)

@@ -154,6 +154,7 @@ def plots(df: pd.DataFrame, outdir: Path) -> list[Path]:
     any other varying config); irregular dims marked with red crosses. Plus the highlight:
     dim 107 versus 112 and 128 as bars (``gemm_highlight.png``) and a table (``.md``)."""
     outdir = Path(outdir)
+    df = sc.with_defaults(df, DEFAULTS)
     series = sc.varying(df, ["dtype", "m", "hidden", "align", "device_used"])
     common = {"x": "dim", "series": series, "facet": "vary", "aligned_col": "aligned"}
     made = [

@@ -140,7 +140,7 @@ def _time_variant(
                 del out
                 point.update(sc.measure(fn, device, cfg.warmup, cfg.repeats, cfg.inner))
         point["status"] = "ok"
-    except torch.OutOfMemoryError as exc:
+    except sc.OOM as exc:
         point.update(status="oom", reason=f"{type(exc).__name__}: {str(exc).strip()[:500]}")
     except RuntimeError as exc:
         point.update(status="refused", reason=sdpa_shapes.refusal_text(exc, caught))
@@ -276,10 +276,14 @@ def plots(df: pd.DataFrame, outdir: Path) -> list[Path]:
     import pandas as pd
 
     outdir = Path(outdir)
+    df = sc.with_defaults(df, DEFAULTS)
     if df.empty or "dim" not in df.columns:
         return []
-    series = sc.varying(df, ["dtype", "align", "vary", "backend", "seq_len", "m", "hidden", "device_used"])
-    common = {"x": "dim", "series": series, "facet": "op", "aligned_col": "aligned"}
+    # one panel per (op, vary) for GEMM or (op, backend) for SDPA; lines per align and the rest
+    df = df.assign(panel=[f"gemm vary={r.vary}" if r.op == "gemm" else f"sdpa {r.backend}"
+                          for r in df[["op", "vary", "backend"]].itertuples(index=False)])
+    series = sc.varying(df, ["align", "dtype", "seq_len", "batch", "heads", "m", "hidden", "causal", "device_used"])
+    common = {"x": "dim", "series": series, "facet": "panel", "aligned_col": "aligned"}
     long = pd.concat(
         [df.assign(variant=v, time_ms=df[f"{v}_ms"]) for v in _VARIANTS if f"{v}_ms" in df.columns],
         ignore_index=True,
@@ -289,7 +293,7 @@ def plots(df: pd.DataFrame, outdir: Path) -> list[Path]:
             long, ys=[("time_ms", "median time per call [ms]")],
             path=outdir / "pad_time_vs_dim.png",
             title="irregular dim versus padded to ceil(dim, align) (padded: per-call pad included)",
-            **{**common, "series": ["variant"] + series},
+            **{**common, "series": ["variant"] + series, "aligned_col": "-"},
         ),
         sc.plot_vs_dim(
             df, ys=[("speedup_padded", "irregular / padded (>1: pad pays off)"),

@@ -309,6 +309,7 @@ def plots(df: pd.DataFrame, outdir: Path) -> list[Path]:
     112 and 128 per backend: ``sdpa_highlight.png`` and ``sdpa_highlight.md``); irregular
     head dims marked in red."""
     outdir = Path(outdir)
+    df = sc.with_defaults(df, DEFAULTS)
     series = ["backend"] + sc.varying(df, ["dtype", "causal", "batch", "heads", "q_len", "align", "device_used"])
     series = [s for s in series if s in df.columns]
     common = {"x": "head_dim", "series": series, "facet": "seq_len", "aligned_col": "aligned"}
