@@ -221,6 +221,7 @@ def roundtrip(
     scale_faults: bool = False,
     window: int = 1,
     flip_masks: torch.Tensor | None = None,
+    stats_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, int]]:
     """Store ``x [B, H, T, D]`` in ``mode`` with bit errors and read it back -> (x_hat like x, stats).
 
@@ -229,6 +230,9 @@ def roundtrip(
     ``window``: interpolation search window in tokens. ``flip_masks``: an explicit fault pattern
     instead of sampling, int32 ``[B, H, T, D]`` whose ``[b, h, t, j]`` is XORed into word j of that
     token row (entries past the row's word count are ignored; ber and seed are then unused).
+    ``stats_out``: an int64 ``[4]`` tensor on x's device; the counters (in STAT_KEYS order) are added to
+    it instead of being returned, so a forward pass over many layers needs no host sync per call (the
+    returned dict is then empty).
     """
     check_backend(backend)
     cache_mode = get_mode(mode) if isinstance(mode, str) else mode
@@ -238,17 +242,27 @@ def roundtrip(
     _check_args(x, sink_tokens, window, flip_masks)
     g = resolve_group_size(x.shape[-1], group_size)
     word_kinds(cache_mode)
+    if stats_out is not None and (stats_out.shape != (4,) or stats_out.dtype != torch.int64
+                                  or stats_out.device != x.device):
+        raise ValueError(f"stats_out must be an int64 [4] tensor on {x.device}, got {stats_out.dtype} "
+                         f"{tuple(stats_out.shape)} on {stats_out.device}")
     if x.numel() == 0:
-        return x.clone(), dict.fromkeys(STAT_KEYS, 0)
+        return x.clone(), ({} if stats_out is not None else dict.fromkeys(STAT_KEYS, 0))
     if backend == "triton":
         from kernels.kv_roundtrip import roundtrip_triton
 
         kind, sink_kind = word_kinds(cache_mode)
         out, counts = roundtrip_triton(
             x, kind, sink_kind, float(ber), seed, error_model, burst_len, sink_tokens, g, scale_faults,
-            cache_mode.interpolate, window, flip_masks,
+            cache_mode.interpolate, window, flip_masks, stats_out=stats_out,
         )
+        if stats_out is not None:
+            return out, {}
         return out, dict(zip(STAT_KEYS, (int(v) for v in counts.tolist()), strict=True))
-    return _roundtrip_torch(
+    out, stats = _roundtrip_torch(
         x, cache_mode, float(ber), seed, error_model, burst_len, sink_tokens, g, scale_faults, window, flip_masks
     )
+    if stats_out is not None:
+        stats_out += torch.tensor([stats[k] for k in STAT_KEYS], dtype=torch.int64, device=x.device)
+        return out, {}
+    return out, stats

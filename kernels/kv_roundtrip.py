@@ -80,7 +80,7 @@ def _decode(w, s_own, table_ptr, KIND: tl.constexpr):
 def _int4_rows(
     x_ptr, flip_ptr, table_ptr, thr_ptr, t, row, d, T, D, G, NG, seed,
     KIND: tl.constexpr, S: tl.constexpr, N_BITS: tl.constexpr, BURST_LEN: tl.constexpr,
-    SCALE_FAULTS: tl.constexpr, EXPLICIT: tl.constexpr,
+    SCALE_FAULTS: tl.constexpr, faults,
 ):
     """Pipeline for token rows ``t`` ([BT], global row index ``row``) with one word kind.
 
@@ -111,10 +111,11 @@ def _int4_rows(
         sc1 = tl.where(((c1 // G) == g)[None, :], sf, sc1)
         sc2 = tl.where(((c2 // G) == g)[None, :], sf, sc2)
         if SCALE_FAULTS:
-            sm = flip_mask(seed, row.to(tl.int64) * NG + g, 1, thr_ptr, 16, BURST_LEN)
-            sm = tl.where(rok, sm, 0)
-            s16 = ((s16.to(tl.int16, bitcast=True).to(tl.int32) ^ sm).to(tl.int16)).to(tl.float16, bitcast=True)
-            n_flip += tl.sum(popcount32(sm).to(tl.int64), axis=0)
+            if faults == 1:
+                sm = flip_mask(seed, row.to(tl.int64) * NG + g, 1, thr_ptr, 16, BURST_LEN)
+                sm = tl.where(rok, sm, 0)
+                s16 = ((s16.to(tl.int16, bitcast=True).to(tl.int32) ^ sm).to(tl.int16)).to(tl.float16, bitcast=True)
+                n_flip += tl.sum(popcount32(sm).to(tl.int64), axis=0)
         s_own_val = tl.where(((d // G) == g)[None, :], s16.to(tl.float32)[:, None], s_own_val)
     x0 = tl.load(x_ptr + roff[:, None] + c0[None, :], mask=rok[:, None] & (c0 < D)[None, :], other=0.0)
     q0 = tl.where((c0 < D)[None, :], int4_quantize(x0.to(tl.float32), sc0), 8)
@@ -128,10 +129,11 @@ def _int4_rows(
         q2 = tl.where((c2 < D)[None, :], int4_quantize(x2.to(tl.float32), sc2), 8)
     w = _encode(q0, q1, q2, KIND)
     widx = roff[:, None] + j[None, :]  # [BT, BD] int64 global word index
-    if EXPLICIT:
-        m = tl.load(flip_ptr + widx, mask=valid, other=0) & ((1 << N_BITS) - 1)
-    else:
+    m = tl.zeros(widx.shape, tl.int32)
+    if faults == 1:
         m = flip_mask(seed, widx, 0, thr_ptr, N_BITS, BURST_LEN)
+    elif faults == 2:
+        m = tl.load(flip_ptr + widx, mask=valid, other=0) & ((1 << N_BITS) - 1)
     m = tl.where(valid, m, 0)
     code, st = _decode(w ^ m.to(tl.uint32, bitcast=True), s_own, table_ptr, KIND)
     v = int4_dequantize(code, s_own_val)
@@ -147,25 +149,25 @@ def _rows(
     x_ptr, flip_ptr, table_ptr, thr_ptr, t, t0, bh, d, T, D, G, NG, seed, sink,
     KIND: tl.constexpr, S: tl.constexpr, NB: tl.constexpr,
     SINK_KIND: tl.constexpr, S_SINK: tl.constexpr, NB_SINK: tl.constexpr, HAS_SINK: tl.constexpr,
-    BURST_LEN: tl.constexpr, SCALE_FAULTS: tl.constexpr, EXPLICIT: tl.constexpr, BLOCK_T: tl.constexpr,
+    BURST_LEN: tl.constexpr, SCALE_FAULTS: tl.constexpr, faults, BLOCK_T: tl.constexpr,
 ):
     """Rows t (tile starting at token t0) of slab bh, each with its own codec (sink rows: SINK_KIND)."""
     row = bh * T + t
     if HAS_SINK:
         if t0 + BLOCK_T <= sink:
             v, bad, nf, nc, nd = _int4_rows(x_ptr, flip_ptr, table_ptr, thr_ptr, t, row, d, T, D, G, NG, seed,
-                                            SINK_KIND, S_SINK, NB_SINK, BURST_LEN, SCALE_FAULTS, EXPLICIT)
+                                            SINK_KIND, S_SINK, NB_SINK, BURST_LEN, SCALE_FAULTS, faults)
         elif t0 >= sink:
             v, bad, nf, nc, nd = _int4_rows(x_ptr, flip_ptr, table_ptr, thr_ptr, t, row, d, T, D, G, NG, seed,
-                                            KIND, S, NB, BURST_LEN, SCALE_FAULTS, EXPLICIT)
+                                            KIND, S, NB, BURST_LEN, SCALE_FAULTS, faults)
         else:
             in_sink = t < sink
             ts = tl.where(in_sink, t, -1)  # rows outside a part are masked out of it (t = -1 is invalid)
             tm = tl.where(in_sink, -1, t)
             v1, b1, nf1, nc1, nd1 = _int4_rows(x_ptr, flip_ptr, table_ptr, thr_ptr, ts, row, d, T, D, G, NG, seed,
-                                               SINK_KIND, S_SINK, NB_SINK, BURST_LEN, SCALE_FAULTS, EXPLICIT)
+                                               SINK_KIND, S_SINK, NB_SINK, BURST_LEN, SCALE_FAULTS, faults)
             v2, b2, nf2, nc2, nd2 = _int4_rows(x_ptr, flip_ptr, table_ptr, thr_ptr, tm, row, d, T, D, G, NG, seed,
-                                               KIND, S, NB, BURST_LEN, SCALE_FAULTS, EXPLICIT)
+                                               KIND, S, NB, BURST_LEN, SCALE_FAULTS, faults)
             v = tl.where(in_sink[:, None], v1, v2)
             bad = tl.where(in_sink[:, None], b1, b2)
             nf = nf1 + nf2
@@ -173,16 +175,16 @@ def _rows(
             nd = nd1 + nd2
     else:
         v, bad, nf, nc, nd = _int4_rows(x_ptr, flip_ptr, table_ptr, thr_ptr, t, row, d, T, D, G, NG, seed,
-                                        KIND, S, NB, BURST_LEN, SCALE_FAULTS, EXPLICIT)
+                                        KIND, S, NB, BURST_LEN, SCALE_FAULTS, faults)
     return v, bad, nf, nc, nd
 
 
-@triton.jit(do_not_specialize=["seed", "sink"])
+@triton.jit(do_not_specialize=["seed", "sink", "faults"])
 def _roundtrip_kernel(
-    x_ptr, out_ptr, stats_ptr, thr_ptr, flip_ptr, table_ptr, T, D, G, NG, seed, sink,
+    x_ptr, out_ptr, stats_ptr, thr_ptr, flip_ptr, table_ptr, T, D, G, NG, seed, sink, faults,
     KIND: tl.constexpr, S: tl.constexpr, NB: tl.constexpr,
     SINK_KIND: tl.constexpr, S_SINK: tl.constexpr, NB_SINK: tl.constexpr, HAS_SINK: tl.constexpr,
-    BURST_LEN: tl.constexpr, SCALE_FAULTS: tl.constexpr, EXPLICIT: tl.constexpr,
+    BURST_LEN: tl.constexpr, SCALE_FAULTS: tl.constexpr,
     INTERP: tl.constexpr, WINDOW: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # x, out: [B*H, T, D]; program = (slab bh, BLOCK_T tokens, all of D); stats: int64 [4]
@@ -192,7 +194,7 @@ def _roundtrip_kernel(
     d = tl.arange(0, BLOCK_D)
     v, bad, nf, nc, nd = _rows(x_ptr, flip_ptr, table_ptr, thr_ptr, t, t0, bh, d, T, D, G, NG, seed, sink,
                                KIND, S, NB, SINK_KIND, S_SINK, NB_SINK, HAS_SINK, BURST_LEN, SCALE_FAULTS,
-                               EXPLICIT, BLOCK_T)
+                               faults, BLOCK_T)
     valid = (t < T)[:, None] & (d < D)[None, :]
     if INTERP:
         left = tl.zeros_like(v)
@@ -203,13 +205,13 @@ def _roundtrip_kernel(
             for k in tl.static_range(1, WINDOW + 1):
                 vl, bl, _f, _c, _d = _rows(x_ptr, flip_ptr, table_ptr, thr_ptr, t - k, t0 - k, bh, d, T, D, G, NG,
                                            seed, sink, KIND, S, NB, SINK_KIND, S_SINK, NB_SINK, HAS_SINK,
-                                           BURST_LEN, SCALE_FAULTS, EXPLICIT, BLOCK_T)
+                                           BURST_LEN, SCALE_FAULTS, faults, BLOCK_T)
                 gl = ((t - k) >= 0)[:, None] & valid & ~bl
                 left = tl.where(gl & ~has_l, vl, left)
                 has_l = has_l | gl
                 vr, br, _f, _c, _d = _rows(x_ptr, flip_ptr, table_ptr, thr_ptr, t + k, t0 + k, bh, d, T, D, G, NG,
                                            seed, sink, KIND, S, NB, SINK_KIND, S_SINK, NB_SINK, HAS_SINK,
-                                           BURST_LEN, SCALE_FAULTS, EXPLICIT, BLOCK_T)
+                                           BURST_LEN, SCALE_FAULTS, faults, BLOCK_T)
                 gr = ((t + k) < T)[:, None] & valid & ~br
                 right = tl.where(gr & ~has_r, vr, right)
                 has_r = has_r | gr
@@ -222,19 +224,20 @@ def _roundtrip_kernel(
     tl.atomic_add(stats_ptr + 2, nd)
 
 
-@triton.jit(do_not_specialize=["seed"])
-def _fp16_kernel(x_ptr, out_ptr, stats_ptr, thr_ptr, flip_ptr, N, seed,
-                 BURST_LEN: tl.constexpr, EXPLICIT: tl.constexpr, TO_HALF: tl.constexpr, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["seed", "faults"])
+def _fp16_kernel(x_ptr, out_ptr, stats_ptr, thr_ptr, flip_ptr, N, seed, faults,
+                 BURST_LEN: tl.constexpr, TO_HALF: tl.constexpr, BLOCK: tl.constexpr):
     # x, out: [N] values stored as 16-bit floats (fp16, or bf16 for bf16 input); word index = value index
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < N
     x = tl.load(x_ptr + offs, mask=ok, other=0.0)
     if TO_HALF:
         x = x.to(tl.float16)
-    if EXPLICIT:
-        m = tl.load(flip_ptr + offs, mask=ok, other=0) & 0xFFFF
-    else:
+    m = tl.zeros(offs.shape, tl.int32)
+    if faults == 1:
         m = flip_mask(seed, offs, 0, thr_ptr, 16, BURST_LEN)
+    elif faults == 2:
+        m = tl.load(flip_ptr + offs, mask=ok, other=0) & 0xFFFF
     m = tl.where(ok, m, 0)
     y = (x.to(tl.int16, bitcast=True).to(tl.int32) ^ m).to(tl.int16).to(x.dtype, bitcast=True)
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=ok)
@@ -244,25 +247,27 @@ def _fp16_kernel(x_ptr, out_ptr, stats_ptr, thr_ptr, flip_ptr, N, seed,
 def roundtrip_triton(
     x: torch.Tensor, kind: str, sink_kind: str | None, ber: float, seed: int, model: str, burst_len: int,
     sink_tokens: int, group_size: int, scale_faults: bool, interpolate: bool, window: int,
-    flip_masks: torch.Tensor | None, block_t: int | None = None,
+    flip_masks: torch.Tensor | None, block_t: int | None = None, stats_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launcher: ``x [B, H, T, D]`` -> (x_hat like x, int64 [4] counters: flipped, corrected, detected, interpolated).
 
-    ``block_t`` (tokens per program) only changes the grid, never the result.
+    ``block_t`` (tokens per program) only changes the grid, never the result. ``stats_out``: counters are
+    accumulated into this int64 [4] tensor (and returned) instead of a fresh one.
     """
     b, h, t, d = x.shape
     xc = x.contiguous()
     out = torch.empty_like(xc)
-    stats = torch.zeros(4, dtype=torch.int64, device=x.device)
+    stats = torch.zeros(4, dtype=torch.int64, device=x.device) if stats_out is None else stats_out
     thr = event_thresholds(event_probability(ber, model, burst_len), 32, x.device)
     blen = 1 if model == "bsc" else burst_len
     explicit = flip_masks is not None
     fm = flip_masks.contiguous() if explicit else stats  # dummy pointer when unused
+    faults = 2 if explicit else (1 if ber > 0 else 0)
     if kind == "fp16":
         n = xc.numel()
         block = 1024
         _fp16_kernel[(triton.cdiv(n, block),)](
-            xc, out, stats, thr, fm, n, seed, blen, explicit, x.dtype == torch.float32, block
+            xc, out, stats, thr, fm, n, seed, faults, blen, x.dtype == torch.float32, block
         )
         return out, stats
     s, nb = KIND_SHAPE[kind]
@@ -274,8 +279,8 @@ def roundtrip_triton(
         block_t = max(1, min(triton.next_power_of_2(t), 2048 // block_d))
     grid = (b * h, triton.cdiv(t, block_t))
     _roundtrip_kernel[grid](
-        xc, out, stats, thr, fm, golay_tables(x.device), t, d, group_size, d // group_size, seed, sink_tokens,
-        KIND_IDS[kind], s, nb, KIND_IDS[sk], s_sink, nb_sink, has_sink, blen, scale_faults and not explicit,
-        explicit, interpolate, window, block_t, block_d,
+        xc, out, stats, thr, fm, golay_tables(x.device), t, d, group_size, d // group_size, seed, sink_tokens, faults,
+        KIND_IDS[kind], s, nb, KIND_IDS[sk], s_sink, nb_sink, has_sink, blen, scale_faults,
+        interpolate, window, block_t, block_d,
     )
     return out, stats

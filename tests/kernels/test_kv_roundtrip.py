@@ -92,3 +92,18 @@ def test_large_tensor_on_gpu(mode: str) -> None:
     b, sb = roundtrip(x, mode, sink_tokens=4, flip_masks=masks, backend="triton")
     _assert_same(a, b)
     assert sa == sb
+
+
+def test_scale_faults_and_stats_out(device: str) -> None:
+    x = _x((1, 2, 30, 8), torch.float16, device, seed=6)
+    a, sa = roundtrip(x, "int4-hamming84", ber=0.05, seed=2, scale_faults=True, backend="triton")
+    b, sb = roundtrip(x, "int4-hamming84", ber=0.05, seed=2, scale_faults=True, backend="triton")
+    _, plain = roundtrip(x, "int4-hamming84", ber=0.05, seed=2, backend="triton")
+    assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()) and sa == sb
+    assert sa["bits_flipped"] > plain["bits_flipped"]
+    acc = torch.zeros(4, dtype=torch.int64, device=device)
+    for backend in ("torch", "triton"):
+        _, empty = roundtrip(x, "int4-hamming84", ber=0.05, seed=2, backend=backend, stats_out=acc)
+        assert empty == {}
+    _, torch_stats = roundtrip(x, "int4-hamming84", ber=0.05, seed=2)
+    assert int(acc[0]) == plain["bits_flipped"] + torch_stats["bits_flipped"]
