@@ -75,3 +75,11 @@ def test_plots_write_pngs(tmp_path: Path, device: str) -> None:
     assert {p.name for p in paths} == {"pad_time_vs_dim.png", "pad_speedup_vs_dim.png"}
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_fill_keys_the_spec_never_set(tmp_path: Path, device: str) -> None:
+    # the aggregator's frame only has the spec's keys: an SDPA pad spec has no `vary`, `m`, `hidden`
+    params = {k: v for k, v in _params(device, op="sdpa").items() if k not in ("vary", "m", "hidden")}
+    s = pad_shapes.summarize(pad_shapes.run(params, RunContext.for_tests(tmp_path, device=device)))
+    paths = pad_shapes.plots(pd.DataFrame([{**params, **s}]), tmp_path / "report")
+    assert len(paths) == 2 and all(p.stat().st_size > 0 for p in paths)
