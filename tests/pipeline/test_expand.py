@@ -86,7 +86,7 @@ def test_defaults_change_changes_hash_not_order(exp) -> None:
     runs = expand(exp, TASK)
     changed = expand(apply_overrides(exp, {"repeats": [3]}), TASK)
     assert [r.params["n"] for r in runs] == [r.params["n"] for r in changed]
-    assert all(a.config_hash != b.config_hash for a, b in zip(runs, changed))
+    assert all(a.config_hash != b.config_hash for a, b in zip(runs, changed, strict=True))
 
 
 def test_pack_respects_group_by_and_size(exp) -> None:

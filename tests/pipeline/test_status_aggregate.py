@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -35,11 +36,11 @@ def mixed_results(write_spec, tmp_path: Path) -> tuple[Path, Path]:
     # a run killed before it finished: config.json and env.json, nothing else
     half = results / "mixed" / "n-100_dist-normal__0000000000"
     half.mkdir()
-    (half / "config.json").write_text('{"params": {"n": 100, "dist": "normal"}, "task": "%s"}' % TASK)
+    (half / "config.json").write_text(json.dumps({"params": {"n": 100, "dist": "normal"}, "task": TASK}))
     # a summary.json someone truncated by hand
     bad = results / "mixed" / "n-1000_dist-normal__1111111111"
     bad.mkdir()
-    (bad / "config.json").write_text('{"params": {"n": 1000, "dist": "normal"}, "task": "%s"}' % TASK)
+    (bad / "config.json").write_text(json.dumps({"params": {"n": 1000, "dist": "normal"}, "task": TASK}))
     (bad / "summary.json").write_text('{"pi_mean": 3.1')
     return spec, results
 
@@ -49,7 +50,7 @@ def test_status_counts_and_exit_codes(mixed_results, capsys) -> None:
     assert status.main([str(results)]) == 1
     out = capsys.readouterr().out
     header, row = out.splitlines()[:2]
-    counts = dict(zip(header.split()[1:], row.split()[1:]))
+    counts = dict(zip(header.split()[1:], row.split()[1:], strict=True))
     assert counts == {"done": "3", "failed": "1", "pending": "1", "missing": "0", "corrupt": "1", "total": "6"}
     assert "FAILED mixed/n-5__" in out and "RuntimeError: requested failure for n=5" in out
     assert status.main([str(results / "mixed")]) == 1  # an experiment folder works too
@@ -57,7 +58,7 @@ def test_status_counts_and_exit_codes(mixed_results, capsys) -> None:
     # from the spec: runs never launched are "missing"
     assert status.main([str(spec), "--results", str(results)]) == 0
     header, row = capsys.readouterr().out.splitlines()[:2]
-    counts = dict(zip(header.split()[1:], row.split()[1:]))
+    counts = dict(zip(header.split()[1:], row.split()[1:], strict=True))
     assert counts["done"] == "3" and counts["missing"] == "2" and counts["total"] == "5"
     assert status.main([str(results / "nope")]) == 2
 
