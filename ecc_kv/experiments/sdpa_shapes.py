@@ -189,7 +189,10 @@ def _time_point(cfg: SdpaConfig, head_dim: int, role: str, device: str, shared: 
     pick_key = ("sdpa_default_backend", device, cfg.dtype, cfg.batch, cfg.heads, cfg.q_len, cfg.seq_len,
                 head_dim, cfg.causal)
     if pick_key not in shared:
-        shared[pick_key] = picked_backend(call)
+        try:
+            shared[pick_key] = picked_backend(call)
+        except RuntimeError as exc:  # incl. out of memory: the forced backend below may still fit
+            shared[pick_key] = f"none ({type(exc).__name__})"
     point["default_backend"] = shared[pick_key]
     try:
         with warnings.catch_warnings(record=True) as caught:
