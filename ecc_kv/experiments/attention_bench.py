@@ -260,3 +260,53 @@ def plots(df: pd.DataFrame, outdir: Path) -> None:
         fig.tight_layout()
         fig.savefig(outdir / f"attention_bench_{shape}_b{batch}.png", dpi=120)
         plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Debug entry point: run points in-process and print one summary line each (no run records).
+
+    ``python -m ecc_kv.experiments.attention_bench --shape llama-3.1-8b --batch 1 --context 8192 32768
+    --modes fp16 int4 int4-hamming84 int12-golay [--json out.json]``
+    """
+    import argparse
+    import json
+    import os
+    import tempfile
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
+
+    from ecc_kv.timing import default_device
+    from pipeline.context import RunContext
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--shape", nargs="+", default=["llama-3.1-8b"])
+    ap.add_argument("--batch", nargs="+", type=int, default=[1])
+    ap.add_argument("--context", nargs="+", type=int, default=[8192])
+    ap.add_argument("--modes", nargs="+", default=list(MODES))
+    ap.add_argument("--repeats", type=int, default=DEFAULTS["repeats"])
+    ap.add_argument("--ber", type=float, default=0.0)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    ctx = RunContext.for_tests(tempfile.mkdtemp(), device=default_device())
+    rows = []
+    for shape in args.shape:
+        for batch in args.batch:
+            for context in args.context:
+                for mode in args.modes:
+                    p = {"shape": shape, "batch": batch, "context": context, "mode": mode, "repeats": args.repeats,
+                         "ber": args.ber if mode != "fp16" else 0.0}  # fmt: skip
+                    sm = summarize(run(p, ctx))
+                    rows.append({**p, **sm})
+                    print(
+                        f"{shape:>13} B={batch:<3} T={context:<7} {mode:>22}: {sm['median_ms']:.4f} ms "
+                        f"x{sm['ratio_to_fp16']:.2f} fp16 ({sm['fp16_kernel']}) {sm['gbps']:.0f} GB/s "
+                        f"{100 * sm['ratio_to_copy']:.0f}% of copy {sm['copy_gbps']:.0f} GB/s splits={sm['num_splits']}",
+                        flush=True,
+                    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -40,7 +40,9 @@ def _cache(mode: str, lens: list[int], device: str, *, hq_per_kv: int = 4, head_
     return cache
 
 
-def _check(cache: PagedECCCache, hq: int, dtype: torch.dtype, num_splits: int | None, block_n: int = 16) -> None:
+def _check(
+    cache: PagedECCCache, hq: int, dtype: torch.dtype, num_splits: int | None, block_n: int = 16, fast: bool = True
+) -> None:
     from kernels.paged_attention import paged_decode_attention
 
     c = cache.config
@@ -56,7 +58,7 @@ def _check(cache: PagedECCCache, hq: int, dtype: torch.dtype, num_splits: int | 
         q, cache.k_data[0], cache.k_scale[0], cache.v_data[0], cache.v_scale[0], cache.block_tables, cache.lengths,
         sm_scale=c.head_dim**-0.5, codec=c.codec, interpolate=c.interpolate, sink=sink, sink_codec=c.sink_codec,
         sink_tokens=c.sink_tokens, counters=cnt, num_splits=num_splits, max_len=max(cache.host_lengths),
-        block_n=block_n,
+        block_n=block_n, fast=fast,
     )  # fmt: skip
     assert out.dtype == dtype and out.shape == q.shape
     assert_close_verbose(out, ref, dtype)
@@ -77,8 +79,14 @@ def test_modes_with_errors_split(mode: str, device: str) -> None:
 
 @pytest.mark.parametrize("group, num_splits", [(1, 1), (1, None), (8, 1), (8, None)])  # group 4: the mode tests
 def test_gqa_groups_and_split_kv(group: int, num_splits: int | None, device: str) -> None:
-    cache = _cache("int4-hamming84", [37, 5], device, ber=0.005, seed=group)
+    # head_dim 64: the packed-word kernel (the mode tests at head_dim 40 take the per-value one)
+    cache = _cache("int4-hamming84", [37, 5], device, ber=0.005, seed=group, head_dim=64)
     _check(cache, hq=2 * group, dtype=torch.float16, num_splits=num_splits)
+
+
+def test_per_value_kernel_on_word_aligned_rows(device: str) -> None:
+    cache = _cache("int4-hamming84", [11, 26], device, head_dim=64, ber=0.01)
+    _check(cache, hq=4, dtype=torch.float16, num_splits=2, fast=False)
 
 
 @pytest.mark.parametrize("mode", ["int4", "int12-golay"])
@@ -102,8 +110,8 @@ def test_interpolation_mode(device: str) -> None:
 
 
 def test_cache_attend_triton_equals_torch(device: str) -> None:
-    cache = _cache("int4", [6, 17], device)
-    q = torch.randn(2, 8, 40, dtype=torch.float16, device=device)
+    cache = _cache("int4", [6, 17], device, head_dim=64)
+    q = torch.randn(2, 8, 64, dtype=torch.float16, device=device)
     torch.testing.assert_close(cache.attend(0, q), cache.attend(0, q, backend="torch"), atol=4e-3, rtol=1e-2)
 
 
