@@ -43,21 +43,28 @@ def masked_mlp_reference(
     return (h * mask.to(h.device, h.dtype)) @ down.float().t()  # [B, H]
 
 
-def _churn_count(churn: float, m: int) -> int:
-    """A churn given as a count (>= 1) or as a fraction of m (< 1)."""
+def churn_count(churn: int | float, m: int) -> int:
+    """Neurons swapped per step: an int is a count, a float a fraction of m in [0, 1] (1.0 = all)."""
+    if isinstance(churn, bool) or not isinstance(churn, (int, float)):
+        raise TypeError(f"churn must be an int count or a float fraction, got {churn!r}")
+    if isinstance(churn, float):
+        if not 0 <= churn <= 1:
+            raise ValueError(f"churn={churn!r}: a float churn is a fraction of m and must lie in [0, 1]")
+        return int(round(churn * m))
     if churn < 0:
-        raise ValueError(f"churn must be >= 0 (count, or fraction of m when < 1), got {churn!r}")
-    return int(round(churn * m)) if churn < 1 else int(churn)
+        raise ValueError(f"churn={churn!r}: a count must be >= 0")
+    return churn
 
 
 def random_walk_masks(n: int, m: int, churn: float, steps: int, *, seed: int = 0) -> torch.Tensor:
     """bool [steps, n]: m active neurons; each step swaps ``churn`` of them for inactive ones.
 
-    ``churn`` is a count or, below 1, a fraction of m. A = R = churn on every step.
+    ``churn`` is an int count or a float fraction of m (see :func:`churn_count`); A = R = k
+    on every step.
     """
     if not 0 <= m <= n:
         raise ValueError(f"m must be in [0, n={n}], got {m}")
-    k = min(_churn_count(churn, m), m, n - m)
+    k = min(churn_count(churn, m), m, n - m)
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
     act, ina = perm[:m].clone(), perm[m:].clone()  # [m], [n - m]

@@ -350,7 +350,7 @@ class PairedWeightCache:
             n_pool = n_moves = m_new
         else:
             n_pool = added
-        self._apply(plan, n_pool, n_moves)
+        self._apply(plan, n_pool, n_moves, rebuilt)
         self._s2n.copy_(plan.s2n)
         self._n2s.copy_(plan.n2s)
         self._m = m_new
@@ -374,8 +374,12 @@ class PairedWeightCache:
         self._n2s.copy_(plan.n2s)
         return plan.stats[2]
 
-    def _apply(self, plan: MovePlan, n_pool: int, n_moves: int) -> None:
+    def _apply(self, plan: MovePlan, n_pool: int, n_moves: int, rebuilt: bool = False) -> None:
         if n_moves == 0:
+            return
+        if rebuilt and self.placement != "offloaded" and self.backend == "torch":
+            # a rebuild writes slots 0..m'-1 in order: one index_select straight into the buffer
+            torch.index_select(self.pool, 0, plan.src[:n_moves].long(), out=self.buffer[:n_moves])
             return
         if self.placement != "offloaded":
             if self.backend == "triton":

@@ -182,6 +182,7 @@ def _method(name: str, w: tuple[torch.Tensor, ...], masks: torch.Tensor, cap: in
     pool = pool.cpu().pin_memory() if host else pool
     buf = torch.empty(cap, 3 * h, dtype=pool.dtype, device=device)
     stage = torch.empty(cap, 3 * h, dtype=pool.dtype).pin_memory() if host else None
+    sent = torch.cuda.Event() if host else None  # the staging block is free once its copy ran
     size = [0]
 
     def upd_rebuild(mask: torch.Tensor) -> None:
@@ -190,8 +191,10 @@ def _method(name: str, w: tuple[torch.Tensor, ...], masks: torch.Tensor, cap: in
         if stage is None:
             torch.index_select(pool, 0, ids, out=buf[:n])
         else:
+            sent.synchronize()
             torch.index_select(pool, 0, ids, out=stage[:n])
             buf[:n].copy_(stage[:n], non_blocking=True)
+            sent.record()
 
     upd_rebuild(masks[0])
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ecc_kv.experiments import _shapes_common as sc
-from ecc_kv.sparse_mlp import random_walk_masks
+from ecc_kv.sparse_mlp import churn_count, random_walk_masks
 from ecc_kv.timing import copy_bandwidth_gbps, time_fn, time_stats
 from ecc_kv.weight_cache import PLACEMENTS, PairedWeightCache
 
@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "n_neurons": 8192,
     "hidden": 1024,
     "m": 1024,  # active neurons
-    "churn": 64,  # neurons swapped per step: a count, or a fraction of m when < 1
+    "churn": 64,  # neurons swapped per step: an int count, or a float fraction of m (1.0 = all)
     "dtype": "fp32",
     "placement": "cpu",
     "methods": ["paired", "hybrid", "rebuild", "masking"],
@@ -85,8 +85,10 @@ def _config(params: dict[str, Any]) -> dict[str, Any]:
         "threads": sc.pos_int(params, "threads", DEFAULTS["threads"], minimum=0),
     }
     churn, tau = params.get("churn", DEFAULTS["churn"]), params.get("tau", DEFAULTS["tau"])
-    if isinstance(churn, bool) or not isinstance(churn, (int, float)) or churn < 0:
-        raise ValueError(f"churn={churn!r} must be a count >= 1 or a fraction of m in [0, 1)")
+    try:
+        k = churn_count(churn, cfg["m"])
+    except TypeError as exc:
+        raise ValueError(f"churn={churn!r} must be an int count or a float fraction of m in [0, 1]") from exc
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau < 0:
         raise ValueError(f"tau={tau!r} must be a number >= 0")
     if cfg["m"] > cfg["n_neurons"]:
@@ -95,7 +97,6 @@ def _config(params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("methods: 'masking' has no offloaded form; use placement cpu or gpu for it")
     if "paired_graph" in cfg["methods"] and cfg["placement"] != "gpu":
         raise ValueError(f"method 'paired_graph' needs placement 'gpu', got placement={cfg['placement']!r}")
-    k = int(round(churn * cfg["m"])) if churn < 1 else int(churn)
     cfg.update(churn=churn, tau=float(tau), churn_k=min(k, cfg["m"], cfg["n_neurons"] - cfg["m"]))
     return cfg
 
@@ -164,6 +165,7 @@ def _stepper(
         pool = pool.pin_memory() if host else pool
         buf = torch.empty(cap, pool.shape[1], dtype=pool.dtype, device=device)
         stage = torch.empty(cap, pool.shape[1], dtype=pool.dtype, pin_memory=host) if host else None
+        sent = torch.cuda.Event() if host else None  # the staging block is free once its copy ran
 
         def step_rebuild() -> None:
             ids = nxt().nonzero().squeeze(1)
@@ -171,8 +173,10 @@ def _stepper(
             if stage is None:
                 torch.index_select(pool, 0, ids, out=buf[:n])
             else:  # offloaded: gather on the host, send the whole active set
+                sent.synchronize()
                 torch.index_select(pool, 0, ids, out=stage[:n])
                 buf[:n].copy_(stage[:n], non_blocking=True)
+                sent.record()
             written.append(n)
 
         return step_rebuild, written, None

@@ -43,6 +43,8 @@ def test_run_and_summarize(tmp_path: Path) -> None:
         ({"placement": "disk"}, "placement"),
         ({"methods": ["paired", "magic"]}, "methods"),
         ({"churn": -1}, "churn"),
+        ({"churn": 1.5}, "fraction"),
+        ({"churn": "lots"}, "churn"),
         ({"m": 10_000}, "m=10000"),
         ({"placement": "offloaded", "methods": ["masking"]}, "masking"),
         ({"methods": ["paired_graph"]}, "paired_graph"),
@@ -53,3 +55,10 @@ def test_run_and_summarize(tmp_path: Path) -> None:
 def test_validate_names_the_key(bad: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         bench.validate({**TINY, **bad})
+
+
+def test_churn_int_is_a_count_float_a_fraction() -> None:
+    assert bench._config({**TINY, "churn": 1})["churn_k"] == 1
+    assert bench._config({**TINY, "churn": 1.0})["churn_k"] == 32  # 100% churn
+    assert bench._config({**TINY, "churn": 0.25})["churn_k"] == 8
+    assert bench._config({**TINY, "churn": 500})["churn_k"] == 32  # capped at m (and N - m)
