@@ -184,3 +184,17 @@ def test_same_results_from_every_executor(write_spec, tmp_path: Path, executor: 
     summary = read_json(run / "summary.json")
     assert abs(summary["pi_mean"] - 3.1416) < 0.3
     assert run.name.startswith("n-500_seed-7__")
+
+
+def test_moving_a_default_into_the_grid_keeps_done_runs(write_spec, tmp_path: Path, capsys) -> None:
+    results = tmp_path / "results"
+    before = write_spec(f"name: grow\ntask: {TASK}\ndefaults: {{seed: 1}}\ngrid: {{n: [10, 20]}}\n", "a.yaml")
+    assert launch.main([str(before), "--results", str(results), "--executor", "inline"]) == 0
+    old = set(_runs(results, "grow"))
+    # the same configs now sit on a grid axis (their slug would gain "seed-1"): found by hash, not redone
+    after = write_spec(f"name: grow\ntask: {TASK}\ngrid: {{n: [10, 20], seed: [1, 2]}}\n", "b.yaml")
+    capsys.readouterr()
+    assert launch.main([str(after), "--results", str(results), "--executor", "inline"]) == 0
+    assert "runs 4: done 2" in capsys.readouterr().out
+    new = set(_runs(results, "grow")) - old
+    assert len(new) == 2 and all("seed-2" in name for name in new)
