@@ -63,7 +63,8 @@ def _slug_value(value: Any) -> str:
         text = str(value)
     else:
         text = canonical_json(value)
-    return _UNSAFE.sub("-", text) or "x"  # keep a leading '-': n=-1 must not read as n=1
+    text = re.sub(r"\.{2,}", ".", _UNSAFE.sub("-", text))  # no '..' anywhere in a folder name
+    return text or "x"  # a leading '-' stays: n=-1 must not read as n=1
 
 
 def make_run_id(params: dict[str, Any], varying: Sequence[str], chash: str) -> str:
