@@ -31,6 +31,7 @@ import torch
 Placement = Literal["cpu", "gpu", "offloaded"]
 PLACEMENTS: tuple[str, ...] = ("cpu", "gpu", "offloaded")
 BACKENDS: tuple[str, ...] = ("torch", "triton")
+OFFLOADS: tuple[str, ...] = ("staged", "direct")
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -214,6 +215,10 @@ class PairedWeightCache:
     rebuild_tau: hybrid policy: when max(added, removed) > tau * new size, rebuild the
         buffer from scratch instead (the maps are rebuilt too, so the cache stays exact).
     device: the buffer's device for ``"offloaded"`` (default ``"cuda"``).
+    offload: how pool rows reach the GPU when offloaded: ``"staged"`` gathers them on the
+        host into a pinned staging block and sends it in one asynchronous copy;
+        ``"direct"`` (triton backend) lets the move kernel read the pinned pool itself
+        through unified addressing, so the rows cross PCIe once with no host gather.
     """
 
     def __init__(
@@ -227,6 +232,7 @@ class PairedWeightCache:
         backend: str | None = None,
         rebuild_tau: float | None = None,
         device: str | torch.device | None = None,
+        offload: str = "staged",
     ) -> None:
         if up.dim() != 2:
             raise ValueError(f"up must be [N, H], got shape {tuple(up.shape)}")
@@ -258,9 +264,13 @@ class PairedWeightCache:
         backend = backend or ("triton" if buf_dev.type == "cuda" else "torch")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if offload not in OFFLOADS:
+            raise ValueError(f"offload must be one of {OFFLOADS}, got {offload!r}")
+        if offload == "direct" and placement == "offloaded" and backend != "triton":
+            raise ValueError("offload='direct' needs backend='triton' (the kernel reads the pinned pool)")
 
         self.n_neurons, self.hidden, self.capacity = n, h, capacity
-        self.placement, self.backend, self.rebuild_tau = placement, backend, rebuild_tau
+        self.placement, self.backend, self.rebuild_tau, self.offload = placement, backend, rebuild_tau, offload
         self.gated = gate is not None
         parts = [t.to(pool_dev) for t in mats[:-1]] + [down.to(pool_dev).t()]
         pool = torch.cat(parts, dim=1).contiguous()  # [N, R]: [gate_i | up_i | down_i^T]
@@ -390,7 +400,8 @@ class PairedWeightCache:
         # offloaded: gather the pool rows on the host, ship them and the plan in two async copies
         if self._copied is not None:
             self._copied.synchronize()  # the pinned buffers are free again
-        if n_pool:
+        direct = self.offload == "direct"
+        if n_pool and not direct:
             torch.index_select(self.pool, 0, plan.src[:n_pool].long(), out=self._stage_h[:n_pool])
         cap = self.capacity
         # packed plan [counts(2) | dst(cap) | src(cap)]: one small copy
@@ -398,14 +409,16 @@ class PairedWeightCache:
         self._plan_h[2 : 2 + n_moves].copy_(plan.dst[:n_moves])
         self._plan_h[2 + cap : 2 + cap + n_moves].copy_(plan.src[:n_moves])
         self._plan_d.copy_(self._plan_h, non_blocking=True)
-        self._stage_d[:n_pool].copy_(self._stage_h[:n_pool], non_blocking=True)
+        if not direct:
+            self._stage_d[:n_pool].copy_(self._stage_h[:n_pool], non_blocking=True)
         if self._copied is not None:
             self._copied.record()
         counts, dst, src = self._plan_d[:2], self._plan_d[2 : 2 + cap], self._plan_d[2 + cap :]
         if self.backend == "triton":
             from kernels.weight_cache import apply_moves
 
-            apply_moves(self.buffer, self._stage_d, dst, src, counts, max_moves=n_moves, staged=True)
+            rows = self.pool if direct else self._stage_d  # direct: pinned host rows, read over PCIe
+            apply_moves(self.buffer, rows, dst, src, counts, max_moves=n_moves, staged=not direct)
         else:
             apply_moves_torch(self.buffer, self._stage_d, dst, src, n_pool, n_moves, staged=True)
 

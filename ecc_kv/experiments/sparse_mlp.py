@@ -15,7 +15,8 @@ Methods, each split into an update (making the weights ready) and a compute (the
 - ``gather``: no cache: ``gate[ids]``, ``up[ids]``, ``down[:, ids]`` each step, then GEMMs.
 - ``paired``: :class:`ecc_kv.weight_cache.PairedWeightCache` update, GEMMs on its views.
 - ``hybrid``: the same cache with ``rebuild_tau=tau`` (full rebuild on high churn).
-- ``offloaded`` (GPU): the paired cache with its pool in pinned host memory.
+- ``offloaded`` (GPU): the paired cache with its pool in pinned host memory (rows gathered
+  on the host, one copy); ``offloaded_direct``: the move kernel reads the pinned pool itself.
 - ``offloaded_rebuild`` (GPU): pool in pinned host memory, every active row sent each step.
 
 Times: pass 1 replays the mask sequence timing the update only, pass 2 replays it timing
@@ -45,8 +46,9 @@ if TYPE_CHECKING:
 KIND = "sparse_mlp"
 SHAPES: dict[str, tuple[int, int]] = {"llama3-8b": (4096, 14336), "smollm2-135m": (576, 1536)}
 MASKS: tuple[str, ...] = ("synthetic", "trace")
-METHODS: tuple[str, ...] = ("dense", "rebuild", "gather", "paired", "hybrid", "offloaded", "offloaded_rebuild")
-GPU_METHODS = ("offloaded", "offloaded_rebuild")
+METHODS: tuple[str, ...] = ("dense", "rebuild", "gather", "paired", "hybrid", "offloaded", "offloaded_direct",
+                            "offloaded_rebuild")
+GPU_METHODS = ("offloaded", "offloaded_direct", "offloaded_rebuild")
 DEFAULTS: dict[str, Any] = {
     "shape": "smollm2-135m",
     "density": 0.1,  # active fraction of the intermediate neurons per token
@@ -156,11 +158,13 @@ def _method(name: str, w: tuple[torch.Tensor, ...], masks: torch.Tensor, cap: in
     gate, up, down = w
     if name == "dense":
         return (lambda mask: None), (lambda x: mlp_forward(x, gate, up, down))
-    if name in ("paired", "hybrid", "offloaded"):
-        place = "offloaded" if name == "offloaded" else ("gpu" if device == "cuda" else "cpu")
-        src = [t.cpu() for t in w] if name == "offloaded" else w
+    if name in ("paired", "hybrid", "offloaded", "offloaded_direct"):
+        off = name.startswith("offloaded")
+        place = "offloaded" if off else ("gpu" if device == "cuda" else "cpu")
+        src = [t.cpu() for t in w] if off else w
         cache = PairedWeightCache(*src, cap, placement=place, device=device,
-                                  rebuild_tau=tau if name == "hybrid" else None)
+                                  rebuild_tau=tau if name == "hybrid" else None,
+                                  offload="direct" if name == "offloaded_direct" else "staged")
         if name == "paired":
             shared_pool.append(cache.pool)
         cache.update(masks[0].to(cache.neuron_to_slot.device))
@@ -285,7 +289,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         out[f"{name}_max_abs_err"] = res["max_abs_err"]
         out[f"{name}_rel_err"] = res["rel_err"]
     for name, base in (("paired", "rebuild"), ("paired", "gather"), ("paired", "dense"), ("hybrid", "rebuild"),
-                       ("offloaded", "offloaded_rebuild")):
+                       ("offloaded", "offloaded_rebuild"), ("offloaded_direct", "offloaded_rebuild")):
         if f"{name}_step_ms" in out and f"{base}_step_ms" in out:
             out[f"{name}_step_speedup_vs_{base}"] = sc.ratio(out[f"{base}_step_ms"], out[f"{name}_step_ms"])
     return {k: sc.finite_or_none(v) if isinstance(v, float) else v for k, v in out.items()}

@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "tau": 0.25,  # hybrid: rebuild when max(A, R) > tau * m
     "gated": True,  # SwiGLU (gate, up, down) or a plain MLP (up, down)
     "backend": "auto",  # cache moves: auto (triton on CUDA, torch on CPU) | torch | triton
+    "offload": "staged",  # offloaded pool rows: staged (host gather + one copy) | direct (kernel reads pinned pool)
     "steps": 200,
     "warmup": 20,
     "seed": 0,
@@ -79,6 +80,7 @@ def _config(params: dict[str, Any]) -> dict[str, Any]:
         "methods": _methods(params),
         "gated": sc.flag(params, "gated", DEFAULTS["gated"]),
         "backend": sc.choice(params, "backend", ("auto", "torch", "triton"), DEFAULTS["backend"]),
+        "offload": sc.choice(params, "offload", ("staged", "direct"), DEFAULTS["offload"]),
         "steps": sc.pos_int(params, "steps", DEFAULTS["steps"]),
         "warmup": sc.pos_int(params, "warmup", DEFAULTS["warmup"], minimum=0),
         "seed": sc.pos_int(params, "seed", DEFAULTS["seed"], minimum=0),
@@ -134,7 +136,7 @@ def _stepper(
     if method in ("paired", "hybrid", "paired_graph"):
         tau = cfg["tau"] if method == "hybrid" else None
         cache = PairedWeightCache(gate, up, down, cap, placement=place, backend=backend, rebuild_tau=tau,
-                                  device=device)
+                                  device=device, offload=cfg["offload"])
         cache.update(masks[0])
         if method == "paired_graph":
             static = masks[0].clone()

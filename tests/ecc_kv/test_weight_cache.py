@@ -156,9 +156,12 @@ def test_offloaded_logic_on_host() -> None:
     """The offloaded path (host staging, packed plan, staged moves) with the buffer on the CPU."""
     w = _weights(True)
     x = torch.randn(2, H)
-    for backend in ("torch", "triton"):
-        cache = PairedWeightCache(*w, capacity=48, placement="offloaded", device="cpu", backend=backend)
+    for backend, offload in (("torch", "staged"), ("triton", "staged"), ("triton", "direct")):
+        cache = PairedWeightCache(*w, capacity=48, placement="offloaded", device="cpu", backend=backend,
+                                  offload=offload)
         _run_sequence(cache, SEQS["union_batch4"][:8], x, w, TOL[torch.float32])
+    with pytest.raises(ValueError, match="direct"):
+        PairedWeightCache(*w, capacity=4, placement="offloaded", device="cpu", backend="torch", offload="direct")
 
 
 def test_views_are_zero_copy_and_matmul_takes_them() -> None:
