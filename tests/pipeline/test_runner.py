@@ -198,3 +198,18 @@ def test_moving_a_default_into_the_grid_keeps_done_runs(write_spec, tmp_path: Pa
     assert "runs 4: done 2" in capsys.readouterr().out
     new = set(_runs(results, "grow")) - old
     assert len(new) == 2 and all("seed-2" in name for name in new)
+
+
+def test_local_path_needs_no_submitit(write_spec, tmp_path: Path) -> None:
+    """GPU boxes without submitit/tqdm must still launch locally and emit sbatch commands."""
+    spec = write_spec(f"name: nosub\ntask: {TASK}\ngrid: {{n: [10]}}\n")
+    code = ("import sys; sys.modules['submitit'] = None; sys.modules['tqdm'] = None\n"
+            "from pipeline.launch import main\n"
+            f"rc = main([{str(spec)!r}, '--executor', 'local', '--results', {str(tmp_path / 'r')!r}])\n"
+            f"rc2 = main([{str(spec)!r}, '--emit-sbatch'])\n"
+            "sys.exit(rc or rc2)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "slurm/run_spec.sbatch" in proc.stdout
+    assert list((tmp_path / "r" / "nosub").glob("*/summary.json"))
