@@ -41,8 +41,10 @@ from kernels.codecs import (
 )
 from kernels.faults import event_probability, event_thresholds, flip_mask
 
-# launch config per codec id: (groups per program, warps); 8192 / 8192 / 12288 values per program
-TUNING: dict[int, tuple[int, int]] = {0: (256, 4), 1: (1024, 4), 2: (512, 4)}
+# launch configs per codec id: (groups per program, warps), from a sweep on an H100 at 64M values
+# (docs/codecs.md): encoders with strided parity stores like small programs, decoders large ones.
+TUNING_ENCODE: dict[int, tuple[int, int]] = {0: (128, 4), 1: (1024, 4), 2: (128, 4)}
+TUNING_DECODE: dict[int, tuple[int, int]] = {0: (512, 4), 1: (2048, 4), 2: (512, 4)}
 
 
 @triton.jit
@@ -65,7 +67,9 @@ def _load_words(ptr, idx, valid, seed, stream, thr_ptr, INJECT: tl.constexpr, BU
     """Stored int32 words at ``idx`` as uint32, with the fault channel applied when INJECT (global word index = idx)."""
     x = tl.load(ptr + idx, mask=valid, other=0)
     if INJECT:
-        m = flip_mask(seed, idx.to(tl.int64), stream, thr_ptr, 32, BURST_LEN)
+        # the flip mask is drawn on a 1-D tile of the same indices (the stream depends on the index only)
+        flat = tl.reshape(idx, [idx.numel]).to(tl.int64)
+        m = tl.reshape(flip_mask(seed, flat, stream, thr_ptr, 32, BURST_LEN), idx.shape)
         x = x ^ tl.where(valid, m, 0)
     return _u32(x)
 
@@ -120,13 +124,15 @@ def _decode_packed_kernel(
     g = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = g < NG
     if CODEC == 1:
-        o = g[:, None] * 2 + tl.arange(0, 2)[None, :]
-        lo, hi = tl.split(_load_words(src, o, o < 2 * NG, seed, stream, thr_ptr, INJECT, BURST_LEN))
+        o = tl.program_id(0) * (2 * BLOCK) + tl.arange(0, 2 * BLOCK)  # 1-D: 128-bit loads
+        x = _load_words(src, o, o < 2 * NG, seed, stream, thr_ptr, INJECT, BURST_LEN)
+        lo, hi = tl.split(tl.reshape(x, [BLOCK, 2]))
         w, corr, det = hamming84_decode_word(lo, hi)
         tl.store(dst + g, _i32(w), mask=mask)
         if WRITE_STATUS:
             st = corr | (det << 1)
-            tl.store(st_ptr + o, _i32(tl.join(_spread16(st), _spread16(st >> 16))), mask=o < 2 * NG)
+            st2 = tl.reshape(tl.join(_spread16(st), _spread16(st >> 16)), [2 * BLOCK])
+            tl.store(st_ptr + o, _i32(st2), mask=o < 2 * NG)
         n_corr = tl.sum(_count_swar(corr).to(tl.int32), axis=0)
         n_det = tl.sum(_count_swar(det).to(tl.int32), axis=0)
     elif CODEC == 0:
@@ -211,7 +217,7 @@ def encode_packed(
     gpr = n // GROUP_VALUES[name]
     ng = rows * gpr
     if ng:
-        block, warps = config or TUNING[cid]
+        block, warps = config or TUNING_ENCODE[cid]
         _encode_packed_kernel[(triton.cdiv(ng, block),)](
             _words(packed), out.view(-1).view(torch.int32), ng, gpr, CODEC=cid, BLOCK=block, num_warps=warps
         )
@@ -241,7 +247,7 @@ def decode_packed(
     fault injection into the read: every stored int32 word (all 32 bits are stored bits in these
     layouts) is XORed with ``kernels.faults.flip_mask(seed, word index, stream)`` before decoding,
     the same faults as ``inject_triton(stored.view(int32), 32, ber, seed, model, burst_len)``; the
-    stored buffer itself is not modified. ``config``: (groups per program, warps), default ``TUNING``.
+    stored buffer itself is not modified. ``config``: (groups per program, warps), default ``TUNING_DECODE``.
     """
     _check_row(name, n, stored.shape[-1], stored_nbytes(name, n), "stored")
     if stored.dtype != torch.uint8:
@@ -261,7 +267,7 @@ def decode_packed(
     gpr = n // GROUP_VALUES[name]
     ng = rows * gpr
     if ng:
-        block, warps = config or TUNING[cid]
+        block, warps = config or TUNING_DECODE[cid]
         st = status.view(-1).view(torch.int32) if status is not None else counts
         inject = ber > 0
         blen = 1 if model == "bsc" else burst_len
