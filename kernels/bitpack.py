@@ -225,6 +225,12 @@ def unpack_dequantize_triton(
     data: torch.Tensor, bits: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, out_val: torch.Tensor,
     out_pos: torch.Tensor, g: int, centered: bool, dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Fused unpack+dequantize (+ outliers written back): x_hat [M, G] in ``dtype``."""
-    out = torch.empty(bits.shape[0], g, dtype=dtype, device=data.device)
-    return _unpack(data, bits, g, out, scale, zero, out_val, out_pos, centered)
+    """Fused unpack+dequantize (+ outliers written back): x_hat [M, G] in ``dtype``.
+
+    bf16 is written as fp32 and cast by torch (the Triton interpreter does not round to bf16
+    the way the GPU and torch do); fp16 and fp32 are stored directly.
+    """
+    kdt = dtype if dtype in (torch.float16, torch.float32) else torch.float32
+    out = torch.empty(bits.shape[0], g, dtype=kdt, device=data.device)
+    out = _unpack(data, bits, g, out, scale, zero, out_val, out_pos, centered)
+    return out if kdt == dtype else out.to(dtype)

@@ -1,0 +1,53 @@
+"""kernels.bitpack against its torch twin (ecc_kv.bitpack / ecc_kv.uniform_quant), bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ecc_kv.bitpack import pack, quantize_pack, unpack, unpack_dequantize
+from ecc_kv.uniform_quant import quantize
+
+
+def _assert_equal(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    if not torch.equal(a, b):
+        bad = (a != b).nonzero()[:5].tolist()
+        raise AssertionError(f"{what}: {int((a != b).sum())} mismatches, first at {bad}")
+
+
+@pytest.mark.parametrize("shape,group", [((1, 2, 5, 24), None), ((2, 1, 9, 41), None), ((1, 3, 4, 64), 16)])
+@pytest.mark.parametrize("scheme,outliers", [("minmax", 0.0), ("minmax", 0.05), ("symmetric", 0.05)])
+def test_quantize_pack_matches_torch(shape: tuple, group: int | None, scheme: str, outliers: float, device: str) -> None:
+    torch.manual_seed(sum(shape))
+    x = (torch.randn(*shape, device=device) * 2).to(torch.float16)
+    bits = torch.randint(2, 9, shape[:-1], device=device)
+    ref = quantize(x, bits, group, scheme, outliers, backend="torch")
+    p_ref = pack(ref, backend="torch")
+    p_tri = quantize_pack(x, bits, group, scheme, outliers, backend="triton")
+    for name in ("data", "scale", "out_val", "out_pos"):
+        _assert_equal(getattr(p_tri, name), getattr(p_ref, name), name)
+    if scheme == "minmax":
+        _assert_equal(p_tri.zero, p_ref.zero, "zero")
+    q_tri = quantize(x, bits, group, scheme, outliers, backend="triton")
+    _assert_equal(q_tri.codes, ref.codes, "codes")
+    _assert_equal(unpack_dequantize(p_ref, backend="triton"), unpack_dequantize(p_ref, backend="torch"), "dequant")
+
+
+@pytest.mark.parametrize("g", [3, 8, 33])
+def test_pack_unpack_codes_match_torch(g: int, device: str) -> None:
+    torch.manual_seed(g)
+    x = torch.randn(1, 2, 11, g, device=device)
+    bits = torch.randint(1, 9, (1, 2, 11), device=device)
+    q = quantize(x, bits, backend="torch")
+    p_t, p_k = pack(q, backend="torch"), pack(q, backend="triton")
+    _assert_equal(p_k.data, p_t.data, "packed bytes")
+    _assert_equal(unpack(p_t, backend="triton").codes, q.codes, "unpacked codes")
+
+
+def test_fp32_input_and_bf16_output(device: str) -> None:
+    x = torch.randn(3, 2, 7, 32, device=device)
+    p_ref = quantize_pack(x, 3, backend="torch")
+    p_tri = quantize_pack(x, 3, backend="triton")
+    _assert_equal(p_tri.data, p_ref.data, "data")
+    for dt in (torch.float32, torch.bfloat16):
+        _assert_equal(unpack_dequantize(p_ref, dt, "triton"), unpack_dequantize(p_ref, dt, "torch"), str(dt))
