@@ -142,6 +142,9 @@ def describe(plans: list[ExperimentPlan], max_array_size: int | None = None) -> 
         lines.append(f"  runs {len(plan.runs)}: done {counts.get('done', 0)}, failed {counts.get('failed', 0)}, "
                      f"pending {counts.get('pending', 0)}, new {counts.get('missing', 0)}; to run {len(plan.to_run)}")
         lines.append(f"  resources: {_fmt_resources(exp)}")
+        if counts.get("pending", 0):
+            lines.append(f"  note: {counts['pending']} pending run(s) (queued, running, or killed) will run again; "
+                         "if their jobs are still in squeue, wait or scancel them first")
         elements = plan.elements()
         if elements:
             arr = exp.array

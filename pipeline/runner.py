@@ -36,6 +36,7 @@ from pipeline.records import (
 from pipeline.tasks import Task, load_task
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FILE_LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"  # log.txt belongs to one run: no logger name
 PROGRESS_EVERY_S = 5.0
 
 
@@ -106,7 +107,7 @@ def run_one(run: Run, job: ElementJob, task: Task, shared: dict[str, Any], devic
     log = logging.getLogger(f"pipeline.run.{run.run_id}")
     log.setLevel(logging.INFO)
     handler = logging.FileHandler(paths.log, mode="a", encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(logging.Formatter(FILE_LOG_FORMAT))
     log.addHandler(handler)
     module_file = getattr(task.module, "__file__", None)  # git info of the code that runs
     env = capture_env(Path(module_file).resolve().parent if module_file else None)
