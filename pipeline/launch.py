@@ -119,9 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     max_size = None
     if executor == "slurm":
-        from pipeline.executors.slurm_info import cluster_max_array_size
+        from pipeline.executors.slurm_info import cluster_max_array_size, cluster_partitions
 
         max_size = args.max_array_size or cluster_max_array_size()
+        partitions = cluster_partitions()
+        for plan in plans:  # an unknown partition is bad input: refuse before writing anything
+            wanted = plan.spec.resources.partition
+            if partitions and wanted and not set(wanted.split(",")) <= set(partitions):
+                problem = f"partition {wanted!r} does not exist on this cluster; partitions: {', '.join(partitions)}"
+                print(f"error: {plan.spec.error(problem, 'resources', 'partition')}", file=sys.stderr)
+                return 2
     print(describe(plans, max_size))
     if args.dry_run:
         print(f"dry run: nothing submitted (executor would be {executor})")
@@ -141,7 +148,13 @@ def main(argv: list[str] | None = None) -> int:
             return _report(run_local(plans, jobs=args.jobs), plans)
         from pipeline.executors import slurm
 
-        arrays = slurm.submit(plans, max_size)
+        try:
+            arrays = slurm.submit(plans, max_size)
+        except Exception as exc:  # sbatch refused (bad partition/account/qos...): say so, no traceback
+            detail = str(exc).strip().splitlines()
+            print(f"error: Slurm refused the submission: {type(exc).__name__}: "
+                  f"{' '.join(detail[-3:]) if detail else ''}", file=sys.stderr)
+            return 1
         slurm.print_hints(arrays, plans)
         if args.wait:
             return _report(slurm.wait(arrays, plans[0].results_dir), plans)

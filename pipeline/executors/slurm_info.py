@@ -30,3 +30,11 @@ def jobs_alive(job_ids: list[str]) -> bool:
     if out.returncode != 0:
         return "Invalid job id" not in out.stderr
     return bool(out.stdout.strip())
+
+
+def cluster_partitions() -> list[str] | None:
+    """Partition names ``sinfo`` reports (default marked '*' stripped), or None when unknown."""
+    out = _cmd(["sinfo", "-h", "-o", "%R"])
+    if out is None:
+        return None
+    return sorted({line.strip().rstrip("*") for line in out.splitlines() if line.strip()})

@@ -203,3 +203,13 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+def test_unknown_partition_is_bad_input(write_spec, tmp_path: Path) -> None:
+    spec = write_spec(f"name: badp\ntask: {TASK}\nresources: {{partition: no_such_partition}}\ngrid: {{n: [10]}}\n")
+    results = tmp_path / "results"
+    out = run_cli("pipeline.launch", spec, "--executor", "slurm", "--results", results)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "key 'resources.partition'" in out.stderr and "no_such_partition" in out.stderr
+    assert f"{spec}:3:" in out.stderr
+    assert not results.exists()
