@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(logging.INFO)
     try:
+        for flag, value in (("--jobs", args.jobs), ("--max-array-size", args.max_array_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
         executor = resolve_executor(args.executor)
         plans = build_plan(args.spec, name=args.name, sets=args.set, only=args.only, results_dir=args.results,
                            force=args.force)

@@ -78,6 +78,8 @@ def test_bad_spec_is_rejected_with_location(case: str, write_spec, tmp_path: Pat
     (["--set", "n=10", "--set", "n=20"], "--set takes one value"),
     (["--set", "n=-5"], "n must be a positive integer"),
     (["--executor", "inline", "--set", "dist=cauchy"], "dist must be one of"),
+    (["--executor", "local", "--jobs", "0"], "--jobs must be >= 1"),
+    (["--emit-sbatch", "--max-array-size", "-3"], "--max-array-size must be >= 1"),
 ])
 def test_bad_cli_options_exit_2(argv: list[str], needle: str, write_spec, tmp_path: Path, capsys) -> None:
     spec = write_spec(GOOD)
