@@ -74,10 +74,8 @@ class ECCState:
 
 def protect_tensor(x: torch.Tensor, cfg: ECCShimConfig, seed: int) -> tuple[torch.Tensor, dict[str, int]]:
     """One K or V tensor ``[B, H, T, D]`` through the mode's full path; returns (x_hat, counts)."""
-    try:
-        from ecc_kv.kv_protect import roundtrip
-    except ImportError:  # TEMPORARY until ecc_kv.kv_protect lands: fp16 / int4 only
-        roundtrip = _roundtrip_fallback
+    from ecc_kv.kv_protect import roundtrip
+
     x_hat, stats = roundtrip(
         x,
         cfg.mode_name,
@@ -86,20 +84,10 @@ def protect_tensor(x: torch.Tensor, cfg: ECCShimConfig, seed: int) -> tuple[torc
         error_model=cfg.error_model,
         burst_len=cfg.burst_len,
         sink_tokens=cfg.sink_tokens,
+        group_size=cfg.group_size,
         backend=cfg.resolved_backend(x.device),
     )
     return x_hat, normalise_counts(stats, x.numel())
-
-
-def _roundtrip_fallback(x: torch.Tensor, mode: str, ber: float = 0.0, **_: Any) -> tuple[torch.Tensor, dict]:
-    from ecc_kv.quant import dequantize_int4, quantize_int4
-
-    if mode == "fp16":
-        return x.to(torch.float16).to(x.dtype), {}
-    if mode == "int4" and ber == 0:
-        codes, scales = quantize_int4(x)
-        return dequantize_int4(codes, scales, dtype=x.dtype), {}
-    raise NotImplementedError(f"mode {mode!r} needs ecc_kv.kv_protect")
 
 
 def normalise_counts(stats: Any, n_values: int) -> dict[str, int]:

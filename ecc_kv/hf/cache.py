@@ -68,7 +68,7 @@ def read_paged(paged: Any, layer: int, dtype: torch.dtype) -> tuple[torch.Tensor
     from ecc_kv.cache_reference import decode_sequence
 
     ks, vs = [], []
-    counts = {"corrected": 0, "detected": 0, "interpolated": 0, "values": 0}
+    counts = {"corrected": 0, "detected": 0, "interpolated": 0}
     interp = paged.config.interpolate
     for b in range(paged.max_seqs):
         for which, out in (("k", ks), ("v", vs)):
@@ -76,7 +76,6 @@ def read_paged(paged: Any, layer: int, dtype: torch.dtype) -> tuple[torch.Tensor
             out.append(x)
             counts["corrected"] += n_corr
             counts["detected"] += n_det
-            counts["values"] += x.numel()
             if interp:
                 counts["interpolated"] += int((st == 2).sum())
     return torch.stack(ks), torch.stack(vs), counts
@@ -108,7 +107,7 @@ class ECCLayer(DynamicLayer):
             backend = cfg.resolved_backend(key_states.device)
             slots = paged.update(layer, key_states, value_states, backend=backend)
             flips = inject_new_slots(paged, layer, slots, cfg, mix_seed(cfg.seed, owner.step, layer), backend)
-            state.stats.add(layer, {"bits_flipped": flips})
+            state.stats.add(layer, {"bits_flipped": flips, "values": key_states.numel() + value_states.numel()})
             self.length += t_new
             fused = cfg.fused_decode and backend == "triton" and key_states.device.type == "cuda" and t_new == 1
             if fused:  # attention reads the codewords itself; hand it only a marker tensor
