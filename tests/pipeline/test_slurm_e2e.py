@@ -175,27 +175,32 @@ def test_plain_sbatch_path(write_spec, tmp_path: Path, slurm_jobs: list[str]) ->
         name: plain
         task: {TASK}
         resources: {{cpus: 1, mem_gb: 0.5, time_min: 5}}
-        array: {{runs_per_task: 2}}
+        array: {{runs_per_task: 1}}
         grid: {{n: [100, 200, 300]}}
     """)
     results = tmp_path / "results"
-    emitted = run_cli("pipeline.launch", spec, "--emit-sbatch", "--results", results)
+    # 3 elements, MaxArraySize 2: two commands, the second with INDEX_OFFSET=2
+    emitted = run_cli("pipeline.launch", spec, "--emit-sbatch", "--results", results, "--max-array-size", "2")
     assert emitted.returncode == 0, emitted.stderr
-    (cmd,) = emitted.stdout.strip().splitlines()
-    assert "--array=0-1%16" in cmd and "--gpus-per-node=0" in cmd
+    cmds = emitted.stdout.strip().splitlines()
+    assert len(cmds) == 2 and "--array=0-1%16" in cmds[0] and "--array=0-0%16" in cmds[1]
+    assert "INDEX_OFFSET=2" in cmds[1] and "--gpus-per-node=0" in cmds[0]
     env = cli_env() | {"PYTHON": sys.executable}
-    out = subprocess.run(["bash", "-c", cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    job = re.search(r"Submitted batch job (\d+)", out.stdout).group(1)
-    slurm_jobs.append(job)
-    _wait_gone([job])
+    jobs = []
+    for cmd in cmds:
+        out = subprocess.run(["bash", "-c", cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        jobs.append(re.search(r"Submitted batch job (\d+)", out.stdout).group(1))
+    slurm_jobs.extend(jobs)
+    _wait_gone(jobs)
     runs = [p for p in (results / "plain").iterdir() if p.name.startswith("n-")]
     assert len(runs) == 3 and all((r / "summary.json").exists() for r in runs), \
         [_read(p) for p in (results / "plain" / ".slurm").glob("*.out")]
-    logs = sorted((results / "plain" / ".slurm").glob(f"{job}_*.out"))
-    assert len(logs) == 2 and "run_spec.sbatch: host" in logs[0].read_text()
-    assert all(read_json(r / "env.json")["slurm"]["SLURM_ARRAY_JOB_ID"] == job for r in runs)
-    print(shlex.join(["ran", cmd]))
+    logs = sorted((results / "plain" / ".slurm").glob("*.out"))
+    assert len(logs) == 3 and all("run_spec.sbatch: host" in p.read_text() for p in logs)
+    assert sorted(read_json(r / "env.json")["slurm"]["SLURM_ARRAY_JOB_ID"] for r in runs) == sorted(
+        [jobs[0], jobs[0], jobs[1]])
+    print(shlex.join(["ran", *cmds]))
 
 
 def _read(path: Path) -> str:
