@@ -91,7 +91,8 @@ def submit(plans: list[ExperimentPlan], max_size: int | None = None) -> list[Sub
             job_id = jobs[0].job_id.split("_")[0]
             runs = [(r.experiment, r.run_id) for i in chunk for r in elements[i].runs]
             arrays.append(SubmittedArray(plan.spec.name, job_id, len(chunk), runs))
-            print(f"submitted {plan.spec.name}: array job {job_id} "
+            kind = "array job" if len(chunk) > 1 else "job"  # submitit submits a lone element as a plain job
+            print(f"submitted {plan.spec.name}: {kind} {job_id} "
                   f"(elements {chunk.start}-{chunk.stop - 1}, {len(runs)} runs, %{plan.spec.array.parallelism})",
                   flush=True)
     return arrays
