@@ -56,7 +56,8 @@ def fp16_scale_from_amax(amax: torch.Tensor) -> torch.Tensor:
 
     amax: fp32 tensor of group maxima of |x|. Returns fp16 of the same shape.
     """
-    s32 = (amax / 7.0).clamp(max=_FP16_MAX)  # fp32, correctly rounded division
+    # tensor / tensor: correctly rounded on CPU and CUDA (CUDA turns "/ python scalar" into "* (1 / scalar)")
+    s32 = (amax / torch.full_like(amax, 7.0)).clamp(max=_FP16_MAX)
     s16 = s32.to(torch.float16)
     down = s16.to(torch.float32) < s32
     bumped = (s16.view(torch.int16) + 1).view(torch.float16)  # next fp16 up (s16 >= 0, finite)

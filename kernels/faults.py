@@ -9,7 +9,7 @@ Bernoulli(p). Instead of one uniform per bit, each 32-bit Philox output draws th
 event in the word from the geometric law by comparing it against the table
 ``T_j = floor(2^32 * (1 - (1 - p)^(j + 1)))``, j < bits_per_word (``event_thresholds``). One Philox
 call gives four gaps; further calls are made only while some word of the tile can still have events,
-so at small BER a word costs one Philox call. BSC: an event flips its bit. Burst: an event at bit b
+so at small BER a word costs one Philox call (at most ceil((bits + 1) / 4) calls). BSC: an event flips its bit. Burst: an event at bit b
 starts a burst flipping bits b .. b + burst_len - 1 (clipped at the top of the word, overlapping
 bursts merge); the start probability is ber / burst_len (see docs/error_model.md for the resulting
 flip rate).
@@ -73,7 +73,10 @@ def flip_mask(seed, word_index, stream, thr_ptr, N_BITS: tl.constexpr, BURST_LEN
     """XOR mask (int32, low N_BITS bits) for each global ``word_index`` (int64 tile of any shape).
 
     seed: int scalar; stream: int scalar separating independent channels (values, scales, ...);
-    thr_ptr: int64 [N_BITS] table from ``event_thresholds``; BURST_LEN = 1 is the BSC.
+    thr_ptr: int64 [>= N_BITS] table from ``event_thresholds``; BURST_LEN = 1 is the BSC.
+    Call c (c < ceil((N_BITS + 1) / 4)) draws Philox(seed; lo, hi, c, stream); N_BITS + 1 gaps always
+    finish a word, and a call is skipped when every word of the tile is already finished, which
+    cannot change any word's result (so the masks do not depend on the tile).
     """
     lo = (word_index & 0xFFFFFFFF).to(tl.uint32)
     hi = ((word_index >> 32) & 0xFFFFFFFF).to(tl.uint32)
@@ -81,16 +84,13 @@ def flip_mask(seed, word_index, stream, thr_ptr, N_BITS: tl.constexpr, BURST_LEN
     st = zero + stream
     pos = tl.full(word_index.shape, -1, tl.int32)
     mask = tl.zeros(word_index.shape, tl.int32)
-    call = 0
-    go = 1
-    while go > 0:
-        r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero + call, st)
-        pos, mask = _advance(pos, mask, r0, thr_ptr, N_BITS, BURST_LEN)
-        pos, mask = _advance(pos, mask, r1, thr_ptr, N_BITS, BURST_LEN)
-        pos, mask = _advance(pos, mask, r2, thr_ptr, N_BITS, BURST_LEN)
-        pos, mask = _advance(pos, mask, r3, thr_ptr, N_BITS, BURST_LEN)
-        call += 1
-        go = tl.max((pos < N_BITS).to(tl.int32))
+    for c in tl.static_range((N_BITS + 4) // 4):
+        if tl.max((pos < N_BITS).to(tl.int32)) > 0:
+            r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero + c, st)
+            pos, mask = _advance(pos, mask, r0, thr_ptr, N_BITS, BURST_LEN)
+            pos, mask = _advance(pos, mask, r1, thr_ptr, N_BITS, BURST_LEN)
+            pos, mask = _advance(pos, mask, r2, thr_ptr, N_BITS, BURST_LEN)
+            pos, mask = _advance(pos, mask, r3, thr_ptr, N_BITS, BURST_LEN)
     return mask
 
 
@@ -104,9 +104,8 @@ def _inject_kernel(
     valid = offs < N
     w = tl.load(w_ptr + offs, mask=valid, other=0).to(tl.int32)
     m = flip_mask(seed, offs + word_offset, stream, thr_ptr, N_BITS, BURST_LEN)
-    m = tl.where(valid, m, 0)
     tl.store(out_ptr + offs, (w ^ m).to(out_ptr.dtype.element_ty), mask=valid)
-    tl.atomic_add(count_ptr, tl.sum(popcount32(m).to(tl.int64)))
+    tl.atomic_add(count_ptr, tl.sum(tl.where(valid, popcount32(m), 0).to(tl.int64)))
 
 
 def inject_triton(

@@ -133,7 +133,7 @@ def _int4_rows(
     if faults == 1:
         m = flip_mask(seed, widx, 0, thr_ptr, N_BITS, BURST_LEN)
     elif faults == 2:
-        m = tl.load(flip_ptr + widx, mask=valid, other=0) & ((1 << N_BITS) - 1)
+        m = tl.load(flip_ptr + widx, mask=valid, other=0).to(tl.int32) & ((1 << N_BITS) - 1)
     m = tl.where(valid, m, 0)
     code, st = _decode(w ^ m.to(tl.uint32, bitcast=True), s_own, table_ptr, KIND)
     v = int4_dequantize(code, s_own_val)
@@ -237,11 +237,10 @@ def _fp16_kernel(x_ptr, out_ptr, stats_ptr, thr_ptr, flip_ptr, N, seed, faults,
     if faults == 1:
         m = flip_mask(seed, offs, 0, thr_ptr, 16, BURST_LEN)
     elif faults == 2:
-        m = tl.load(flip_ptr + offs, mask=ok, other=0) & 0xFFFF
-    m = tl.where(ok, m, 0)
+        m = tl.load(flip_ptr + offs, mask=ok, other=0).to(tl.int32) & 0xFFFF
     y = (x.to(tl.int16, bitcast=True).to(tl.int32) ^ m).to(tl.int16).to(x.dtype, bitcast=True)
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=ok)
-    tl.atomic_add(stats_ptr, tl.sum(popcount32(m).to(tl.int64)))
+    tl.atomic_add(stats_ptr, tl.sum(tl.where(ok, popcount32(m), 0).to(tl.int64)))
 
 
 def roundtrip_triton(
@@ -261,7 +260,7 @@ def roundtrip_triton(
     thr = event_thresholds(event_probability(ber, model, burst_len), 32, x.device)
     blen = 1 if model == "bsc" else burst_len
     explicit = flip_masks is not None
-    fm = flip_masks.contiguous() if explicit else stats  # dummy pointer when unused
+    fm = flip_masks.contiguous() if explicit else torch.zeros(1, dtype=torch.int32, device=x.device)  # dummy
     faults = 2 if explicit else (1 if ber > 0 else 0)
     if kind == "fp16":
         n = xc.numel()
