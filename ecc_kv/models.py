@@ -93,7 +93,7 @@ def _not_found(name: str, exc: Exception) -> ValueError:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
     hint = " (HF_HUB_OFFLINE is set: only locally cached models load)" if offline else ""
     return ValueError(
-        f"model {name!r} could not be loaded{hint}: {type(exc).__name__}: {exc}. "
+        f"model {name!r} could not be loaded{hint}: {type(exc).__name__}: {str(exc).strip().rstrip('.')}. "
         f"Pass a Hugging Face name that is cached or reachable, a local folder, a .gguf file "
         f"(or gguf_file=), or one of the short names: {', '.join(SHORT_NAMES)}"
     )

@@ -57,7 +57,7 @@ def pooled_points(df: Any) -> list[dict[str, Any]]:
     keys = [k for k in ("error_model", "cache_mode", "ber") if k in df.columns]
     for key, grp in df.groupby(keys, dropna=False):
         rows = grp.to_dict("records")
-        point = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        point = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
         point.setdefault("error_model", "bsc")
         point["runs"] = len(rows)
         for m in ("nll", "kl", "top5"):

@@ -33,9 +33,7 @@ def _paged_modes() -> tuple[str, ...]:
     return SUPPORTED_MODES
 
 
-def inject_new_slots(
-    paged: Any, layer: int, slots: torch.Tensor, cfg: ECCShimConfig, seed: int, backend: str
-) -> int:
+def inject_new_slots(paged: Any, layer: int, slots: torch.Tensor, cfg: ECCShimConfig, seed: int, backend: str) -> int:
     """Flip stored bits of the K and V rows at ``slots`` (one layer) in place; returns bits flipped."""
     from ecc_kv.faults import inject
 

@@ -73,7 +73,9 @@ class ECCShimConfig:
         if self.backend not in BACKENDS:
             raise ValueError(f"ECCShimConfig.backend={self.backend!r}; choose one of: {', '.join(BACKENDS)}")
         if self.error_model not in ERROR_MODELS:
-            raise ValueError(f"ECCShimConfig.error_model={self.error_model!r}; choose one of: {', '.join(ERROR_MODELS)}")
+            raise ValueError(
+                f"ECCShimConfig.error_model={self.error_model!r}; choose one of: {', '.join(ERROR_MODELS)}"
+            )
         if isinstance(self.ber, bool) or not isinstance(self.ber, (int, float)) or not 0.0 <= self.ber <= 1.0:
             raise ValueError(f"ECCShimConfig.ber={self.ber!r} must be a number in [0, 1]")
         for key in ("sink_blocks", "seed"):
