@@ -32,6 +32,7 @@ Placement = Literal["cpu", "gpu", "offloaded"]
 PLACEMENTS: tuple[str, ...] = ("cpu", "gpu", "offloaded")
 BACKENDS: tuple[str, ...] = ("torch", "triton")
 OFFLOADS: tuple[str, ...] = ("staged", "direct")
+PLANNERS: tuple[str, ...] = ("torch", "triton")
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -219,6 +220,9 @@ class PairedWeightCache:
         host into a pinned staging block and sends it in one asynchronous copy;
         ``"direct"`` (triton backend) lets the move kernel read the pinned pool itself
         through unified addressing, so the rows cross PCIe once with no host gather.
+    planner: ``"torch"`` (fixed-shape torch ops on the GPU, numpy on the host) or
+        ``"triton"`` (``kernels.weight_cache.plan_and_commit``: the whole plan and the map
+        updates in one launch; cpu/gpu placements).
     """
 
     def __init__(
@@ -233,6 +237,7 @@ class PairedWeightCache:
         rebuild_tau: float | None = None,
         device: str | torch.device | None = None,
         offload: str = "staged",
+        planner: str = "torch",
     ) -> None:
         if up.dim() != 2:
             raise ValueError(f"up must be [N, H], got shape {tuple(up.shape)}")
@@ -264,6 +269,10 @@ class PairedWeightCache:
         backend = backend or ("triton" if buf_dev.type == "cuda" else "torch")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if planner not in PLANNERS:
+            raise ValueError(f"planner must be one of {PLANNERS}, got {planner!r}")
+        if planner == "triton" and placement == "offloaded":
+            raise ValueError("planner='triton' plans on the GPU; an offloaded cache plans on the host (use 'torch')")
         if offload not in OFFLOADS:
             raise ValueError(f"offload must be one of {OFFLOADS}, got {offload!r}")
         if offload == "direct" and placement == "offloaded" and backend != "triton":
@@ -283,6 +292,10 @@ class PairedWeightCache:
         self._s2n = torch.full((capacity,), -1, dtype=torch.int32, device=map_dev)
         self._n2s = torch.full((n,), -1, dtype=torch.int32, device=map_dev)
         self._m = 0
+        self.planner = planner
+        if planner == "triton":
+            z = lambda k: torch.zeros(k, dtype=torch.int32, device=map_dev)  # noqa: E731
+            self._fused = {"dst": z(capacity), "src": z(capacity), "moved": z(capacity), "counts": z(2), "stats": z(4)}
         self.rows_written = 0  # total over the cache's life
         self.last: dict[str, int] = {"added": 0, "removed": 0, "written": 0, "size": 0, "rebuilt": 0}
         if placement == "offloaded":
@@ -347,7 +360,10 @@ class PairedWeightCache:
         Reads the plan's counts once on the host (for the new size and the capacity check).
         """
         new = self._check_mask(mask)
-        if self._s2n.is_cuda:
+        fused = self._fused_plan(new)  # triton planner: maps already committed (unless overflow)
+        if fused is not None:
+            plan = fused
+        elif self._s2n.is_cuda:
             plan = plan_moves(new, self._n2s, self._s2n)
         else:
             plan = plan_moves_host(new, self._n2s, self._s2n, self._m)
@@ -361,8 +377,9 @@ class PairedWeightCache:
         else:
             n_pool = added
         self._apply(plan, n_pool, n_moves, rebuilt)
-        self._s2n.copy_(plan.s2n)
-        self._n2s.copy_(plan.n2s)
+        if fused is None or rebuilt:
+            self._s2n.copy_(plan.s2n)
+            self._n2s.copy_(plan.n2s)
         self._m = m_new
         self.rows_written += n_moves
         self.last = {"added": added, "removed": removed, "written": n_moves, "size": m_new, "rebuilt": int(rebuilt)}
@@ -378,11 +395,23 @@ class PairedWeightCache:
         if self.placement != "gpu" or self.backend != "triton":
             raise ValueError(f"update_async needs placement 'gpu' and backend 'triton', got {self.placement!r}/{self.backend!r}")
         new = self._check_mask(mask)
-        plan = plan_moves(new, self._n2s, self._s2n)
+        fused = self._fused_plan(new)
+        plan = fused if fused is not None else plan_moves(new, self._n2s, self._s2n)
         _apply_triton(self.buffer, self.pool, plan, None, staged=False)
-        self._s2n.copy_(plan.s2n)
-        self._n2s.copy_(plan.n2s)
+        if fused is None:
+            self._s2n.copy_(plan.s2n)
+            self._n2s.copy_(plan.n2s)
         return plan.stats[2]
+
+    def _fused_plan(self, new: torch.Tensor) -> MovePlan | None:
+        """planner='triton': plan AND commit the maps in one launch; None for the other planners."""
+        if self.planner != "triton":
+            return None
+        from kernels.weight_cache import plan_and_commit
+
+        t = self._fused  # dst, src, moved [cap]; counts [2]; stats [4]: fixed addresses for graphs
+        plan_and_commit(new, self._n2s, self._s2n, t["dst"], t["src"], t["moved"], t["counts"], t["stats"])
+        return MovePlan(t["dst"], t["src"], t["counts"], t["stats"], self._s2n, self._n2s)
 
     def _apply(self, plan: MovePlan, n_pool: int, n_moves: int, rebuilt: bool = False) -> None:
         if n_moves == 0:

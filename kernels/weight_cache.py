@@ -1,4 +1,4 @@
-"""Row moves of the paired-replacement weight cache in one Triton launch.
+"""Row moves of the paired-replacement weight cache in one Triton launch, and a fused planner.
 
 Program (j, c) copies column block c of move j: buffer row ``dst[j]`` receives either a
 pool row (``j < n_pool``; pool row ``src[j]``, or staging row ``j`` when the pool rows were
@@ -7,6 +7,12 @@ vacated. The planner guarantees sources and destinations never overlap, so all m
 at once. The counts are read from device memory, so the launch needs no host sync and a
 fixed grid of ``capacity`` moves can be captured in a CUDA graph. The plain-torch twin is
 ``ecc_kv.weight_cache.apply_moves_torch``.
+
+``plan_and_commit`` computes the same plan as ``ecc_kv.weight_cache.plan_moves`` (same
+moves, same order) in ONE single-program launch: ranks by ``tl.cumsum`` over blocks with
+a running carry, then it commits the new slot/neuron maps in place (unless the new set
+overflows the capacity, in which case it changes nothing), so a GPU update is two
+launches (plan, move) instead of ~40 small torch ops.
 """
 
 from __future__ import annotations
@@ -85,3 +91,118 @@ def apply_moves(
     block = _block(row_len, buf.element_size())
     grid = (n, triton.cdiv(row_len, block))
     _apply_moves_kernel[grid](buf, rows, dst, src, counts, row_len, BLOCK=block, STAGED=staged, num_warps=4)
+
+
+@triton.jit
+def _plan_kernel(
+    new_ptr,  # uint8 [N]: the new mask
+    n2s_ptr,  # int32 [N]: neuron -> slot, updated in place
+    s2n_ptr,  # int32 [CAP]: slot -> neuron, updated in place
+    dst_ptr,  # int32 [CAP] out: destination slots
+    src_ptr,  # int32 [CAP] out: pool neuron (j < n_add) or buffer slot
+    moved_ptr,  # int32 [CAP] scratch: the neuron landing in dst[j]
+    counts_ptr,  # int32 [2] out: (n_add, n_moves); (0, 0) on overflow
+    stats_ptr,  # int32 [4] out: (added, removed, n_moves, new size)
+    N,
+    CAP,
+    BLOCK: tl.constexpr,
+):
+    offs = tl.arange(0, BLOCK)
+    zero = tl.sum(tl.zeros([BLOCK], dtype=tl.int32), axis=0)
+    # 1) how many cached neurons stay
+    n_stay = zero
+    n_old = zero
+    for start in range(0, CAP, BLOCK):
+        s = start + offs
+        ok = s < CAP
+        nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
+        occ = nid >= 0
+        nw = tl.load(new_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0)
+        n_stay += tl.sum((occ & (nw != 0)).to(tl.int32), axis=0)
+        n_old += tl.sum(occ.to(tl.int32), axis=0)
+    # 2) added neurons in id order -> the first moves (from the pool)
+    n_add = zero
+    for start in range(0, N, BLOCK):
+        i = start + offs
+        ok = i < N
+        nw = tl.load(new_ptr + i, mask=ok, other=0)
+        sl = tl.load(n2s_ptr + i, mask=ok, other=0)
+        add = (ok & (nw != 0) & (sl < 0)).to(tl.int32)
+        rank = n_add + tl.cumsum(add, axis=0) - 1
+        w = (add != 0) & (rank < CAP)
+        tl.store(src_ptr + rank, i, mask=w)
+        tl.store(moved_ptr + rank, i, mask=w)
+        n_add += tl.sum(add, axis=0)
+    m_new = n_stay + n_add
+    lim = tl.where(m_new <= CAP, CAP, 0)  # overflow: no slot is touched
+    # 3) holes below the new size in slot order; stayers in the vacated tail follow the added
+    n_hole = zero
+    n_climb = zero
+    for start in range(0, CAP, BLOCK):
+        s = start + offs
+        ok = s < lim
+        nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
+        occ = nid >= 0
+        nw = tl.load(new_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0)
+        stays = occ & (nw != 0)
+        below = s < m_new
+        hole = (ok & below & (stays == 0)).to(tl.int32)
+        climb = (ok & stays & (below == 0)).to(tl.int32)
+        hr = n_hole + tl.cumsum(hole, axis=0) - 1
+        tl.store(dst_ptr + hr, s, mask=hole != 0)
+        cr = n_add + n_climb + tl.cumsum(climb, axis=0) - 1
+        tl.store(src_ptr + cr, s, mask=climb != 0)
+        tl.store(moved_ptr + cr, nid, mask=climb != 0)
+        tl.store(n2s_ptr + tl.maximum(nid, 0), -1, mask=ok & occ & (stays == 0))  # removed neurons
+        n_hole += tl.sum(hole, axis=0)
+        n_climb += tl.sum(climb, axis=0)
+    tl.debug_barrier()  # every read of the old slot map is done; the move lists are written
+    # 4) commit: the vacated tail empties, every move's neuron takes its slot
+    for start in range(0, CAP, BLOCK):
+        s = start + offs
+        tl.store(s2n_ptr + s, -1, mask=(s < lim) & (s >= m_new))
+    for start in range(0, CAP, BLOCK):
+        j = start + offs
+        ok = j < n_hole
+        d = tl.load(dst_ptr + j, mask=ok, other=0)
+        v = tl.load(moved_ptr + j, mask=ok, other=0)
+        tl.store(s2n_ptr + d, v, mask=ok)
+        tl.store(n2s_ptr + v, d, mask=ok)
+    n_add_c = tl.where(m_new <= CAP, n_add, 0)
+    tl.store(counts_ptr, n_add_c)
+    tl.store(counts_ptr + 1, n_hole)
+    tl.store(stats_ptr, n_add)
+    tl.store(stats_ptr + 1, n_old - n_stay)
+    tl.store(stats_ptr + 2, n_hole)
+    tl.store(stats_ptr + 3, m_new)
+
+
+def plan_and_commit(
+    new: torch.Tensor,
+    n2s: torch.Tensor,
+    s2n: torch.Tensor,
+    dst: torch.Tensor,
+    src: torch.Tensor,
+    moved: torch.Tensor,
+    counts: torch.Tensor,
+    stats: torch.Tensor,
+) -> None:
+    """Plan a paired update and commit the maps in place, in one single-program launch.
+
+    new: bool [N]; n2s: int32 [N]; s2n: int32 [cap] (both updated in place unless the
+    new set exceeds cap); dst, src, moved: int32 [cap] (outputs / scratch); counts: int32
+    [2] = (n_pool, n_moves) for :func:`apply_moves`; stats: int32 [4] = (added, removed,
+    moves, new size). No host sync: capturable in a CUDA graph.
+    """
+    if new.dtype != torch.bool or new.dim() != 1:
+        raise TypeError(f"new must be a 1-D bool mask, got {new.dtype} {tuple(new.shape)}")
+    for name, t in (("n2s", n2s), ("s2n", s2n), ("dst", dst), ("src", src), ("moved", moved),
+                    ("counts", counts), ("stats", stats)):
+        if t.dtype != torch.int32 or not t.is_contiguous():
+            raise TypeError(f"{name} must be a contiguous int32 tensor, got {t.dtype}")
+    n, cap = n2s.numel(), s2n.numel()
+    if new.numel() != n or min(dst.numel(), src.numel(), moved.numel()) < cap:
+        raise ValueError(f"sizes disagree: new {new.numel()}, n2s {n}, s2n {cap}, dst/src/moved >= {cap}")
+    block = min(2048, max(128, triton.next_power_of_2(max(n, cap))))
+    _plan_kernel[(1,)](new.view(torch.uint8), n2s, s2n, dst, src, moved, counts, stats, n, cap,
+                       BLOCK=block, num_warps=8)

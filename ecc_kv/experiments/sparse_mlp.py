@@ -57,7 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "churn": 0.1,  # synthetic: fraction of a token's active set swapped per step
     "dtype": "fp32",
     "methods": ["dense", "rebuild", "gather", "paired", "hybrid"],
-    "tau": 0.5,  # hybrid: full rebuild when max(added, removed) > tau * active
+    "tau": 0.5,
+    "planner": "torch",  # paired/hybrid move planner: torch | triton (one fused launch)  # hybrid: full rebuild when max(added, removed) > tau * active
     "model": "smollm2-135m",  # trace: the model, text, tokens and layer recorded
     "text": "pydoc",
     "tokens": 512,
@@ -95,6 +96,7 @@ def _config(params: dict[str, Any]) -> dict[str, Any]:
         "density": float(density),
         "churn": float(churn),
         "tau": float(tau),
+        "planner": sc.choice(params, "planner", ("torch", "triton"), DEFAULTS["planner"]),
         **{k: sc.pos_int(params, k, DEFAULTS[k]) for k in ("batch", "tokens", "steps")},
         **{k: sc.pos_int(params, k, DEFAULTS[k], minimum=0) for k in ("layer", "warmup", "check_steps", "seed",
                                                                         "threads")},
@@ -153,7 +155,7 @@ def _inputs(cfg: dict[str, Any], ctx: RunContext, device: str):
 
 
 def _method(name: str, w: tuple[torch.Tensor, ...], masks: torch.Tensor, cap: int, device: str, shared_pool,
-            tau: float):
+            tau: float, planner: str = "torch"):
     """(update(mask), compute(x) -> y) of one method, started from masks[0]."""
     gate, up, down = w
     if name == "dense":
@@ -164,7 +166,8 @@ def _method(name: str, w: tuple[torch.Tensor, ...], masks: torch.Tensor, cap: in
         src = [t.cpu() for t in w] if off else w
         cache = PairedWeightCache(*src, cap, placement=place, device=device,
                                   rebuild_tau=tau if name == "hybrid" else None,
-                                  offload="direct" if name == "offloaded_direct" else "staged")
+                                  offload="direct" if name == "offloaded_direct" else "staged",
+                                  planner="torch" if off else planner)
         if name == "paired":
             shared_pool.append(cache.pool)
         cache.update(masks[0].to(cache.neuron_to_slot.device))
@@ -240,7 +243,7 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
             res: dict[str, Any] = {}
             mseq = masks if name in GPU_METHODS else on_dev
             for part in ("update", "step"):
-                upd, comp = _method(name, w, mseq, cap, device, shared_pool, cfg["tau"])
+                upd, comp = _method(name, w, mseq, cap, device, shared_pool, cfg["tau"], cfg["planner"])
                 nxt = _cycle(masks.shape[0])
 
                 def step(upd=upd, comp=comp, nxt=nxt, part=part, mseq=mseq) -> None:
@@ -250,7 +253,7 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
                         comp(x[t])
 
                 res[f"{part}_ms"] = time_fn(step, device=device, warmup=cfg["warmup"], repeats=cfg["steps"])
-            upd, comp = _method(name, w, mseq, cap, device, shared_pool, cfg["tau"])
+            upd, comp = _method(name, w, mseq, cap, device, shared_pool, cfg["tau"], cfg["planner"])
             errs = []
             for t in range(1, min(cfg["check_steps"], masks.shape[0] - 1) + 1):
                 upd(mseq[t])

@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "tau": 0.25,  # hybrid: rebuild when max(A, R) > tau * m
     "gated": True,  # SwiGLU (gate, up, down) or a plain MLP (up, down)
     "backend": "auto",  # cache moves: auto (triton on CUDA, torch on CPU) | torch | triton
+    "planner": "torch",  # cpu/gpu move planner: torch ops | triton (one fused launch, maps committed in it)
     "offload": "staged",  # offloaded pool rows: staged (host gather + one copy) | direct (kernel reads pinned pool)
     "steps": 200,
     "warmup": 20,
@@ -81,6 +82,7 @@ def _config(params: dict[str, Any]) -> dict[str, Any]:
         "gated": sc.flag(params, "gated", DEFAULTS["gated"]),
         "backend": sc.choice(params, "backend", ("auto", "torch", "triton"), DEFAULTS["backend"]),
         "offload": sc.choice(params, "offload", ("staged", "direct"), DEFAULTS["offload"]),
+        "planner": sc.choice(params, "planner", ("torch", "triton"), DEFAULTS["planner"]),
         "steps": sc.pos_int(params, "steps", DEFAULTS["steps"]),
         "warmup": sc.pos_int(params, "warmup", DEFAULTS["warmup"], minimum=0),
         "seed": sc.pos_int(params, "seed", DEFAULTS["seed"], minimum=0),
@@ -136,7 +138,8 @@ def _stepper(
     if method in ("paired", "hybrid", "paired_graph"):
         tau = cfg["tau"] if method == "hybrid" else None
         cache = PairedWeightCache(gate, up, down, cap, placement=place, backend=backend, rebuild_tau=tau,
-                                  device=device, offload=cfg["offload"])
+                                  device=device, offload=cfg["offload"],
+                                  planner=cfg["planner"] if place != "offloaded" else "torch")
         cache.update(masks[0])
         if method == "paired_graph":
             static = masks[0].clone()

@@ -96,6 +96,7 @@ def test_triton_matches_torch(device: str) -> None:
     w = _weights(True, device=device, n=40, h=5)  # row length 15: not a multiple of any block
     a = PairedWeightCache(*w, capacity=20, backend="torch")
     b = PairedWeightCache(*w, capacity=20, backend="triton")
+    c = PairedWeightCache(*w, capacity=20, backend="triton", planner="triton", rebuild_tau=0.6)
     masks = torch.cat([random_walk_masks(40, 12, 3, 6, seed=5), drifting_topk_masks(40, 18, 4, seed=6)])
     masks[3] = False
     for mask in masks.to(device):
@@ -103,6 +104,15 @@ def test_triton_matches_torch(device: str) -> None:
         assert torch.equal(a.buffer[: len(a)], b.buffer[: len(b)])
         assert torch.equal(a.active, b.active)
         b.check()
+        c.update(mask)  # fused planner (+ hybrid rebuilds on the big jumps)
+        c.check()
+        if not c.last["rebuilt"]:
+            assert c.last["written"] <= max(c.last["added"], c.last["removed"])
+    over = torch.ones(40, dtype=torch.bool, device=device)
+    before = c.slot_to_neuron.clone()
+    with pytest.raises(ValueError, match="more than the cache capacity 20"):
+        c.update(over)
+    assert torch.equal(c.slot_to_neuron, before)  # the fused planner left the maps alone
 
 
 def test_planners_agree() -> None:
@@ -217,10 +227,11 @@ def test_errors_are_clear_and_leave_cache_intact() -> None:
 
 
 @pytest.mark.gpu
-def test_cuda_graph_capture_fixed_topk() -> None:
+@pytest.mark.parametrize("planner", ["torch", "triton"])
+def test_cuda_graph_capture_fixed_topk(planner: str) -> None:
     """With A = R (fixed top-k masks) the GPU update runs with no host sync inside a CUDA graph."""
     w = _weights(True, torch.float16, "cuda", n=512, h=64)
-    cache = PairedWeightCache(*w, capacity=64)
+    cache = PairedWeightCache(*w, capacity=64, planner=planner)
     masks = drifting_topk_masks(512, 64, 30, drift=0.2, seed=9).cuda()
     cache.update(masks[0])
     static = masks[0].clone()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ecc_kv.weight_cache import apply_moves_torch, plan_moves
-from kernels.weight_cache import apply_moves
+from kernels.weight_cache import apply_moves, plan_and_commit
 
 
 def _state(n: int, cap: int, m: int, gen: torch.Generator, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,3 +87,31 @@ def test_no_moves_and_bad_inputs(device: str) -> None:
         apply_moves(buf, pool[:, :7], idx, idx, torch.zeros(2, dtype=torch.int32, device=device))
     with pytest.raises(TypeError, match="dtype"):
         apply_moves(buf, pool.half(), idx, idx, torch.zeros(2, dtype=torch.int32, device=device))
+
+
+@pytest.mark.parametrize(("n", "cap"), [(40, 12), (300, 150), (2500, 300)])
+def test_fused_planner_matches_plan_moves(n: int, cap: int, device: str) -> None:
+    """plan_and_commit: the same moves in the same order as plan_moves, and the same new maps."""
+    gen = torch.Generator().manual_seed(n + cap)
+    s2n = torch.full((cap,), -1, dtype=torch.int32, device=device)
+    n2s = torch.full((n,), -1, dtype=torch.int32, device=device)
+    z = lambda k: torch.zeros(k, dtype=torch.int32, device=device)  # noqa: E731
+    dst, src, moved, counts, stats = z(cap), z(cap), z(cap), z(2), z(4)
+    for _ in range(8):
+        k = int(torch.randint(0, cap + 3, (1,), generator=gen))  # sometimes past the capacity
+        new = torch.zeros(n, dtype=torch.bool)
+        new[torch.randperm(n, generator=gen)[:k]] = True
+        new = new.to(device)
+        want = plan_moves(new, n2s, s2n)
+        a, b = s2n.clone(), n2s.clone()
+        plan_and_commit(new, b, a, dst, src, moved, counts, stats)
+        st = want.stats.tolist()
+        if st[3] > cap:  # overflow: nothing committed, nothing to move
+            assert counts.tolist() == [0, 0] and torch.equal(a, s2n) and torch.equal(b, n2s)
+            assert [stats.tolist()[i] for i in (0, 1, 3)] == [st[i] for i in (0, 1, 3)]
+            continue
+        w = st[2]
+        assert stats.tolist() == st and counts.tolist() == want.counts.tolist()
+        assert torch.equal(dst[:w], want.dst[:w]) and torch.equal(src[:w], want.src[:w])
+        assert torch.equal(a, want.s2n) and torch.equal(b, want.n2s)
+        s2n, n2s = a, b
