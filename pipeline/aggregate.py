@@ -79,6 +79,8 @@ def collect(exp_dir: Path) -> Collected:
             if k not in config_cols:
                 config_cols.append(k)
         for k, v in summary.items():
+            if k in config["params"] and _cell(v) == row.get(k):
+                continue  # the task echoed a parameter: the config column already holds it
             col = k if k not in config_cols and k != "run_id" else f"summary.{k}"
             row[col] = _cell(v)
             if col not in summary_cols:
@@ -129,7 +131,8 @@ def generic_plots(col: Collected, outdir: Path) -> list[Path]:
     df = col.df
     varying = varying_columns(df, col.config_cols)
     numeric_y = [c for c in col.summary_cols if pd.api.types.is_numeric_dtype(df[c]) and df[c].notna().any()
-                 and not pd.api.types.is_bool_dtype(df[c])][:MAX_GENERIC_PLOTS]
+                 and not pd.api.types.is_bool_dtype(df[c]) and (len(df) == 1 or df[c].nunique() > 1)]
+    numeric_y = numeric_y[:MAX_GENERIC_PLOTS]  # constant columns say nothing in a plot
     numeric_x = [c for c in varying if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
     written: list[Path] = []
     for y in numeric_y:
@@ -185,6 +188,8 @@ def report(exp_dir: Path, outdir: Path | None = None) -> Collected:
     col = collect(exp_dir)
     outdir = outdir or exp_dir / "report"
     outdir.mkdir(parents=True, exist_ok=True)
+    for stale in outdir.glob("generic_*.png"):  # ours from an earlier aggregate; the set of columns may differ
+        stale.unlink()
     write_text_atomic(outdir / "summary.csv", col.df.to_csv(index=False))
     plots: list[Path] = []
     warnings: list[str] = []
@@ -197,9 +202,9 @@ def report(exp_dir: Path, outdir: Path | None = None) -> Collected:
         plots += own
         warnings += [warn] if warn else []
     skipped = sum(v for k, v in col.counts.items() if k != DONE)
+    why = ", ".join(f"{k} {v}" for k, v in sorted(col.counts.items()) if k != DONE)
     md = [f"# {col.name}", "", f"Task: `{col.task}`", "",
-          f"Runs: {col.counts.get(DONE, 0)} finished, {skipped} skipped ("
-          + ", ".join(f"{k} {v}" for k, v in sorted(col.counts.items()) if k != DONE) + ")", ""]
+          f"Runs: {col.counts.get(DONE, 0)} finished, {skipped} skipped" + (f" ({why})" if why else ""), ""]
     varying = varying_columns(col.df, col.config_cols)
     if len(col.df):
         md += ["## Results", "", markdown_table(col.df[[*varying, *col.summary_cols]] if varying
@@ -240,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     for d in dirs:
         col = report(d)
         skipped = sum(v for k, v in col.counts.items() if k != DONE)
-        print(f"{col.name}: {col.counts.get(DONE, 0)} finished runs, {skipped} skipped "
-              f"({dict(sorted((k, v) for k, v in col.counts.items() if k != DONE))}) -> {d / 'report'}")
+        why = ", ".join(f"{k} {v}" for k, v in sorted(col.counts.items()) if k != DONE)
+        print(f"{col.name}: {col.counts.get(DONE, 0)} finished runs, {skipped} skipped"
+              + (f" ({why})" if why else "") + f" -> {d / 'report'}")
     return 0
 
 
