@@ -14,7 +14,8 @@ step swaps k active neurons for k inactive ones, so A = R = k) from the same sta
 - ``paired_graph`` (GPU placement only): the paired update captured once in a CUDA graph
   (``update_async``, fixed size) and replayed per step.
 
-Per step: the time (median and p90 over ``steps`` steps after ``warmup``), the bytes
+The methods are timed round robin, ``BLOCK`` steps each, so a noisy shared machine
+loads them alike. Per step: the time (median and p90 over ``steps`` steps after ``warmup``), the bytes
 written against the lower bound max(A, R) * row bytes, and the achieved bandwidth
 (read + write) against the device copy bandwidth measured in the same run; for
 ``offloaded`` also the bytes that cross PCIe against the pinned host-to-device bandwidth.
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from pipeline.context import RunContext
 
 KIND = "weight_cache_bench"
+BLOCK = 10  # steps per method before the round robin moves on
 METHODS: tuple[str, ...] = ("paired", "hybrid", "rebuild", "masking", "paired_graph")
 DEFAULTS: dict[str, Any] = {
     "n_neurons": 8192,
@@ -199,7 +201,7 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     device = "cpu" if cfg["placement"] == "cpu" else sc.resolve_device("cuda", ctx.device)
     dtype = sc.DTYPES[cfg["dtype"]]
     n, h, m, k = cfg["n_neurons"], cfg["hidden"], cfg["m"], cfg["churn_k"]
-    total = 1 + cfg["warmup"] + cfg["steps"]
+    total = 1 + max(cfg["warmup"], 1) + cfg["steps"]
     masks = random_walk_masks(n, m, k, total, seed=cfg["seed"])  # [T, N], A = R = k each step
     wdev = "cpu" if cfg["placement"] == "offloaded" else device
     g = torch.Generator().manual_seed(cfg["seed"])
@@ -211,18 +213,28 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     with sc.cpu_threads(device, cfg["threads"]):
         copy_gbps = copy_bandwidth_gbps(m * row_bytes, device=device)
         h2d_gbps = h2d_bandwidth_gbps(m * row_bytes, device) if cfg["placement"] == "offloaded" else None
-        for i, method in enumerate(cfg["methods"]):
-            ctx.progress(i, len(cfg["methods"]), method)
-            step, written, cache = _stepper(method, cfg, w, mask_dev, device)
-            times = time_fn(step, device=device, warmup=cfg["warmup"], repeats=cfg["steps"])
+        methods = cfg["methods"]
+        runs = {m: _stepper(m, cfg, w, mask_dev, device) for m in methods}
+        for step, _, _ in runs.values():
+            time_fn(step, device=device, warmup=0, repeats=max(cfg["warmup"], 1))  # warm-up, discarded
+        # round robin in blocks of BLOCK steps: every method sees the same background load
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        for done in range(0, cfg["steps"], BLOCK):
+            ctx.progress(done, cfg["steps"], "steps")
+            for m in methods:
+                times[m] += time_fn(runs[m][0], device=device, warmup=0, repeats=min(BLOCK, cfg["steps"] - done))
+        last = masks[max(cfg["warmup"], 1) + cfg["steps"]]
+        for m in methods:
+            _, written, cache = runs[m]
             consistent = None
             if cache is not None:
-                cache.check()  # raises if the buffer left pool[active] at any point
-                consistent = int(sorted(cache.active.tolist()) == masks[cfg["warmup"] + cfg["steps"]].nonzero().squeeze(1).tolist())
-            if method == "paired_graph":  # A = R = k every step: the graph writes exactly k rows
-                written = [k] * (cfg["warmup"] + cfg["steps"])
-            results[method] = {"times_ms": times, "rows_written": written[cfg["warmup"]:], "consistent": consistent}
-            ctx.log.info("%s: median %.4f ms (k=%d)", method, statistics.median(times), k)
+                cache.check()  # raises if the buffer is not exactly pool[active]
+                consistent = int(sorted(cache.active.tolist()) == last.nonzero().squeeze(1).tolist())
+            if m == "paired_graph":  # A = R = k every step: the graph writes exactly k rows
+                written = [k] * (max(cfg["warmup"], 1) + cfg["steps"])
+            results[m] = {"times_ms": times[m], "rows_written": written[max(cfg["warmup"], 1):],
+                          "consistent": consistent}
+            ctx.log.info("%s: median %.4f ms (k=%d)", m, statistics.median(times[m]), k)
     ctx.progress(len(cfg["methods"]), len(cfg["methods"]), "done")
     return {
         "kind": KIND, "config": cfg, "env": sc.env_info(device), "row_bytes": row_bytes,
