@@ -31,11 +31,12 @@ from kernels.quant import int4_dequantize
 @triton.jit
 def _decode_tile(data_ptr, scale_ptr, gtab_ptr, row, srow, tmask, dtype: tl.constexpr,
                  CODEC: tl.constexpr, D: tl.constexpr, NU: tl.constexpr, DR: tl.constexpr,
-                 GS: tl.constexpr, NG: tl.constexpr):  # fmt: skip
+                 GS: tl.constexpr, NG: tl.constexpr, FOLD: tl.constexpr = False):  # fmt: skip
     """Dequantized parts x0, x1, x2 [BLOCK_N, DR] of the rows at byte offsets ``row``; statuses.
 
     Returns (x0, x1, x2, status0 [BLOCK_N, DR] int32, corrected, detected) where statuses are
     per codeword (0 clean, 1 corrected, 2 detected) and the counts are over valid codewords.
+    ``FOLD``: return q = code - 8 unscaled (the caller applies the one row scale).
     """
     c = tl.arange(0, DR)[None, :]
     r2 = row[:, None]
@@ -84,6 +85,19 @@ def _decode_tile(data_ptr, scale_ptr, gtab_ptr, row, srow, tmask, dtype: tl.cons
     st = tl.where(m, st, 0)
     n_corr = tl.sum(tl.sum((st == 1).to(tl.int32), axis=1), axis=0)
     n_det = tl.sum(tl.sum((st == 2).to(tl.int32), axis=1), axis=0)
+    x0, x1, x2 = _dequant_parts(v0, v1, v2, scale_ptr, srow, tmask, m, c, vpu, dtype, D, GS, NG, FOLD)
+    return x0, x1, x2, st, n_corr, n_det
+
+
+@triton.jit
+def _dequant_parts(v0, v1, v2, scale_ptr, srow, tmask, m, c, vpu: tl.constexpr, dtype: tl.constexpr,
+                   D: tl.constexpr, GS: tl.constexpr, NG: tl.constexpr, FOLD: tl.constexpr):  # fmt: skip
+    """Codes (int32) of the R parts -> values in ``dtype`` (zero outside the row); FOLD: unscaled q."""
+    if FOLD:
+        x0 = tl.where(m, _nib(v0.to(tl.uint32), 0, dtype), 0.0).to(dtype)
+        x1 = tl.where(m & (vpu * c + 1 < D), _nib(v1.to(tl.uint32), 0, dtype), 0.0).to(dtype)
+        x2 = tl.where(m & (vpu * c + 2 < D), _nib(v2.to(tl.uint32), 0, dtype), 0.0).to(dtype)
+        return x0, x1, x2
     if NG == 1:
         s = tl.load(scale_ptr + srow, mask=tmask, other=0.0).to(tl.float32)[:, None]
         s0 = s
@@ -97,7 +111,37 @@ def _decode_tile(data_ptr, scale_ptr, gtab_ptr, row, srow, tmask, dtype: tl.cons
     x0 = tl.where(m, int4_dequantize(v0, s0), 0.0).to(dtype)
     x1 = tl.where(m & (vpu * c + 1 < D), int4_dequantize(v1, s1), 0.0).to(dtype)
     x2 = tl.where(m & (vpu * c + 2 < D), int4_dequantize(v2, s2), 0.0).to(dtype)
-    return x0, x1, x2, st, n_corr, n_det
+    return x0, x1, x2
+
+
+@triton.jit
+def _golay_kv_tile(kd_ptr, vd_ptr, gtab_ptr, row, tmask, NU: tl.constexpr, DR: tl.constexpr):
+    """Golay codes of the K and V rows at once: K's and V's codeword c share one 32-bit word.
+
+    ``kernels.codecs._golay_fix_pair`` computes both syndromes with one parity evaluation and
+    corrects each through the syndrome table (loads masked off for clean words). Returns the
+    three code parts of K and of V (int32 [BLOCK_N, DR]) and the corrected/detected counts.
+    """
+    c = tl.arange(0, DR)[None, :]
+    r2 = row[:, None]
+    m = tmask[:, None] & (c < NU)
+    k0 = tl.load(kd_ptr + r2 + c, mask=m, other=0).to(tl.uint32)
+    k1 = tl.load(kd_ptr + r2 + NU + c, mask=m, other=0).to(tl.uint32)
+    k2 = tl.load(kd_ptr + r2 + 2 * NU + c, mask=m, other=0).to(tl.uint32)
+    w0 = tl.load(vd_ptr + r2 + c, mask=m, other=0).to(tl.uint32)
+    w1 = tl.load(vd_ptr + r2 + NU + c, mask=m, other=0).to(tl.uint32)
+    w2 = tl.load(vd_ptr + r2 + 2 * NU + c, mask=m, other=0).to(tl.uint32)
+    data = (k0 | ((k1 & 15) << 8)) | ((w0 | ((w1 & 15) << 8)) << 16)  # 12 data bits of K | V << 16
+    par = ((k1 >> 4) | (k2 << 4)) | (((w1 >> 4) | (w2 << 4)) << 16)  # 12 parity bits of K | V << 16
+    fixed, st = kc._golay_fix_pair(data, par, gtab_ptr, False)
+    st = tl.where(m, st, 0)
+    stk = st & 0xFF
+    stv = st >> 8
+    n_corr = tl.sum(tl.sum((stk == 1).to(tl.int32) + (stv == 1).to(tl.int32), axis=1), axis=0)
+    n_det = tl.sum(tl.sum((stk == 2).to(tl.int32) + (stv == 2).to(tl.int32), axis=1), axis=0)
+    fk = fixed.to(tl.int32)
+    fv = (fixed >> 16).to(tl.int32)
+    return fk & 15, (fk >> 4) & 15, (fk >> 8) & 15, fv & 15, (fv >> 4) & 15, (fv >> 8) & 15, n_corr, n_det
 
 
 @triton.jit
@@ -151,7 +195,7 @@ def _paged_decode_kernel(
     qk_scale, tok_lo, tok_hi, part_tokens, split_off, S_TOTAL,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
     CODEC: tl.constexpr, R: tl.constexpr, NU: tl.constexpr, DR: tl.constexpr, GS: tl.constexpr, NG: tl.constexpr,
-    PARTIAL: tl.constexpr, COUNT: tl.constexpr, INTERP: tl.constexpr,
+    PARTIAL: tl.constexpr, COUNT: tl.constexpr, INTERP: tl.constexpr, FOLD: tl.constexpr, VPU: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -181,37 +225,55 @@ def _paged_decode_kernel(
     n_corr = tl.zeros([], dtype=tl.int32)
     n_det = tl.zeros([], dtype=tl.int32)
     bt = bt_ptr + b.to(tl.int64) * stride_bt
+    cc = tl.arange(0, DR)[None, :]
     for t0 in range(start, end, BLOCK_N):
         t = t0 + tl.arange(0, BLOCK_N)
         tm = t < end
         row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-        k0, k1, k2, kst, kc_, kd_ = _decode_tile(kd_ptr, ks_ptr, gtab_ptr, row, srow, tm, dtype, CODEC, D, NU, DR, GS, NG)
-        if INTERP:
-            k0 = _interp_tile(k0, kst, kd_ptr, ks_ptr, gtab_ptr, bt, t, tm, seq_len, h, stride_db, stride_dh, stride_dt,
-                              stride_sb, stride_sh, stride_st, dtype, BS, CODEC, D, NU, DR, GS, NG)  # fmt: skip
+        # K and V are loaded and decoded before any math so both loads are in flight together
+        if CODEC == 3:
+            c0, c1, c2, e0, e1, e2, nc_, nd_ = _golay_kv_tile(kd_ptr, vd_ptr, gtab_ptr, row, tm, NU, DR)
+            m2 = tm[:, None] & (cc < NU)
+            k0, k1, k2 = _dequant_parts(c0, c1, c2, ks_ptr, srow, tm, m2, cc, VPU, dtype, D, GS, NG, FOLD)
+            v0, v1, v2 = _dequant_parts(e0, e1, e2, vs_ptr, srow, tm, m2, cc, VPU, dtype, D, GS, NG, FOLD)
+        else:
+            k0, k1, k2, kst, kc_, kd_ = _decode_tile(kd_ptr, ks_ptr, gtab_ptr, row, srow, tm, dtype, CODEC, D, NU, DR, GS, NG, FOLD)
+            v0, v1, v2, vst, vc_, vd_ = _decode_tile(vd_ptr, vs_ptr, gtab_ptr, row, srow, tm, dtype, CODEC, D, NU, DR, GS, NG, FOLD)
+            nc_ = kc_ + vc_
+            nd_ = kd_ + vd_
+            if INTERP:
+                k0 = _interp_tile(k0, kst, kd_ptr, ks_ptr, gtab_ptr, bt, t, tm, seq_len, h, stride_db, stride_dh, stride_dt,
+                                  stride_sb, stride_sh, stride_st, dtype, BS, CODEC, D, NU, DR, GS, NG)  # fmt: skip
+                v0 = _interp_tile(v0, vst, vd_ptr, vs_ptr, gtab_ptr, bt, t, tm, seq_len, h, stride_db, stride_dh, stride_dt,
+                                  stride_sb, stride_sh, stride_st, dtype, BS, CODEC, D, NU, DR, GS, NG)  # fmt: skip
         qk = tl.dot(q0, tl.trans(k0))  # [GP, BLOCK_N] fp32
         if R > 1:
             qk += tl.dot(q1, tl.trans(k1))
         if R > 2:
             qk += tl.dot(q2, tl.trans(k2))
-        qk = tl.where(tm[None, :], qk * qk_scale, float("-inf"))
+        if FOLD:  # one scale per row: scale the scores instead of every value
+            kscale = tl.load(ks_ptr + srow, mask=tm, other=0.0).to(tl.float32)
+            qk = qk * (kscale * qk_scale)[None, :]
+        else:
+            qk = qk * qk_scale
+        qk = tl.where(tm[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
-        v0, v1, v2, vst, vc_, vd_ = _decode_tile(vd_ptr, vs_ptr, gtab_ptr, row, srow, tm, dtype, CODEC, D, NU, DR, GS, NG)
-        if INTERP:
-            v0 = _interp_tile(v0, vst, vd_ptr, vs_ptr, gtab_ptr, bt, t, tm, seq_len, h, stride_db, stride_dh, stride_dt,
-                              stride_sb, stride_sh, stride_st, dtype, BS, CODEC, D, NU, DR, GS, NG)  # fmt: skip
-        pc = p.to(dtype)
+        if FOLD:
+            vscale = tl.load(vs_ptr + srow, mask=tm, other=0.0).to(tl.float32)
+            pc = (p * vscale[None, :]).to(dtype)
+        else:
+            pc = p.to(dtype)
         acc0 = acc0 * alpha[:, None] + tl.dot(pc, v0)
         if R > 1:
             acc1 = acc1 * alpha[:, None] + tl.dot(pc, v1)
         if R > 2:
             acc2 = acc2 * alpha[:, None] + tl.dot(pc, v2)
-        n_corr += kc_ + vc_
-        n_det += kd_ + vd_
+        n_corr += nc_
+        n_det += nd_
     if COUNT:
         tl.atomic_add(cnt_ptr, n_corr.to(tl.int64))
         tl.atomic_add(cnt_ptr + 1, n_det.to(tl.int64))
@@ -260,8 +322,9 @@ def _words_tile(data_ptr, row, tmask, CODEC: tl.constexpr, DW: tl.constexpr, DWP
         n_corr = tl.zeros([], dtype=tl.int32)
         n_det = tl.zeros([], dtype=tl.int32)
     else:
-        lo = tl.load(base + 2 * w, mask=m, other=0).to(tl.uint32, bitcast=True)
-        hi = tl.load(base + 2 * w + 1, mask=m, other=0).to(tl.uint32, bitcast=True)
+        w2 = tl.arange(0, 2 * DWP)[None, :]  # one contiguous (vectorizable) load, then split in registers
+        both = tl.load(base + w2, mask=tmask[:, None] & (w2 < 2 * DW), other=0).to(tl.uint32, bitcast=True)
+        lo, hi = tl.split(tl.reshape(both, [both.shape[0], DWP, 2]))
         words, odd, det = kc.hamming84_decode_word(lo, hi)
         n_corr = tl.sum(tl.sum(((odd * 0x11111111) >> 28).to(tl.int32), axis=1), axis=0)
         n_det = tl.sum(tl.sum(((det * 0x11111111) >> 28).to(tl.int32), axis=1), axis=0)
@@ -326,7 +389,9 @@ def _paged_decode_words_kernel(
         tm = t < end
         row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
         kw, kc_, kd_ = _words_tile(kd_ptr, row, tm, CODEC, DW, DWP)
+        vw, vc_, vd_ = _words_tile(vd_ptr, row, tm, CODEC, DW, DWP)
         ks = tl.load(ks_ptr + srow, mask=tm, other=0.0).to(tl.float32)
+        vs = tl.load(vs_ptr + srow, mask=tm, other=0.0).to(tl.float32)
         qk = tl.dot(q0, tl.trans(_nib(kw, 0, dtype)))
         qk += tl.dot(q1, tl.trans(_nib(kw, 1, dtype)))
         qk += tl.dot(q2, tl.trans(_nib(kw, 2, dtype)))
@@ -341,8 +406,6 @@ def _paged_decode_words_kernel(
         p = tl.math.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
-        vw, vc_, vd_ = _words_tile(vd_ptr, row, tm, CODEC, DW, DWP)
-        vs = tl.load(vs_ptr + srow, mask=tm, other=0.0).to(tl.float32)
         pv = (p * vs[None, :]).to(dtype)
         al = alpha[:, None]
         a0 = a0 * al + tl.dot(pv, _nib(vw, 0, dtype))
@@ -407,6 +470,17 @@ def _reduce_kernel(pacc_ptr, pml_ptr, out_ptr, stride_ob, stride_oh, HQ, S_TOTAL
     tl.store(out_ptr + b.to(tl.int64) * stride_ob + hq * stride_oh + d, out.to(out_ptr.dtype.element_ty), mask=d < D)
 
 
+_DUMMY: dict[str, torch.Tensor] = {}
+
+
+def _dummy_counters(device: torch.device) -> torch.Tensor:
+    """A placeholder counter tensor (never written: COUNT=False), cached so no launch allocates."""
+    key = str(device)
+    if key not in _DUMMY:
+        _DUMMY[key] = torch.zeros(2, dtype=torch.int64, device=device)
+    return _DUMMY[key]
+
+
 def _geometry(codec: str | None, d: int) -> tuple[int, int, int]:
     """(codec id, R parts, units per row NU) of a codec at head dim d."""
     cid = CODEC_IDS[codec]
@@ -415,10 +489,10 @@ def _geometry(codec: str | None, d: int) -> tuple[int, int, int]:
 
 
 def default_num_splits(batch: int, kv_heads: int, max_len: int, block_n: int, device: torch.device) -> int:
-    """Splits per (sequence, head) so that about two waves of programs cover every SM."""
+    """Splits per (sequence, head): about 8 programs per SM (decode is latency-bound on loads)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-    want = -(-2 * sms // max(batch * kv_heads, 1))
-    min_part = 4 * block_n  # keep each split long enough to amortise its partial write
+    want = -(-8 * sms // max(batch * kv_heads, 1))  # ~8 programs per SM keep enough loads in flight
+    min_part = 2 * block_n  # keep each split long enough to amortise its partial write
     return max(1, min(want, -(-max_len // min_part)))
 
 
@@ -471,7 +545,7 @@ def paged_decode_attention(
     ng = k_scale.shape[3]
     gs = d // ng
     out = torch.empty_like(q)
-    cnt = counters if counters is not None else torch.zeros(2, dtype=torch.int64, device=q.device)
+    cnt = counters if counters is not None else _dummy_counters(q.device)
     qk_scale = sm_scale * 1.4426950408889634  # log2(e): the kernel works in exp2
     bt = block_tables.to(torch.int32)
     max_len = max(int(max_len), 1)
@@ -520,7 +594,7 @@ def paged_decode_attention(
             qk_scale, lo, hi, part, off, s_total,
             G=group, GP=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
             CODEC=cid, R=r, NU=nu, DR=max(16, triton.next_power_of_2(nu)), GS=gs, NG=ng,
-            PARTIAL=partial, COUNT=counters is not None, INTERP=interpolate,
+            PARTIAL=partial, COUNT=counters is not None, INTERP=interpolate, FOLD=ng == 1 and not interpolate, VPU=r,
             num_warps=num_warps,
         )  # fmt: skip
     if partial:

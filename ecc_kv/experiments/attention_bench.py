@@ -296,7 +296,11 @@ def main(argv: list[str] | None = None) -> None:
                 for mode in args.modes:
                     p = {"shape": shape, "batch": batch, "context": context, "mode": mode, "repeats": args.repeats,
                          "ber": args.ber if mode != "fp16" else 0.0}  # fmt: skip
-                    sm = summarize(run(p, ctx))
+                    try:
+                        sm = summarize(run(p, ctx))
+                    except Exception as exc:  # noqa: BLE001  # one failing mode must not hide the others
+                        print(f"{shape} B={batch} T={context} {mode}: FAILED {type(exc).__name__}: {exc}", flush=True)
+                        continue
                     rows.append({**p, **sm})
                     print(
                         f"{shape:>13} B={batch:<3} T={context:<7} {mode:>22}: {sm['median_ms']:.4f} ms "
