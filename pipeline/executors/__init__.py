@@ -16,4 +16,6 @@ def resolve_executor(name: str) -> str:
         raise ValueError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
     if name == "auto":
         return "slurm" if shutil.which("sbatch") else "local"
+    if name == "slurm" and not shutil.which("sbatch"):
+        raise ValueError("--executor slurm: 'sbatch' is not on PATH; use --executor local (or auto) on this machine")
     return name

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.expand import (
     apply_overrides,
@@ -109,3 +111,33 @@ def test_split_arrays(n: int, limit: int, sizes: list[int]) -> None:
     chunks = split_arrays(n, limit)
     assert [len(c) for c in chunks] == sizes
     assert [i for c in chunks for i in c] == list(range(n))
+
+
+@settings(max_examples=60, deadline=None)
+@given(axes=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.lists(st.integers(-3, 3), min_size=1, max_size=4,
+                                                                        unique=True), min_size=1),
+       zipped=st.lists(st.tuples(st.integers(0, 2), st.sampled_from(["x", "y"])), min_size=1, max_size=3,
+                       unique=True),
+       drop=st.integers(-3, 3))
+def test_expansion_counts_property(axes: dict[str, list[int]], zipped: list[tuple[int, str]], drop: int) -> None:
+    """#runs = product of axis lengths x zip rows - excluded; ids unique; every kept run matches no rule."""
+    from pathlib import Path
+
+    from pipeline.spec import ArraySettings, ExperimentSpec, Resources
+
+    exp = ExperimentSpec(name="p", task=TASK, resources=Resources(), array=ArraySettings(), defaults={"d": 1},
+                         grid=axes, zip=[{"z1": [z[0] for z in zipped], "z2": [z[1] for z in zipped]}],
+                         exclude=[{"a": [drop]}] if "a" in axes else [], spec_path=Path("p.yaml"))
+    total = len(zipped)
+    for vals in axes.values():
+        total *= len(vals)
+    expected = total - (total // len(axes["a"]) if "a" in axes and drop in axes["a"] else 0)
+    if expected == 0:
+        with pytest.raises(SpecError, match="drop every run"):
+            expand(exp, TASK)
+        return
+    runs = expand(exp, TASK)
+    assert len(runs) == expected
+    assert len({r.run_id for r in runs}) == len(runs) == len({r.config_hash for r in runs})
+    assert all(r.params.get("a") != drop for r in runs if "a" in axes)
+    assert all(r.params["d"] == 1 for r in runs)
