@@ -128,3 +128,11 @@ def test_dry_run_prints_plan_and_writes_nothing(write_spec, tmp_path: Path, caps
     out = capsys.readouterr().out
     assert "runs 2: done 0" in out and "to run 2" in out and "[0-0%3]" in out and "dry run" in out
     assert not results.exists()
+
+
+def test_slurm_executor_without_sbatch(write_spec, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = write_spec(GOOD)
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with no sbatch on it
+    assert launch.main([str(spec), "--executor", "slurm", "--results", str(tmp_path / "r")]) == 2
+    assert "'sbatch' is not on PATH" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
