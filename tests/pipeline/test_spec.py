@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,17 @@ def test_slurm_executor_without_sbatch(write_spec, tmp_path: Path, capsys, monke
     assert launch.main([str(spec), "--executor", "slurm", "--results", str(tmp_path / "r")]) == 2
     assert "'sbatch' is not on PATH" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_short_task_names_and_missing_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.tasks import TaskError, registry, resolve_task_path
+
+    known = registry()
+    for short, path in known.items():
+        assert resolve_task_path(short) == path
+    assert resolve_task_path(TASK) == TASK
+    monkeypatch.setitem(sys.modules, "ecc_kv.experiments", None)  # the registry package is not importable
+    assert registry() == {}
+    with pytest.raises(TaskError, match="no short names are available"):
+        resolve_task_path("gemm_shapes")
+    assert resolve_task_path(TASK) == TASK  # dotted paths need no registry
