@@ -9,9 +9,10 @@ or clean reference logits instead of rebuilding it per run.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -44,7 +45,7 @@ class RunContext:
     device: str = "cpu"
 
     @classmethod
-    def for_tests(cls, tmp_path: Path, device: str = "cpu") -> "RunContext":
+    def for_tests(cls, tmp_path: Path, device: str = "cpu") -> RunContext:
         """A context for unit tests and notebooks: scratch under ``tmp_path``."""
         scratch = Path(tmp_path) / "scratch"
         scratch.mkdir(parents=True, exist_ok=True)
