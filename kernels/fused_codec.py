@@ -131,8 +131,12 @@ def _decode_dequant_kernel(
         n_corr = 0
         n_det = 0
     elif CODEC == 1:
-        o = g[:, None] * 2 + tl.arange(0, 2)[None, :]
-        lo, hi = tl.split(_load_words(src, o, gmask[:, None], seed, stream, thr_ptr, INJECT, BURST_LEN))
+        if INJECT:  # 1-D index tiles for flip_mask (see kernels.packed_codecs._load_words)
+            lo = _load_words(src, 2 * g, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+            hi = _load_words(src, 2 * g + 1, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+        else:
+            o = g[:, None] * 2 + tl.arange(0, 2)[None, :]
+            lo, hi = tl.split(_load_words(src, o, gmask[:, None], seed, stream, thr_ptr, INJECT, BURST_LEN))
         w, corr, det = hamming84_decode_word(lo, hi)
         words = tl.reshape(w, [BU, 1])
         n_corr = tl.sum(_count_swar(corr).to(tl.int32), axis=0)
@@ -141,7 +145,16 @@ def _decode_dequant_kernel(
         row = g // NU
         j = g - row * NU
         base = row * (7 * NU)
-        x4 = _load_words(src, (base + 4 * j)[:, None] + tl.arange(0, 4)[None, :], gmask[:, None], seed, stream, thr_ptr, INJECT, BURST_LEN)
+        if INJECT:
+            d0 = base + 4 * j
+            x4 = _join4(
+                _load_words(src, d0, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN),
+                _load_words(src, d0 + 1, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN),
+                _load_words(src, d0 + 2, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN),
+                _load_words(src, d0 + 3, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN),
+            )
+        else:
+            x4 = _load_words(src, (base + 4 * j)[:, None] + tl.arange(0, 4)[None, :], gmask[:, None], seed, stream, thr_ptr, INJECT, BURST_LEN)
         q0 = _load_words(src, base + 4 * NU + j, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
         q1 = _load_words(src, base + 5 * NU + j, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
         q2 = _load_words(src, base + 6 * NU + j, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)

@@ -67,9 +67,9 @@ def _load_words(ptr, idx, valid, seed, stream, thr_ptr, INJECT: tl.constexpr, BU
     """Stored int32 words at ``idx`` as uint32, with the fault channel applied when INJECT (global word index = idx)."""
     x = tl.load(ptr + idx, mask=valid, other=0)
     if INJECT:
-        # the flip mask is drawn on a 1-D tile of the same indices (the stream depends on the index only)
-        flat = tl.reshape(idx, [idx.numel]).to(tl.int64)
-        m = tl.reshape(flip_mask(seed, flat, stream, thr_ptr, 32, BURST_LEN), idx.shape)
+        # callers pass 1-D index tiles when INJECT, the shape ``inject_triton`` draws on (a 2-D tile gave
+        # different masks on the H100 in our first run; reshaping around flip_mask made it 4x slower)
+        m = flip_mask(seed, idx.to(tl.int64), stream, thr_ptr, 32, BURST_LEN)
         x = x ^ tl.where(valid, m, 0)
     return _u32(x)
 
@@ -140,7 +140,16 @@ def _decode_packed_kernel(
         j = g - row * GPR
         base = row * (7 * GPR)
         m4 = (g < NG)[:, None] & (tl.arange(0, 4) < 4)[None, :]
-        x = _load_words(src, (base + 4 * j)[:, None] + tl.arange(0, 4)[None, :], m4, seed, stream, thr_ptr, INJECT, BURST_LEN)
+        if INJECT:  # four 1-D loads (see _load_words)
+            d0 = base + 4 * j
+            x = _join4(
+                _load_words(src, d0, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
+                _load_words(src, d0 + 1, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
+                _load_words(src, d0 + 2, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
+                _load_words(src, d0 + 3, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
+            )
+        else:
+            x = _load_words(src, (base + 4 * j)[:, None] + tl.arange(0, 4)[None, :], m4, seed, stream, thr_ptr, INJECT, BURST_LEN)
         q0 = _load_words(src, base + 4 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
         q1 = _load_words(src, base + 5 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
         q2 = _load_words(src, base + 6 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)

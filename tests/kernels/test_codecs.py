@@ -112,7 +112,7 @@ def test_packed_launchers_reject_bad_rows(device):
         layouts.encode_stored("golay", torch.zeros(1, 6, dtype=torch.uint8), 12, backend="triton")
 
 
-@pytest.mark.parametrize("name,n", [("hamming84", 8), ("golay2412", 24)])
+@pytest.mark.parametrize("name,n", [("hamming84", 8), ("hamming74", 32), ("golay2412", 24)])
 def test_packed_inject_decode_equals_inject_then_decode(name, n, device):
     from kernels.faults import inject_triton
 
