@@ -218,3 +218,31 @@ def test_unknown_partition_is_bad_input(write_spec, tmp_path: Path) -> None:
     assert "key 'resources.partition'" in out.stderr and "no_such_partition" in out.stderr
     assert f"{spec}:3:" in out.stderr
     assert not results.exists()
+
+
+def test_real_task_kind_through_slurm(write_spec, tmp_path: Path, slurm_jobs: list[str]) -> None:
+    """A shipped task kind (gemm_shapes, by its short name) runs as a Slurm array and aggregates with its own plots."""
+    spec = write_spec("""
+        name: gemm_e2e
+        task: gemm_shapes
+        resources: {cpus: 1, mem_gb: 1, time_min: 5}
+        array: {parallelism: 2, runs_per_task: 2}
+        defaults: {device: cpu, m: 16, hidden: 64, dtype: fp32, warmup: 1, repeats: 3, inner: 1, threads: 1}
+        grid:
+          dim: [107, 112, 128]
+    """)
+    results = tmp_path / "results"
+    out = run_cli("pipeline.launch", spec, "--executor", "slurm", "--results", results, "--wait", timeout=300)
+    slurm_jobs.extend(_job_ids(out.stdout))
+    assert out.returncode == 0, out.stdout + out.stderr
+    runs = sorted(p for p in (results / "gemm_e2e").iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(runs) == 3
+    for run in runs:
+        assert {f.name for f in run.iterdir()} == RECORD, run
+        summary = read_json(run / "summary.json")
+        assert summary["median_ms"] > 0 and summary["tflops"] > 0
+        assert "SLURM_JOB_ID" in read_json(run / "env.json")["slurm"]
+    agg = run_cli("pipeline.aggregate", results)
+    assert agg.returncode == 0, agg.stderr
+    report = results / "gemm_e2e" / "report"
+    assert (report / "summary.csv").exists() and list(report.glob("*.png"))
