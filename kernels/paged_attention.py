@@ -451,21 +451,30 @@ def _paged_decode_words_kernel(
 
 @triton.jit
 def _reduce_kernel(pacc_ptr, pml_ptr, out_ptr, stride_ob, stride_oh, HQ, S_TOTAL,
-                   D: tl.constexpr, DP: tl.constexpr, SP: tl.constexpr):  # fmt: skip
-    """Merge the split partials of one (sequence, query head): out = sum_s w_s acc_s / sum_s w_s l_s."""
+                   D: tl.constexpr, DP: tl.constexpr, SP: tl.constexpr, SC: tl.constexpr):  # fmt: skip
+    """Merge the split partials of one (sequence, query head): out = sum_s w_s acc_s / sum_s w_s l_s.
+
+    The (m, l) pairs of all SP splits fit in registers; the accumulators are summed SC splits at a time.
+    """
     b = tl.program_id(0)
     hq = tl.program_id(1)
     s = tl.arange(0, SP)
     sm = s < S_TOTAL
     d = tl.arange(0, DP)
-    base = (b.to(tl.int64) * HQ + hq) * S_TOTAL + s  # [SP]
-    m = tl.load(pml_ptr + base * 2, mask=sm, other=float("-inf"))
-    ls = tl.load(pml_ptr + base * 2 + 1, mask=sm, other=0.0)
+    base0 = (b.to(tl.int64) * HQ + hq) * S_TOTAL
+    m = tl.load(pml_ptr + (base0 + s) * 2, mask=sm, other=float("-inf"))
+    ls = tl.load(pml_ptr + (base0 + s) * 2 + 1, mask=sm, other=0.0)
     mmax = tl.max(m, axis=0)
     w = tl.where(m > float("-inf"), tl.math.exp2(m - mmax), 0.0)
     den = tl.sum(ls * w, axis=0)
-    acc = tl.load(pacc_ptr + base[:, None] * D + d[None, :], mask=sm[:, None] & (d < D)[None, :], other=0.0)
-    num = tl.sum(acc * w[:, None], axis=0)
+    num = tl.zeros([DP], dtype=tl.float32)
+    for c0 in range(0, S_TOTAL, SC):
+        sc = c0 + tl.arange(0, SC)
+        scm = sc < S_TOTAL
+        mc = tl.load(pml_ptr + (base0 + sc) * 2, mask=scm, other=float("-inf"))
+        wc = tl.where(mc > float("-inf"), tl.math.exp2(mc - mmax), 0.0)
+        acc = tl.load(pacc_ptr + (base0 + sc)[:, None] * D + d[None, :], mask=scm[:, None] & (d < D)[None, :], other=0.0)
+        num += tl.sum(acc * wc[:, None], axis=0)
     out = tl.where(den > 0, num / den, 0.0)
     tl.store(out_ptr + b.to(tl.int64) * stride_ob + hq * stride_oh + d, out.to(out_ptr.dtype.element_ty), mask=d < D)
 
@@ -600,6 +609,6 @@ def paged_decode_attention(
     if partial:
         _reduce_kernel[(bsz, hq)](
             pacc, pml, out, out.stride(0), out.stride(1), hq, s_total,
-            D=d, DP=triton.next_power_of_2(d), SP=max(2, triton.next_power_of_2(s_total)),
+            D=d, DP=triton.next_power_of_2(d), SP=max(2, triton.next_power_of_2(s_total)), SC=16,
         )  # fmt: skip
     return out

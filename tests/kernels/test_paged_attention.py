@@ -84,6 +84,16 @@ def test_gqa_groups_and_split_kv(group: int, num_splits: int | None, device: str
     _check(cache, hq=2 * group, dtype=torch.float16, num_splits=num_splits)
 
 
+def test_many_splits_reduce_in_chunks(device: str) -> None:
+    # 17 splits > the reduce kernel's chunk of 16; the short sequence leaves most splits empty
+    cfg = ECCCacheConfig(num_layers=1, num_kv_heads=1, head_dim=32, num_blocks=80, block_size=4, mode="int4-hamming84")
+    cache = PagedECCCache(cfg, max_seqs=2, device=device, block_order_seed=5)
+    slots = cache.allocate([260, 3])
+    x = torch.randn(len(slots), 1, 32, device=device)
+    cache.write(0, x, x.flip(0), slots, backend="torch")  # the write kernel is tested elsewhere
+    _check(cache, hq=2, dtype=torch.float16, num_splits=20)
+
+
 def test_per_value_kernel_on_word_aligned_rows(device: str) -> None:
     cache = _cache("int4-hamming84", [11, 26], device, head_dim=64, ber=0.01)
     _check(cache, hq=4, dtype=torch.float16, num_splits=2, fast=False)
