@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "block_size": 16,
     "group_size": None,
     "warmup": 1,
+    "threads": 0,
     "catastrophic_multiple": CATASTROPHIC_MULTIPLE,
 }
 CHOICES = {
@@ -101,6 +102,7 @@ def validate(params: dict[str, Any]) -> None:
     _int(p, "sink_blocks", 0)
     _int(p, "block_size", 1)
     _int(p, "warmup", 0)
+    _int(p, "threads", 0)
     if p["group_size"] is not None:
         _int(p, "group_size", 1)
     mult = p["catastrophic_multiple"]
@@ -198,6 +200,8 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     validate(params)
     p = {**DEFAULTS, **params}
     device = _device(p, ctx)
+    if p["threads"] > 0:  # on a shared CPU, 2 OpenMP threads can be 10x slower than 1 for small matmuls
+        torch.set_num_threads(p["threads"])
     model, tok = _model(ctx, p, device)
     samples = _samples(ctx, p, tok)
     clean = _clean(ctx, p, model, samples, device)

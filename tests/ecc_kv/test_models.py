@@ -10,6 +10,15 @@ import torch
 from ecc_kv import models
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core runner two OpenMP threads make small matmuls ~10x slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def test_resolve_kinds(tmp_path):
     assert models.resolve_model("tiny-llama").kind == "tiny"
     assert models.resolve_model("gpt2").kind == "hf"
