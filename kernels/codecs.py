@@ -5,8 +5,8 @@ Two levels, one bit layout (see ``ecc_kv/codecs.py`` and ``ecc_kv/layouts.py``):
 - Element device functions (``hamming74_encode/decode``, ``hamming84_encode/decode``,
   ``golay_encode/decode``): one logical codeword per element, for the fused kernels (cache write,
   paged attention, KV round trip) and the logical launchers ``encode_triton``/``decode_triton``.
-- Word device functions (SWAR: 8 INT4 values per uint32, all nibbles at once): the packed launchers
-  ``encode_packed``/``decode_packed`` read plain packed INT4 and write the stored layout at the
+- Word device functions (SWAR: 8 INT4 values per uint32, all nibbles at once): the launchers of
+  ``kernels.packed_codecs`` (``encode_packed``/``decode_packed``) read plain packed INT4 and write the stored layout at the
   nominal rate (and back). A handful of 3-input logic ops per 8 values keeps them memory-bound.
 
 Golay decodes by a 4096-entry syndrome table in global memory (16 KiB, L1/L2 resident; the load is
