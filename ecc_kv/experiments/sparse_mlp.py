@@ -130,7 +130,12 @@ def _trace_inputs(cfg: dict[str, Any], ctx: RunContext) -> tuple[tuple[torch.Ten
     return ctx.shared[key]
 
 
-def _inputs(cfg: dict[str, Any], ctx: RunContext, device: str):
+Weights = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # gate [N, H], up [N, H], down [H, N]
+Update = Callable[[torch.Tensor], object]
+Compute = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _inputs(cfg: dict[str, Any], ctx: RunContext, device: str) -> tuple[Weights, torch.Tensor, torch.Tensor]:
     """Weights on ``device``, per-step inputs x [T, B, H] and union masks [T, N] (CPU)."""
     h, n = SHAPES[cfg["shape"]]
     b, m = cfg["batch"], max(1, int(round(cfg["density"] * n)))
@@ -154,8 +159,8 @@ def _inputs(cfg: dict[str, Any], ctx: RunContext, device: str):
     return w, x.to(device, dtype), masks
 
 
-def _method(name: str, w: tuple[torch.Tensor, ...], masks: torch.Tensor, cap: int, device: str, shared_pool,
-            tau: float, planner: str = "torch"):
+def _method(name: str, w: Weights, masks: torch.Tensor, cap: int, device: str, shared_pool: list[torch.Tensor],
+            tau: float, planner: str = "torch") -> tuple[Update, Compute]:
     """(update(mask), compute(x) -> y) of one method, started from masks[0]."""
     gate, up, down = w
     if name == "dense":
