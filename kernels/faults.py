@@ -58,7 +58,7 @@ def _advance(pos, mask, r, thr_ptr, N_BITS: tl.constexpr, BURST_LEN: tl.constexp
     # one geometric gap per word from the uint32 draw r; pos = last event bit (-1 before the first)
     rr = r.to(tl.int64)
     gap = tl.zeros(pos.shape, tl.int32)
-    for j in tl.static_range(N_BITS):
+    for j in range(N_BITS):  # a runtime loop: small code for 24- and 32-bit words
         gap += (rr >= tl.load(thr_ptr + j)).to(tl.int32)
     active = pos < N_BITS
     new_pos = tl.where(active, pos + 1 + gap, pos)
@@ -84,7 +84,7 @@ def flip_mask(seed, word_index, stream, thr_ptr, N_BITS: tl.constexpr, BURST_LEN
     st = zero + stream
     pos = tl.full(word_index.shape, -1, tl.int32)
     mask = tl.zeros(word_index.shape, tl.int32)
-    for c in tl.static_range((N_BITS + 4) // 4):
+    for c in range((N_BITS + 4) // 4):
         if tl.max((pos < N_BITS).to(tl.int32)) > 0:
             r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero + c, st)
             pos, mask = _advance(pos, mask, r0, thr_ptr, N_BITS, BURST_LEN)

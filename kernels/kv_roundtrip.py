@@ -145,13 +145,16 @@ def _int4_rows(
 
 
 @triton.jit
-def _rows(
+def _rows_any(
     x_ptr, flip_ptr, table_ptr, thr_ptr, t, t0, bh, d, T, D, G, NG, seed, sink,
     KIND: tl.constexpr, S: tl.constexpr, NB: tl.constexpr,
     SINK_KIND: tl.constexpr, S_SINK: tl.constexpr, NB_SINK: tl.constexpr, HAS_SINK: tl.constexpr,
     BURST_LEN: tl.constexpr, SCALE_FAULTS: tl.constexpr, faults, BLOCK_T: tl.constexpr,
 ):
-    """Rows t (tile starting at token t0) of slab bh, each with its own codec (sink rows: SINK_KIND)."""
+    """Rows t (tile starting at token t0) of slab bh, each with its own codec (sink rows: SINK_KIND).
+
+    Used for the interpolation neighbours, whose rows may cross the sink boundary.
+    """
     row = bh * T + t
     if HAS_SINK:
         if t0 + BLOCK_T <= sink:
@@ -188,14 +191,33 @@ def _roundtrip_kernel(
     INTERP: tl.constexpr, WINDOW: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # x, out: [B*H, T, D]; program = (slab bh, BLOCK_T tokens, all of D); stats: int64 [4]
+    # With a sink codec the first programs tile [0, sink) and the rest [sink, T): no tile mixes codecs.
     bh = tl.program_id(0)
-    t0 = tl.program_id(1) * BLOCK_T
-    t = t0 + tl.arange(0, BLOCK_T)
+    p = tl.program_id(1)
     d = tl.arange(0, BLOCK_D)
-    v, bad, nf, nc, nd = _rows(x_ptr, flip_ptr, table_ptr, thr_ptr, t, t0, bh, d, T, D, G, NG, seed, sink,
-                               KIND, S, NB, SINK_KIND, S_SINK, NB_SINK, HAS_SINK, BURST_LEN, SCALE_FAULTS,
-                               faults, BLOCK_T)
-    valid = (t < T)[:, None] & (d < D)[None, :]
+    if HAS_SINK:
+        n_sink = tl.minimum(sink, T)
+        sink_tiles = (n_sink + BLOCK_T - 1) // BLOCK_T
+        is_sink = p < sink_tiles
+        t0 = tl.where(is_sink, p * BLOCK_T, n_sink + (p - sink_tiles) * BLOCK_T)
+        limit = tl.where(is_sink, n_sink, T)
+    else:
+        t0 = p * BLOCK_T
+        limit = T
+    t = t0 + tl.arange(0, BLOCK_T)
+    t_eff = tl.where(t < limit, t, -1)  # rows of other tiles are masked (t = -1 is never valid)
+    row = bh * T + t_eff
+    if HAS_SINK:
+        if is_sink:
+            v, bad, nf, nc, nd = _int4_rows(x_ptr, flip_ptr, table_ptr, thr_ptr, t_eff, row, d, T, D, G, NG, seed,
+                                            SINK_KIND, S_SINK, NB_SINK, BURST_LEN, SCALE_FAULTS, faults)
+        else:
+            v, bad, nf, nc, nd = _int4_rows(x_ptr, flip_ptr, table_ptr, thr_ptr, t_eff, row, d, T, D, G, NG, seed,
+                                            KIND, S, NB, BURST_LEN, SCALE_FAULTS, faults)
+    else:
+        v, bad, nf, nc, nd = _int4_rows(x_ptr, flip_ptr, table_ptr, thr_ptr, t_eff, row, d, T, D, G, NG, seed,
+                                        KIND, S, NB, BURST_LEN, SCALE_FAULTS, faults)
+    valid = (t_eff >= 0)[:, None] & (d < D)[None, :]
     if INTERP:
         left = tl.zeros_like(v)
         right = tl.zeros_like(v)
@@ -203,13 +225,13 @@ def _roundtrip_kernel(
         has_r = has_l
         if tl.max(bad.to(tl.int32)) > 0:
             for k in tl.static_range(1, WINDOW + 1):
-                vl, bl, _f, _c, _d = _rows(x_ptr, flip_ptr, table_ptr, thr_ptr, t - k, t0 - k, bh, d, T, D, G, NG,
+                vl, bl, _f, _c, _d = _rows_any(x_ptr, flip_ptr, table_ptr, thr_ptr, t - k, t0 - k, bh, d, T, D, G, NG,
                                            seed, sink, KIND, S, NB, SINK_KIND, S_SINK, NB_SINK, HAS_SINK,
                                            BURST_LEN, SCALE_FAULTS, faults, BLOCK_T)
                 gl = ((t - k) >= 0)[:, None] & valid & ~bl
                 left = tl.where(gl & ~has_l, vl, left)
                 has_l = has_l | gl
-                vr, br, _f, _c, _d = _rows(x_ptr, flip_ptr, table_ptr, thr_ptr, t + k, t0 + k, bh, d, T, D, G, NG,
+                vr, br, _f, _c, _d = _rows_any(x_ptr, flip_ptr, table_ptr, thr_ptr, t + k, t0 + k, bh, d, T, D, G, NG,
                                            seed, sink, KIND, S, NB, SINK_KIND, S_SINK, NB_SINK, HAS_SINK,
                                            BURST_LEN, SCALE_FAULTS, faults, BLOCK_T)
                 gr = ((t + k) < T)[:, None] & valid & ~br
@@ -217,7 +239,7 @@ def _roundtrip_kernel(
                 has_r = has_r | gr
         v = tl.where(bad, interp_fill(left, has_l, right, has_r), v)
         tl.atomic_add(stats_ptr + 3, tl.sum(bad.to(tl.int64)))
-    offs = (bh * T + t).to(tl.int64)[:, None] * D + d[None, :]
+    offs = row.to(tl.int64)[:, None] * D + d[None, :]
     store_value(out_ptr, offs, v, valid)
     tl.atomic_add(stats_ptr + 0, nf)
     tl.atomic_add(stats_ptr + 1, nc)
@@ -276,7 +298,8 @@ def roundtrip_triton(
     block_d = triton.next_power_of_2(d)
     if block_t is None:
         block_t = max(1, min(triton.next_power_of_2(t), 2048 // block_d))
-    grid = (b * h, triton.cdiv(t, block_t))
+    n_sink = min(sink_tokens, t) if has_sink else 0
+    grid = (b * h, triton.cdiv(n_sink, block_t) + triton.cdiv(t - n_sink, block_t))
     _roundtrip_kernel[grid](
         xc, out, stats, thr, fm, golay_tables(x.device), t, d, group_size, d // group_size, seed, sink_tokens, faults,
         KIND_IDS[kind], s, nb, KIND_IDS[sk], s_sink, nb_sink, has_sink, blen, scale_faults,
