@@ -128,6 +128,11 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _warmups(p: dict[str, Any], device: str) -> int:
+    """Untimed forwards before timing: on GPU only (nothing compiles on the CPU torch path)."""
+    return int(p["warmup"]) if device.startswith("cuda") else 0
+
+
 def _model(ctx: RunContext, p: dict[str, Any], device: str) -> tuple[Any, Any]:
     from ecc_kv.models import load_model, load_tokenizer
 
@@ -170,7 +175,7 @@ def _clean(ctx: RunContext, p: dict[str, Any], model: Any, samples: torch.Tensor
     if key in ctx.shared:
         return ctx.shared[key]
     ctx.log.info("clean reference: %d samples x %d tokens", *samples.shape)
-    for _ in range(p["warmup"]):
+    for _ in range(_warmups(p, device)):
         _forward(model, samples[: p["batch_size"]], device)
     logits, times, metrics = [], [], {m: [] for m in METRICS if m != "kl"}
     for sl in _batches(samples.shape[0], p["batch_size"]):
@@ -214,7 +219,7 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     per_sample: dict[str, list] = {m: [] for m in (*METRICS, "clean_ppl", "catastrophic")}
     times: list[float] = []
     try:
-        for _ in range(p["warmup"]):  # untimed; the first call compiles Triton kernels on GPU
+        for _ in range(_warmups(p, device)):  # untimed; the first call compiles Triton kernels
             _forward(model, samples[: p["batch_size"]], device)
         reset_ecc_cache(model)
         batches = _batches(samples.shape[0], p["batch_size"])
