@@ -182,7 +182,7 @@ def _interp_tile(x, st, data_ptr, scale_ptr, gtab_ptr, bt_ptr, t, tmask, seq_len
     return x
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["qk_scale", "tok_lo", "tok_hi", "part_tokens", "split_off", "S_TOTAL"])
 def _paged_decode_kernel(
     q_ptr, stride_qb, stride_qh,  # q: [B, HQ, D]
     kd_ptr, ks_ptr, vd_ptr, vs_ptr,  # data [NB, HKV, BS, W] uint8, scale [NB, HKV, BS, NG] fp16 (K, V alike)
@@ -331,7 +331,7 @@ def _words_tile(data_ptr, row, tmask, CODEC: tl.constexpr, DW: tl.constexpr, DWP
     return words, n_corr, n_det
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["qk_scale", "tok_lo", "tok_hi", "part_tokens", "split_off", "S_TOTAL"])
 def _paged_decode_words_kernel(
     q_ptr, stride_qb, stride_qh,
     kd_ptr, ks_ptr, vd_ptr, vs_ptr,
@@ -449,7 +449,7 @@ def _paged_decode_words_kernel(
     tl.store(ptr + 7, a7.to(ety), mask=qm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["HQ", "S_TOTAL"])
 def _reduce_kernel(pacc_ptr, pml_ptr, out_ptr, stride_ob, stride_oh, HQ, S_TOTAL,
                    D: tl.constexpr, DP: tl.constexpr, SP: tl.constexpr, SC: tl.constexpr):  # fmt: skip
     """Merge the split partials of one (sequence, query head): out = sum_s w_s acc_s / sum_s w_s l_s.

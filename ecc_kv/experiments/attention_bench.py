@@ -8,7 +8,9 @@ token per sequence) of the fused kernel (``kernels.paged_attention``). In the sa
 baseline on the same K/V: PyTorch SDPA with the FlashAttention backend (GQA as ``G``
 query rows per KV head) and FlashAttention's own ``flash_attn_with_kvcache`` when it is
 importable (the faster one is the baseline), and a device-to-device copy for the
-bandwidth bound. Timing: ``ecc_kv.timing`` with L2 flushed before every call.
+bandwidth bound. Timing: ``ecc_kv.timing`` with L2 flushed before every call; on CUDA each
+step (ours and the baseline) is captured in a CUDA graph and the replays are timed, because a
+decode step's GPU time (microseconds) is below its eager host launch cost.
 
 Bytes of cache read: codeword rows + fp16 scales of K and V for every token (fp16: the
 K/V values); achieved GB/s = bytes / median time; ``ratio_to_copy`` = achieved / copy GB/s.
@@ -17,6 +19,7 @@ K/V values); achieved GB/s = bytes / median time; ``ratio_to_copy`` = achieved /
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "warmup": 5,
     "repeats": 30,
     "flush_l2": True,
+    "cuda_graph": True,  # time CUDA-graph replays (as a serving loop launches decode steps)
     "device": "auto",  # auto: the run context's device; cpu | cuda to force one
 }
 
@@ -71,6 +75,9 @@ def validate(params: dict[str, Any]) -> None:
             raise ValueError(f"{key}={p[key]!r} must be an int >= 0")
     if not isinstance(p["ber"], (int, float)) or not 0.0 <= float(p["ber"]) < 0.5:
         raise ValueError(f"ber={p['ber']!r} must be a number in [0, 0.5)")
+    for key in ("flush_l2", "cuda_graph"):
+        if not isinstance(p[key], bool):
+            raise ValueError(f"{key}={p[key]!r} must be true or false")
     if p["device"] not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device={p['device']!r} is not one of ['auto', 'cpu', 'cuda']")
     if p["block_n"] & (p["block_n"] - 1) or p["block_n"] < 16:
@@ -94,6 +101,33 @@ def _fp16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     hkv = k.shape[1]
     qg = q.reshape(b, hkv, hq // hkv, d)  # [B, HKV, G, D]
     return F.scaled_dot_product_attention(qg, k, v, scale=scale).reshape(b, hq, d)
+
+
+def _graphed(fn: Callable[[], Any], dev: str, use: bool, ctx: RunContext) -> tuple[Callable[[], Any], bool]:
+    """``fn`` captured in a CUDA graph (replay = one launch, no Python or launcher overhead).
+
+    A decode step reads a few MB: eager, the host-side launch cost (Python, Triton's launcher)
+    can exceed the GPU time and the events would time the CPU. Eager on CPU, when disabled, or
+    when capture fails (logged, and ``cuda_graph`` is false in the summary).
+    """
+    if dev != "cuda" or not use:
+        return fn, False
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # compile, allocate and cache everything outside the capture
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        torch.cuda.synchronize()
+        return graph.replay, True
+    except Exception as exc:  # noqa: BLE001  # fall back to eager timing, recorded in raw
+        ctx.log.warning("CUDA graph capture failed (%s: %s); timing eager calls", type(exc).__name__, exc)
+        torch.cuda.synchronize()
+        return fn, False
 
 
 def _time_fp16(p: dict[str, Any], ctx: RunContext, dev: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict[str, Any]:
@@ -120,13 +154,14 @@ def _time_fp16(p: dict[str, Any], ctx: RunContext, dev: str, q: torch.Tensor, k:
     best: dict[str, Any] = {}
     for name, fn in cands.items():
         try:
-            times = time_fn(fn, device=dev, warmup=p["warmup"], repeats=p["repeats"], flush_l2=p["flush_l2"])
+            call, graphed = _graphed(fn, dev, p["cuda_graph"], ctx)
+            times = time_fn(call, device=dev, warmup=p["warmup"], repeats=p["repeats"], flush_l2=p["flush_l2"])
         except RuntimeError as exc:  # a backend that refuses the shape is data, not a crash
             ctx.log.warning("fp16 baseline %s failed: %s", name, exc)
             continue
         st = time_stats(times)
         if not best or st["median_ms"] < best["stats"]["median_ms"]:
-            best = {"kernel": name, "times": times, "stats": st}
+            best = {"kernel": name, "times": times, "stats": st, "graph": graphed}
     if not best:
         raise RuntimeError("no fp16 attention baseline ran on this device")
     return best
@@ -166,7 +201,7 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     p = {**DEFAULTS, **params}
     validate(p)
     dev = ctx.device if p["device"] == "auto" else p["device"]
-    key = ("attention_bench", p["shape"], p["batch"], p["context"], p["seed"], p["repeats"], p["flush_l2"])
+    key = ("attention_bench", p["shape"], p["batch"], p["context"], p["seed"], p["repeats"], p["flush_l2"], p["cuda_graph"])
     q, k, v = _fp16_kv(p, dev)
     base = ctx.shared.get(key)
     if base is None:
@@ -182,30 +217,32 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         "params": p,
         "fp16_kernel": base["fp16"]["kernel"],
         "fp16_times_ms": base["fp16"]["times"],
+        "fp16_cuda_graph": base["fp16"]["graph"],
         "copy_gbps": base["copy_gbps"],
         "bytes_read": _cache_bytes(p),
     }
     if p["mode"] == "fp16":
         raw["times_ms"] = base["fp16"]["times"]
         raw["max_abs_err_vs_fp32"] = float((_fp16_attention(q, k, v, scale) - ref).abs().max())
-        raw.update(num_splits=0, injected_flips=0, corrected=0, detected=0)
+        raw.update(num_splits=0, injected_flips=0, corrected=0, detected=0, cuda_graph=base["fp16"]["graph"])
         return raw
     cache = _build_cache(p, dev, k, v)
     splits = p["num_splits"] or None
     counters = torch.zeros(2, dtype=torch.int64, device=dev)
     out = cache.attend(0, q, backend="triton", counters=counters, num_splits=splits)
+    corrected, detected = int(counters[0]), int(counters[1])  # one call's counts, before timing adds more
     from kernels.paged_attention import default_num_splits
 
     used = splits or default_num_splits(p["batch"], k.shape[1], p["context"], p["block_n"], torch.device(dev))
-    raw["times_ms"] = time_fn(
-        lambda: cache.attend(0, q, backend="triton", num_splits=splits),
-        device=dev, warmup=p["warmup"], repeats=p["repeats"], flush_l2=p["flush_l2"],
-    )  # fmt: skip
+    # timed with the same counters (one compiled variant; the atomics are two per program)
+    step, graphed = _graphed(lambda: cache.attend(0, q, counters=counters, num_splits=splits), dev, p["cuda_graph"], ctx)
+    raw["times_ms"] = time_fn(step, device=dev, warmup=p["warmup"], repeats=p["repeats"], flush_l2=p["flush_l2"])
     raw.update(
         num_splits=int(used),
         injected_flips=int(cache.stats["injected_flips"]),
-        corrected=int(counters[0]),
-        detected=int(counters[1]),
+        corrected=corrected,
+        detected=detected,
+        cuda_graph=graphed,
         max_abs_err_vs_fp32=float((out.float() - ref.float()).abs().max()),
     )
     return raw
@@ -232,6 +269,8 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "corrected": raw["corrected"],
         "detected": raw["detected"],
         "max_abs_err_vs_fp32": raw["max_abs_err_vs_fp32"],
+        "cuda_graph": int(bool(raw["cuda_graph"])),
+        "fp16_cuda_graph": int(bool(raw["fp16_cuda_graph"])),
     }
 
 

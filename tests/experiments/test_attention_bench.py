@@ -32,6 +32,7 @@ def test_run_and_summarize(mode: str, tmp_path: Path, device: str) -> None:
         assert summary["bytes_read"] == 2 * 2 * 2 * 21 * (33 + 2)
         assert summary["injected_flips"] > 0 and summary["corrected"] > 0
         assert summary["max_abs_err_vs_fp32"] < 0.5  # INT4 quantization error, not garbage
+    assert summary["cuda_graph"] == int(device == "cuda")
     assert ctx.shared, "the fp16 baseline is shared with the next run of the same point"
 
 
@@ -44,6 +45,8 @@ def test_validate_rejects_bad_params() -> None:
         ab.validate({"context": 0})
     with pytest.raises(ValueError, match="block_n"):
         ab.validate({"block_n": 24})
+    with pytest.raises(ValueError, match="cuda_graph"):
+        ab.validate({"cuda_graph": "yes"})
     ab.validate({**TINY, "mode": "adaptive"})
 
 
