@@ -8,8 +8,9 @@ Sampling (exact, integer only, so interpreted and compiled runs agree): bit even
 Bernoulli(p). Instead of one uniform per bit, each 32-bit Philox output draws the *gap* to the next
 event in the word from the geometric law by comparing it against the table
 ``T_j = floor(2^32 * (1 - (1 - p)^(j + 1)))``, j < bits_per_word (``event_thresholds``). One Philox
-call gives four gaps; further calls are made only while some word of the tile can still have events,
-so at small BER a word costs one Philox call (at most ceil((bits + 1) / 4) calls). BSC: an event flips its bit. Burst: an event at bit b
+call gives four gaps; a word always gets ceil((bits + 1) / 4) calls (2 for 7 bits, 3 for 8, 7 for
+24), enough for any number of events, with no data-dependent control flow or cross-lane reduction
+(an early exit on a tile-wide reduction gave tile-dependent masks with triton 3.6 on the H100). BSC: an event flips its bit. Burst: an event at bit b
 starts a burst flipping bits b .. b + burst_len - 1 (clipped at the top of the word, overlapping
 bursts merge); the start probability is ber / burst_len (see docs/error_model.md for the resulting
 flip rate).
@@ -74,9 +75,9 @@ def flip_mask(seed, word_index, stream, thr_ptr, N_BITS: tl.constexpr, BURST_LEN
 
     seed: int scalar; stream: int scalar separating independent channels (values, scales, ...);
     thr_ptr: int64 [>= N_BITS] table from ``event_thresholds``; BURST_LEN = 1 is the BSC.
-    Call c (c < ceil((N_BITS + 1) / 4)) draws Philox(seed; lo, hi, c, stream); N_BITS + 1 gaps always
-    finish a word, and a call is skipped when every word of the tile is already finished, which
-    cannot change any word's result (so the masks do not depend on the tile).
+    Call c (c < ceil((N_BITS + 1) / 4)) draws Philox(seed; lo, hi, c, stream): N_BITS + 1 gaps always
+    finish a word. Every call is made for every lane (no tile-level early exit, no cross-lane
+    reduction), so a word's mask is a pure function of (seed, word_index, stream) whatever the tile.
     """
     lo = (word_index & 0xFFFFFFFF).to(tl.uint32)
     hi = ((word_index >> 32) & 0xFFFFFFFF).to(tl.uint32)
@@ -85,12 +86,11 @@ def flip_mask(seed, word_index, stream, thr_ptr, N_BITS: tl.constexpr, BURST_LEN
     pos = tl.full(word_index.shape, -1, tl.int32)
     mask = tl.zeros(word_index.shape, tl.int32)
     for c in range((N_BITS + 4) // 4):
-        if tl.max((pos < N_BITS).to(tl.int32)) > 0:
-            r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero + c, st)
-            pos, mask = _advance(pos, mask, r0, thr_ptr, N_BITS, BURST_LEN)
-            pos, mask = _advance(pos, mask, r1, thr_ptr, N_BITS, BURST_LEN)
-            pos, mask = _advance(pos, mask, r2, thr_ptr, N_BITS, BURST_LEN)
-            pos, mask = _advance(pos, mask, r3, thr_ptr, N_BITS, BURST_LEN)
+        r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero + c, st)
+        pos, mask = _advance(pos, mask, r0, thr_ptr, N_BITS, BURST_LEN)
+        pos, mask = _advance(pos, mask, r1, thr_ptr, N_BITS, BURST_LEN)
+        pos, mask = _advance(pos, mask, r2, thr_ptr, N_BITS, BURST_LEN)
+        pos, mask = _advance(pos, mask, r3, thr_ptr, N_BITS, BURST_LEN)
     return mask
 
 

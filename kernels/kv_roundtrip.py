@@ -12,7 +12,7 @@ sees the same flips. Counters count each word once (its first lane).
 Interpolation needs the decoded neighbour tokens, which live in other rows of the tile or in other
 programs: the kernel recomputes the whole pipeline for rows t - k and t + k (k <= WINDOW). Because
 quantization and faults are deterministic per row, the recomputed rows are exactly what their owners
-decode. It is skipped for tiles without a detected-uncorrectable value.
+decode (this triples the work of the -interp mode).
 """
 
 from __future__ import annotations
@@ -223,20 +223,19 @@ def _roundtrip_kernel(
         right = tl.zeros_like(v)
         has_l = tl.zeros(v.shape, tl.int1)
         has_r = has_l
-        if tl.max(bad.to(tl.int32)) > 0:
-            for k in tl.static_range(1, WINDOW + 1):
-                vl, bl, _f, _c, _d = _rows_any(x_ptr, flip_ptr, table_ptr, thr_ptr, t - k, t0 - k, bh, d, T, D, G, NG,
+        for k in tl.static_range(1, WINDOW + 1):
+            vl, bl, _f, _c, _d = _rows_any(x_ptr, flip_ptr, table_ptr, thr_ptr, t - k, t0 - k, bh, d, T, D, G, NG,
                                            seed, sink, KIND, S, NB, SINK_KIND, S_SINK, NB_SINK, HAS_SINK,
                                            BURST_LEN, SCALE_FAULTS, faults, BLOCK_T)
-                gl = ((t - k) >= 0)[:, None] & valid & ~bl
-                left = tl.where(gl & ~has_l, vl, left)
-                has_l = has_l | gl
-                vr, br, _f, _c, _d = _rows_any(x_ptr, flip_ptr, table_ptr, thr_ptr, t + k, t0 + k, bh, d, T, D, G, NG,
+            gl = ((t - k) >= 0)[:, None] & valid & ~bl
+            left = tl.where(gl & ~has_l, vl, left)
+            has_l = has_l | gl
+            vr, br, _f, _c, _d = _rows_any(x_ptr, flip_ptr, table_ptr, thr_ptr, t + k, t0 + k, bh, d, T, D, G, NG,
                                            seed, sink, KIND, S, NB, SINK_KIND, S_SINK, NB_SINK, HAS_SINK,
                                            BURST_LEN, SCALE_FAULTS, faults, BLOCK_T)
-                gr = ((t + k) < T)[:, None] & valid & ~br
-                right = tl.where(gr & ~has_r, vr, right)
-                has_r = has_r | gr
+            gr = ((t + k) < T)[:, None] & valid & ~br
+            right = tl.where(gr & ~has_r, vr, right)
+            has_r = has_r | gr
         v = tl.where(bad, interp_fill(left, has_l, right, has_r), v)
         tl.atomic_add(stats_ptr + 3, tl.sum(bad.to(tl.int64)))
     offs = row.to(tl.int64)[:, None] * D + d[None, :]
