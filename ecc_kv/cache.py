@@ -346,12 +346,15 @@ class PagedECCCache:
         backend: str = "triton",
         counters: torch.Tensor | None = None,
         num_splits: int | None = None,
+        block_n: int = 64,
+        num_warps: int = 4,
     ) -> torch.Tensor:
         """Decode attention for one query token per sequence: ``q [max_seqs, H_q, D] -> [max_seqs, H_q, D]``.
 
         ``counters``: optional int64 ``[2]`` tensor; corrected and detected codeword counts
         of this call are added to it (triton backend; the torch backend adds its own).
         ``num_splits``: split-KV partitions per (sequence, head) (None: enough to fill the GPU).
+        ``block_n`` (tokens per tile, a power of two >= 16) and ``num_warps`` tune the kernel.
         """
         check_backend(backend)
         self._check_layer(layer)
@@ -374,7 +377,7 @@ class PagedECCCache:
             q, self.k_data[layer], self.k_scale[layer], self.v_data[layer], self.v_scale[layer],
             self.block_tables, self.lengths, sm_scale=scale, codec=c.codec, interpolate=c.interpolate,
             sink=sink, sink_codec=c.sink_codec, sink_tokens=c.sink_tokens, counters=counters,
-            num_splits=num_splits, max_len=max(self._host_lengths),
+            num_splits=num_splits, max_len=max(self._host_lengths), block_n=block_n, num_warps=num_warps,
         )  # fmt: skip
 
     # --- faults and scrub ----------------------------------------------------------------------

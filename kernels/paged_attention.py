@@ -381,6 +381,8 @@ def paged_decode_attention(
     """
     if codec not in CODEC_IDS:
         raise ValueError(f"codec={codec!r} is not one of {list(CODEC_IDS)}")
+    if block_n < 16 or block_n & (block_n - 1):
+        raise ValueError(f"block_n={block_n} must be a power of two >= 16")
     if interpolate and codec not in ("hamming84", "hamming74"):
         raise ValueError(f"interpolate=True needs a Hamming codec, got codec={codec!r}")
     if q.dim() != 3 or q.stride(2) != 1 or q.dtype not in (torch.float16, torch.bfloat16):

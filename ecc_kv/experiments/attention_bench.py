@@ -19,6 +19,7 @@ K/V values); achieved GB/s = bytes / median time; ``ratio_to_copy`` = achieved /
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "num_splits": 0,  # 0: the kernel's default (fill the GPU)
     "block_n": 64,
+    "num_warps": 4,
     "warmup": 5,
     "repeats": 30,
     "flush_l2": True,
@@ -67,7 +69,7 @@ def validate(params: dict[str, Any]) -> None:
         raise ValueError(f"shape={p['shape']!r} is not one of {list(SHAPES)}")
     if p["mode"] not in MODES:
         raise ValueError(f"mode={p['mode']!r} is not one of {list(MODES)}")
-    for key in ("batch", "context", "block_size", "block_n", "repeats"):
+    for key in ("batch", "context", "block_size", "block_n", "num_warps", "repeats"):
         if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < 1:
             raise ValueError(f"{key}={p[key]!r} must be a positive int")
     for key in ("warmup", "num_splits", "sink_blocks", "seed"):
@@ -75,6 +77,8 @@ def validate(params: dict[str, Any]) -> None:
             raise ValueError(f"{key}={p[key]!r} must be an int >= 0")
     if not isinstance(p["ber"], (int, float)) or not 0.0 <= float(p["ber"]) < 0.5:
         raise ValueError(f"ber={p['ber']!r} must be a number in [0, 0.5)")
+    if p["num_warps"] not in (1, 2, 4, 8, 16):
+        raise ValueError(f"num_warps={p['num_warps']!r} must be one of 1, 2, 4, 8, 16")
     for key in ("flush_l2", "cuda_graph"):
         if not isinstance(p[key], bool):
             raise ValueError(f"{key}={p[key]!r} must be true or false")
@@ -82,6 +86,12 @@ def validate(params: dict[str, Any]) -> None:
         raise ValueError(f"device={p['device']!r} is not one of ['auto', 'cpu', 'cuda']")
     if p["block_n"] & (p["block_n"] - 1) or p["block_n"] < 16:
         raise ValueError(f"block_n={p['block_n']} must be a power of two >= 16")
+
+
+def _interpret_on_cpu() -> None:
+    """Without a GPU the Triton kernels run interpreted; the flag must be set before they are imported."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _fp16_kv(p: dict[str, Any], device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -201,6 +211,8 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     p = {**DEFAULTS, **params}
     validate(p)
     dev = ctx.device if p["device"] == "auto" else p["device"]
+    if dev == "cpu":
+        _interpret_on_cpu()
     key = ("attention_bench", p["shape"], p["batch"], p["context"], p["seed"], p["repeats"], p["flush_l2"], p["cuda_graph"])
     q, k, v = _fp16_kv(p, dev)
     base = ctx.shared.get(key)
@@ -229,13 +241,16 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     cache = _build_cache(p, dev, k, v)
     splits = p["num_splits"] or None
     counters = torch.zeros(2, dtype=torch.int64, device=dev)
-    out = cache.attend(0, q, backend="triton", counters=counters, num_splits=splits)
+    tune = {"block_n": p["block_n"], "num_warps": p["num_warps"]}
+    out = cache.attend(0, q, backend="triton", counters=counters, num_splits=splits, **tune)
     corrected, detected = int(counters[0]), int(counters[1])  # one call's counts, before timing adds more
     from kernels.paged_attention import default_num_splits
 
     used = splits or default_num_splits(p["batch"], k.shape[1], p["context"], p["block_n"], torch.device(dev))
     # timed with the same counters (one compiled variant; the atomics are two per program)
-    step, graphed = _graphed(lambda: cache.attend(0, q, counters=counters, num_splits=splits), dev, p["cuda_graph"], ctx)
+    step, graphed = _graphed(
+        lambda: cache.attend(0, q, counters=counters, num_splits=splits, **tune), dev, p["cuda_graph"], ctx
+    )
     raw["times_ms"] = time_fn(step, device=dev, warmup=p["warmup"], repeats=p["repeats"], flush_l2=p["flush_l2"])
     raw.update(
         num_splits=int(used),
@@ -309,11 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     """
     import argparse
     import json
-    import os
     import tempfile
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
+    _interpret_on_cpu()
 
     from ecc_kv.timing import default_device
     from pipeline.context import RunContext
@@ -325,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES))
     ap.add_argument("--repeats", type=int, default=DEFAULTS["repeats"])
     ap.add_argument("--ber", type=float, default=0.0)
+    ap.add_argument("--block-n", type=int, default=DEFAULTS["block_n"])
+    ap.add_argument("--num-warps", type=int, default=DEFAULTS["num_warps"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     ctx = RunContext.for_tests(tempfile.mkdtemp(), device=default_device())
@@ -334,7 +349,8 @@ def main(argv: list[str] | None = None) -> None:
             for context in args.context:
                 for mode in args.modes:
                     p = {"shape": shape, "batch": batch, "context": context, "mode": mode, "repeats": args.repeats,
-                         "ber": args.ber if mode != "fp16" else 0.0}  # fmt: skip
+                         "ber": args.ber if mode != "fp16" else 0.0, "block_n": args.block_n,
+                         "num_warps": args.num_warps}  # fmt: skip
                     try:
                         sm = summarize(run(p, ctx))
                     except Exception as exc:  # noqa: BLE001  # one failing mode must not hide the others
