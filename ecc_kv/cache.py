@@ -193,7 +193,8 @@ class PagedECCCache:
             gen = torch.Generator().manual_seed(block_order_seed)
             self._free = torch.randperm(c.num_blocks, generator=gen).tolist()
         self._step_slots: torch.Tensor | None = None
-        self.stats = {"corrected": 0, "detected": 0, "injected_flips": 0, "scrub_rewritten": 0}
+        # running totals of what was done to the stored bytes (read counts go to attend(counters=...))
+        self.stats = {"injected_flips": 0, "scrub_rewritten": 0}
 
     # --- sequence and block management ---------------------------------------------------
     @property
