@@ -370,6 +370,8 @@ def paged_decode_attention(
 ) -> torch.Tensor:
     """Attention of ``q [B, HQ, D]`` over the paged cache; returns ``[B, HQ, D]`` in q's dtype.
 
+    fp16 and bf16 queries are used as they are; fp32 queries are rounded to fp16 for the dots.
+
     k_data/v_data: ``[NB, HKV, BS, W]`` uint8 rows (layout of ``codec``); k_scale/v_scale:
     ``[NB, HKV, BS, NG]`` fp16; block_tables ``[B, MAXB]`` int32; lengths ``[B]`` int32 (>= 1);
     ``max_len`` >= max(lengths) (host value, sizes the splits without a sync). ``sink``:
@@ -385,8 +387,14 @@ def paged_decode_attention(
         raise ValueError(f"block_n={block_n} must be a power of two >= 16")
     if interpolate and codec not in ("hamming84", "hamming74"):
         raise ValueError(f"interpolate=True needs a Hamming codec, got codec={codec!r}")
-    if q.dim() != 3 or q.stride(2) != 1 or q.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"q must be [B, HQ, D] fp16/bf16 with a contiguous last dim, got {tuple(q.shape)} {q.dtype}")
+    if q.dim() != 3 or q.stride(2) != 1 or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q must be [B, HQ, D] fp16/bf16/fp32 with a contiguous last dim, got {tuple(q.shape)} {q.dtype}")
+    if q.dtype == torch.float32:  # the dots run in fp16 (the cache holds INT4 x fp16 values); result back in fp32
+        kw = dict(sm_scale=sm_scale, codec=codec, max_len=max_len, interpolate=interpolate, sink=sink,
+                  sink_codec=sink_codec, sink_tokens=sink_tokens, counters=counters, num_splits=num_splits,
+                  block_n=block_n, num_warps=num_warps, fast=fast)  # fmt: skip
+        args = (k_data, k_scale, v_data, v_scale, block_tables, lengths)
+        return paged_decode_attention(q.to(torch.float16), *args, **kw).to(torch.float32)
     bsz, hq, d = q.shape
     nb, hkv, bs, _ = k_data.shape
     if hq % hkv:

@@ -9,7 +9,7 @@ from ecc_kv.cache import ECCCacheConfig, PagedECCCache
 
 # dtype -> (atol, rtol): outputs are convex combinations of values of magnitude ~1; the kernel
 # dots in fp16/bf16 with fp32 accumulation, the reference in fp32 on the same dequantized values
-TOL = {torch.float16: (4e-3, 1e-2), torch.bfloat16: (3e-2, 2e-2)}
+TOL = {torch.float16: (4e-3, 1e-2), torch.bfloat16: (3e-2, 2e-2), torch.float32: (4e-3, 1e-2)}  # fp32: dots in fp16
 
 
 def assert_close_verbose(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
@@ -84,6 +84,11 @@ def test_gqa_groups_and_split_kv(group: int, num_splits: int | None, device: str
     _check(cache, hq=2 * group, dtype=torch.float16, num_splits=num_splits)
 
 
+def test_fp32_query_runs_in_fp16(device: str) -> None:
+    cache = _cache("int4-hamming84", [5, 12], device, head_dim=64, ber=0.01)
+    _check(cache, hq=4, dtype=torch.float32, num_splits=2)
+
+
 def test_many_splits_reduce_in_chunks(device: str) -> None:
     # 17 splits > the reduce kernel's chunk of 16; the short sequence leaves most splits empty
     cfg = ECCCacheConfig(num_layers=1, num_kv_heads=1, head_dim=32, num_blocks=80, block_size=4, mode="int4-hamming84")
@@ -138,5 +143,7 @@ def test_rejects_bad_arguments(device: str) -> None:
         paged_decode_attention(q, *args, sm_scale=1.0, codec=None, interpolate=True, max_len=3)
     with pytest.raises(ValueError, match="multiple"):
         paged_decode_attention(q[:, :3], *args, sm_scale=1.0, codec=c.codec, max_len=3)
-    with pytest.raises(ValueError, match="fp16/bf16"):
-        paged_decode_attention(q.float(), *args, sm_scale=1.0, codec=c.codec, max_len=3)
+    with pytest.raises(ValueError, match="fp16/bf16/fp32"):
+        paged_decode_attention(q.double(), *args, sm_scale=1.0, codec=c.codec, max_len=3)
+    with pytest.raises(ValueError, match="block_n"):
+        paged_decode_attention(q, *args, sm_scale=1.0, codec=c.codec, max_len=3, block_n=48)
