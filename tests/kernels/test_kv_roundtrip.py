@@ -61,10 +61,10 @@ def test_dtypes_and_groups_match_torch(mode: str, g: int | None, dtype: torch.dt
 
 
 def test_sampled_faults_deterministic_and_grid_independent(device: str) -> None:
-    x = _x((1, 2, 20, 12), torch.float16, device, seed=4)
-    args = ("hamming84", None, 0.02, 7, "bsc", 2, 0, 12, True, True, 1, None)
+    x = _x((1, 1, 12, 8), torch.float16, device, seed=4)
+    args = ("hamming84", None, 0.05, 7, "bsc", 2, 0, 8, True, True, 1, None)
     a, sa = roundtrip_triton(x, *args, block_t=4)
-    b, sb = roundtrip_triton(x, *args, block_t=32)
+    b, sb = roundtrip_triton(x, *args, block_t=16)
     _assert_same(a, b)
     assert torch.equal(sa, sb) and int(sa[0]) > 0
     c, sc = roundtrip(x, "int4-hamming84-interp", ber=0.02, seed=8, backend="triton")
