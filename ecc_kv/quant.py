@@ -8,8 +8,8 @@ Layout (what is stored, and where):
   dequantizes to ``-8 * scale``.
 - ``scales``: fp16 tensor ``[..., D // group_size]``, one scale per token, head and group; they are
   stored next to the codes, in plain fp16, outside the ECC codewords. The fault models in
-  ``ecc_kv.faults`` do not touch them unless the caller asks (``kv_protect.roundtrip(...,
-  protect_scales=False)`` exposes them to the same channel).
+  ``ecc_kv.faults`` do not touch them unless the caller asks: ``kv_protect.roundtrip(...,
+  scale_faults=True)`` sends their 16 bits through the same channel (docs/error_model.md).
 
 Error bound: for every element, ``|x - dequantize(quantize(x))| <= scale / 2`` (before the final
 cast to the output dtype), where ``scale`` is the stored fp16 scale. The fp16 rounding of the
