@@ -114,22 +114,25 @@ def byte_report(p: PackedTensor, ideal_bits: float | None = None) -> dict[str, f
 # ----------------------------------------------------------------------------- torch twin
 
 
-def _planes_torch(codes: torch.Tensor, pb: int) -> torch.Tensor:
-    """codes uint8 [M, G] -> planes uint8 [M, 8, PB]."""
+def _planes_torch(codes: torch.Tensor, pb: int, n_planes: int) -> torch.Tensor:
+    """codes uint8 [M, G] -> planes uint8 [M, n_planes, PB] (byte j of plane p: bit p of codes 8j..8j+7)."""
     m, g = codes.shape
-    c = torch.zeros(m, pb * 8, dtype=torch.int32, device=codes.device)
-    c[:, :g] = codes.to(torch.int32)
-    c = c.reshape(m, pb, 8)
-    weights = (1 << torch.arange(8, device=codes.device, dtype=torch.int32))
-    planes = [(((c >> p) & 1) * weights).sum(-1) for p in range(8)]  # each [M, PB]
-    return torch.stack(planes, 1).to(torch.uint8)
+    c = codes if g == pb * 8 else torch.nn.functional.pad(codes, (0, pb * 8 - g))
+    c = c.reshape(m, pb, 8).transpose(1, 2)  # [M, 8 (k), PB]
+    out = torch.zeros(m, n_planes, pb, dtype=torch.uint8, device=codes.device)
+    for k in range(8):
+        ck = c[:, k, :].unsqueeze(1)  # [M, 1, PB]
+        for p in range(n_planes):
+            out[:, p, :] |= ((ck[:, 0, :] >> p) & 1) << k
+    return out
 
 
 def pack_codes_torch(codes: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """Pack codes uint8 [M, G] at widths uint8 [M] into the planar byte stream (uint8 [sum b * PB])."""
     pb = (codes.shape[1] + 7) // 8
-    planes = _planes_torch(codes, pb)  # [M, 8, PB]
-    keep = torch.arange(8, device=codes.device)[None, :] < bits.to(torch.int64)[:, None]  # [M, 8]
+    n_planes = int(bits.max()) if bits.numel() else 1
+    planes = _planes_torch(codes, pb, n_planes)  # [M, P, PB]
+    keep = torch.arange(n_planes, device=codes.device)[None, :] < bits.to(torch.int64)[:, None]  # [M, P]
     return planes[keep].reshape(-1)
 
 
@@ -137,13 +140,15 @@ def unpack_codes_torch(data: torch.Tensor, bits: torch.Tensor, g: int) -> torch.
     """Inverse of ``pack_codes_torch``: codes uint8 [M, G]."""
     m = bits.shape[0]
     pb = (g + 7) // 8
-    keep = torch.arange(8, device=data.device)[None, :] < bits.to(torch.int64)[:, None]  # [M, 8]
-    planes = torch.zeros(m, 8, pb, dtype=torch.int32, device=data.device)
-    planes[keep] = data.reshape(-1, pb).to(torch.int32)
-    shifts = torch.arange(8, device=data.device, dtype=torch.int32)
-    bitsk = (planes[..., None] >> shifts) & 1  # [M, 8 planes, PB, 8 positions]
-    codes = (bitsk << shifts[None, :, None, None]).sum(1).reshape(m, pb * 8)  # [M, PB*8]
-    return codes[:, :g].to(torch.uint8)
+    n_planes = int(bits.max()) if bits.numel() else 1
+    keep = torch.arange(n_planes, device=data.device)[None, :] < bits.to(torch.int64)[:, None]  # [M, P]
+    planes = torch.zeros(m, n_planes, pb, dtype=torch.uint8, device=data.device)
+    planes[keep] = data.reshape(-1, pb)
+    codes = torch.zeros(m, 8, pb, dtype=torch.uint8, device=data.device)  # [M, 8 (k), PB]
+    for k in range(8):
+        for p in range(n_planes):
+            codes[:, k, :] |= ((planes[:, p, :] >> k) & 1) << p
+    return codes.transpose(1, 2).reshape(m, pb * 8)[:, :g].contiguous()
 
 
 # ----------------------------------------------------------------------------- public API

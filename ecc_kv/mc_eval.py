@@ -13,7 +13,6 @@ completions that ships here, for laptops and tests.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from pathlib import Path
@@ -101,14 +100,18 @@ def score_mc(model: Any, tok: Any, items: list[dict[str, Any]], cfg: KVQuantConf
         with quantized_kv(model, cfg, KVStats(), capture=True) as st:
             out = model(ctx_ids, past_key_values=cache, use_cache=True)
         write_captured(cache, st)
-        last_logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts the first choice token
+        last_logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts each choice's first token
+        choices = [tok(c, add_special_tokens=False)["input_ids"] for c in it["choices"]]
+        n_c, width = len(choices), max(len(c) for c in choices)
+        # all choices in one batch, right-padded (causal attention: real tokens never see the padding)
+        c_ids = torch.zeros(n_c, width, dtype=torch.long, device=dev)  # [C, Tc]
+        for i, c in enumerate(choices):
+            c_ids[i, : len(c)] = torch.tensor(c, device=dev)
+        cache.batch_repeat_interleave(n_c)
+        logp = torch.log_softmax(model(c_ids, past_key_values=cache, use_cache=True).logits.float(), dim=-1)
         scores = []
-        for choice in it["choices"]:
-            c_ids = torch.tensor([tok(choice, add_special_tokens=False)["input_ids"]], device=dev)  # [1, Tc]
-            c_cache = copy.deepcopy(cache)
-            logits = model(c_ids, past_key_values=c_cache, use_cache=True).logits[0].float()  # [Tc, V]
-            logp = torch.log_softmax(logits[:-1], dim=-1)
-            lp = [float(last_logp[c_ids[0, 0]])] + logp.gather(-1, c_ids[0, 1:, None]).squeeze(-1).tolist()
+        for i, c in enumerate(choices):
+            lp = [float(last_logp[c[0]])] + [float(logp[i, j - 1, c[j]]) for j in range(1, len(c))]
             scores.append(sum(lp) / len(lp))
         scores_all.append(scores)
         preds.append(max(range(len(scores)), key=scores.__getitem__))

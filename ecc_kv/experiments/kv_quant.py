@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "mc": "none",
     "mc_items": 0,
     "dtype": None,
+    "threads": 0,
 }
 
 
@@ -94,6 +95,8 @@ def validate(params: dict[str, Any]) -> None:
     """Check a run's parameters before anything is submitted."""
     p = _params(params)
     build_config(p)
+    if isinstance(p["threads"], bool) or not isinstance(p["threads"], int) or p["threads"] < 0:
+        raise ValueError(f"kv_quant: threads={p['threads']!r} must be an int >= 0 (0: leave torch's default)")
     for key in ("n_samples", "seq_len", "batch_size"):
         if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < 1:
             raise ValueError(f"kv_quant: {key}={p[key]!r} must be a positive int")
@@ -144,6 +147,9 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
 
     p = _params(params)
     cfg = build_config(p)
+    if p["threads"]:
+        # on a shared 2-core laptop, OpenMP spin-waiting makes 2 threads ~20x slower than 1
+        torch.set_num_threads(int(p["threads"]))
     model, tok = _model(ctx, p)
     ids, clean = _clean(ctx, p, model, tok)
     stats = KVStats()
