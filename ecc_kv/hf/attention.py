@@ -48,6 +48,7 @@ class ECCState:
     calls: dict[int, int] = field(default_factory=dict)
     pending: dict[int, Pending] = field(default_factory=dict)
     counters: dict[int, torch.Tensor] = field(default_factory=dict)  # fused-kernel [corrected, detected]
+    rt_counters: dict[int, torch.Tensor] = field(default_factory=dict)  # Triton round trip [4] (STAT order)
     prev_attn: str | None = None
 
     def next_seed(self, layer: int, which: int) -> int:
@@ -59,8 +60,11 @@ class ECCState:
 
     def protect(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Round-trip ``key, value [B, H, T, D]`` through the mode (stateless full-forward path)."""
-        k_hat, ck = protect_tensor(key, self.config, self.next_seed(layer, 0))
-        v_hat, cv = protect_tensor(value, self.config, self.next_seed(layer, 1))
+        acc = self.rt_counters.get(layer)
+        if acc is None and self.config.resolved_backend(key.device) == "triton":
+            acc = self.rt_counters[layer] = torch.zeros(4, dtype=torch.int64, device=key.device)
+        k_hat, ck = protect_tensor(key, self.config, self.next_seed(layer, 0), acc)
+        v_hat, cv = protect_tensor(value, self.config, self.next_seed(layer, 1), acc)
         self.stats.add(layer, ck)
         self.stats.add(layer, cv)
         return k_hat, v_hat
@@ -70,12 +74,23 @@ class ECCState:
         self.calls.clear()
         self.pending.clear()
         self.counters.clear()
+        self.rt_counters.clear()
 
 
-def protect_tensor(x: torch.Tensor, cfg: ECCShimConfig, seed: int) -> tuple[torch.Tensor, dict[str, int]]:
-    """One K or V tensor ``[B, H, T, D]`` through the mode's full path; returns (x_hat, counts)."""
+def protect_tensor(
+    x: torch.Tensor, cfg: ECCShimConfig, seed: int, counters: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, int]]:
+    """One K or V tensor ``[B, H, T, D]`` through the mode's full path; returns (x_hat, counts).
+
+    With the triton backend and a ``counters`` tensor (int64 [4]: flipped, corrected, detected,
+    interpolated) the fused kernel accumulates its counts there on the device, so a forward pass
+    needs no host synchronisation per layer (``get_ecc_stats`` reads them).
+    """
     from ecc_kv.kv_protect import roundtrip
 
+    backend = cfg.resolved_backend(x.device)
+    if backend == "triton" and counters is not None:
+        return _protect_triton_async(x, cfg, seed, counters), {"values": x.numel()}
     x_hat, stats = roundtrip(
         x,
         cfg.mode_name,
@@ -85,9 +100,30 @@ def protect_tensor(x: torch.Tensor, cfg: ECCShimConfig, seed: int) -> tuple[torc
         burst_len=cfg.burst_len,
         sink_tokens=cfg.sink_tokens,
         group_size=cfg.group_size,
-        backend=cfg.resolved_backend(x.device),
+        backend=backend,
     )
     return x_hat, normalise_counts(stats, x.numel())
+
+
+def _protect_triton_async(x: torch.Tensor, cfg: ECCShimConfig, seed: int, counters: torch.Tensor) -> torch.Tensor:
+    """``kv_protect.roundtrip`` on Triton, counters left on the device (same kernel, same arguments)."""
+    from ecc_kv.faults import validate_fault_args
+    from ecc_kv.kv_protect import word_kinds
+    from ecc_kv.modes import get_mode
+    from ecc_kv.quant import resolve_group_size
+    from kernels.kv_roundtrip import roundtrip_triton
+
+    mode = get_mode(cfg.mode_name)
+    kind, sink_kind = word_kinds(mode)
+    validate_fault_args(8, float(cfg.ber), seed, cfg.error_model, cfg.burst_len)
+    if x.numel() == 0:
+        return x.clone()
+    out, _ = roundtrip_triton(
+        x, kind=kind, sink_kind=sink_kind, ber=float(cfg.ber), seed=seed, model=cfg.error_model,
+        burst_len=cfg.burst_len, sink_tokens=cfg.sink_tokens, group_size=resolve_group_size(x.shape[-1], cfg.group_size),
+        scale_faults=False, interpolate=mode.interpolate, window=1, flip_masks=None, stats_out=counters,
+    )  # fmt: skip
+    return out
 
 
 def normalise_counts(stats: Any, n_values: int) -> dict[str, int]:
@@ -148,7 +184,8 @@ def _fused_decode(state: ECCState, layer: int, paged: Any, query: torch.Tensor, 
     counters = state.counters.get(layer)
     if counters is None:
         counters = state.counters[layer] = torch.zeros(2, dtype=torch.int64, device=query.device)
-    out = paged.attend(layer, query[:, :, 0, :], sm_scale=scaling, backend="triton", counters=counters)  # [B, H_q, D]
+    q = query[:, :, 0, :].contiguous()  # [B, H_q, D]
+    out = paged.attend(layer, q, sm_scale=scaling, backend="triton", counters=counters)  # [B, H_q, D]
     return out[:, None, :, :]  # [B, 1, H_q, D], the layout SDPA attention functions return
 
 
@@ -244,6 +281,11 @@ def get_ecc_stats(model: Any | None = None) -> dict[str, Any]:
     state = _resolve_state(model)
     if state is None:
         raise ValueError("no model is patched; call patch_model_with_ecc_attention(model, cfg) first")
+    for layer, cnt in list(state.rt_counters.items()):
+        state.stats.add(
+            layer, dict(zip(("bits_flipped", "corrected", "detected", "interpolated"), cnt.tolist(), strict=True))
+        )
+        cnt.zero_()
     for layer, cnt in list(state.counters.items()):
         corrected, detected = (int(v) for v in cnt.tolist())
         state.stats.add(layer, {"corrected": corrected, "detected": detected})

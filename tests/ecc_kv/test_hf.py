@@ -279,3 +279,24 @@ def test_smollm2_ber0_modes_equal_int4_and_generate():
         unpatch_model(model)
     assert out.shape[1] == ids.shape[1] + 3
     assert len(stats["per_layer"]) == 30 and stats["total"]["bits_flipped"] > 0
+
+
+def test_triton_backend_matches_torch_at_ber0_and_counts(tiny_models, device):
+    """The fused round trip (interpreted on CPU) through the shim: same logits as torch at ber=0,
+    device-side counters that get_ecc_stats reads at ber>0."""
+    model, mode = tiny_models["tiny-llama"].to(device), "adaptive"  # Golay sink rows + H(8,4) rows
+    ids = _ids(n=1, length=12).to(device)
+    out = {}
+    try:
+        for backend in ("torch", "triton"):
+            patch_model_with_ecc_attention(model, ECCShimConfig.from_mode(mode, backend=backend, block_size=4))
+            out[backend] = _logits(model, ids, use_cache=False)
+        patch_model_with_ecc_attention(model, ECCShimConfig.from_mode(mode, backend="triton", ber=5e-2, block_size=4))
+        reset_ecc_cache()
+        _logits(model, ids, use_cache=False)
+        total = get_ecc_stats()["total"]
+    finally:
+        unpatch_model(model)
+        model.to("cpu")
+    assert torch.equal(out["torch"], out["triton"])
+    assert total["values"] == 2 * 2 * 12 * 2 * 16 and total["bits_flipped"] > 0 and total["corrected"] > 0
