@@ -168,11 +168,18 @@ def byte_tokenizer() -> Any:
     )
 
 
-def _build_tiny(name: str, seed: int, attn_implementation: str | None) -> Any:
+def _build_tiny(
+    name: str, seed: int, attn_implementation: str | None, device: str | torch.device, dtype: torch.dtype
+) -> Any:
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation is not None else {}
-    with torch.random.fork_rng(devices=[]):
+    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation is not None else {}
+    init_device = torch.device("cpu")
+    if name == "llama8b-shape-4l":  # ~1.9 B parameters: initialise in place, in the target dtype
+        init_device = torch.device(device)
+        kwargs["dtype"] = dtype
+    devices = [init_device.index or 0] if init_device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), init_device:
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(_tiny_config(name), **kwargs)
 
@@ -278,7 +285,7 @@ def load_model(
     dtype = dtype or default_dtype(device)
     src = resolve_model(name, gguf_file)
     if src.kind == "tiny":
-        model = _build_tiny(name, seed, attn_implementation)
+        model = _build_tiny(name, seed, attn_implementation, device, dtype)
     else:
         path = _load_path(src)
         kwargs: dict[str, Any] = {"dtype": dtype}
