@@ -1,30 +1,44 @@
 """Triton bit-error injection: a Philox flip-mask device function and an in-place inject launcher.
 
-Stream: the random numbers for a word depend only on (seed, global word index, stream id, draw
-number), never on the launch grid, so every kernel that calls ``flip_mask`` with the same global word
+Stream: the random numbers for a word depend only on (seed, global word index, stream id, call number),
+never on the launch grid or the tile, so every kernel that calls ``flip_mask`` with the same global word
 index sees the same faults (fused inject+decode, KV round trip, paged cache).
 
-Sampling (exact, integer only, so interpreted and compiled runs agree): bit events are independent
-Bernoulli(p). Instead of one uniform per bit, each 32-bit Philox output draws the *gap* to the next
-event in the word from the geometric law by comparing it against the table
-``T_j = floor(2^32 * (1 - (1 - p)^(j + 1)))``, j < bits_per_word (``event_thresholds``). One Philox
-call gives four gaps; a word always gets ceil((bits + 1) / 4) calls (2 for 7 bits, 3 for 8, 7 for
-24), enough for any number of events, with no data-dependent control flow or cross-lane reduction
-(an early exit on a tile-wide reduction gave tile-dependent masks with triton 3.6 on the H100). BSC: an event flips its bit. Burst: an event at bit b
-starts a burst flipping bits b .. b + burst_len - 1 (clipped at the top of the word, overlapping
-bursts merge); the start probability is ber / burst_len (see docs/error_model.md for the resulting
-flip rate).
+Sampling (integer only, so interpreted and compiled runs agree bit for bit), per n-bit word with
+independent Bernoulli(p) events, in one of two plans chosen on the host from (p, n) by ``fault_plan``
+(the same for every caller, since the plan travels in the table from ``event_thresholds``):
+
+- sparse (small p): Philox call 0 gives r0..r3. The event count k ~ Binomial(n, p) comes from the 64-bit
+  uniform (r0, r1) compared with ``C_j = floor(2^64 P(Binomial(n, p) <= j))``, j < K; then the events
+  are the first k distinct valid values among ``ceil(log2 n)``-bit chunks of r2, r3 (and of E more
+  calls): a uniform k-subset, i.e. exactly the Bernoulli(p)^n pattern. K and E are the smallest values
+  whose neglected mass (more than K events, or fewer than k distinct chunks) is below
+  ``TAIL_BOUND = 2^-40`` per word (computed exactly on the host). 32-bit words at ber 1e-3: one call.
+- dense (large p, where the sparse plan would cost more): bit j flips when draw j (call j // 4) is
+  below ``floor(2^32 p)``: ceil(n / 4) calls.
+
+No data-dependent control flow and no cross-lane reduction: the loops run a per-launch count read from
+the table. BSC: an event flips its bit. Burst: an event at bit b starts a burst flipping bits
+b .. b + burst_len - 1 (clipped at the top of the word, overlapping bursts merge); the start
+probability is ber / burst_len (see docs/error_model.md for the resulting flip rate).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from fractions import Fraction
 
 import torch
 import triton
 import triton.language as tl
 
 WORD_DTYPES = {torch.uint8: 8, torch.int16: 16, torch.int32: 32}
+TAIL_BOUND = 2.0**-40  # per-word probability that the sparse plan's pattern differs from the exact law
+ROW = 40  # table entries per word width: [dense, K, M, E, floor(2^32 p), C_0 .. C_{K-1}] (K <= 32)
+MAX_BITS = 32
+_MAX_EXTRA = 4  # at most this many extra Philox calls for sparse positions
+_COST_CALL, _COST_CHUNK, _COST_CMP = 60, 9, 3  # rough instruction counts, to pick the cheaper plan
 
 
 def event_probability(ber: float, model: str, burst_len: int) -> float:
@@ -32,16 +46,83 @@ def event_probability(ber: float, model: str, burst_len: int) -> float:
     return ber if model == "bsc" else ber / burst_len
 
 
-def event_thresholds(p: float, bits_per_word: int, device: torch.device | str) -> torch.Tensor:
-    """int64 ``[bits_per_word]``: T_j = floor(2^32 * P(gap <= j)) for a geometric gap with event probability p."""
+def chunk_bits(n: int) -> int:
+    """Bits per position chunk for n-bit words: ceil(log2 n) (at least 1); values >= n are skipped."""
+    return max(1, (n - 1).bit_length())
+
+
+def _miss_probability(n: int, draws: int, k: int) -> float:
+    """P(fewer than k distinct values < n among ``draws`` uniform chunks of ``chunk_bits(n)`` bits)."""
+    span = 2 ** chunk_bits(n)
+    dist = [1.0] + [0.0] * n  # dist[d]: probability of d distinct so far
+    for _ in range(draws):
+        nxt = [0.0] * (n + 1)
+        for d, pr in enumerate(dist):
+            if pr:
+                new = (n - d) / span
+                nxt[d] += pr * (1.0 - new)
+                if d < n:
+                    nxt[d + 1] += pr * new
+        dist = nxt
+    return sum(dist[:k])
+
+
+@functools.lru_cache(maxsize=256)
+def fault_plan(p: float, n: int) -> tuple[bool, int, int, int, tuple[int, ...]]:
+    """(dense, K, M, E, C) for n-bit words at event probability p; C_j = floor(2^64 P(Binomial(n, p) <= j)), j < K.
+
+    Sparse: K count thresholds, M chunks of (r2, r3) and E extra Philox calls (all their chunks), the
+    cheapest with neglected mass < TAIL_BOUND; dense when the sparse plan would cost more.
+    """
+    if not 1 <= n <= MAX_BITS:
+        raise ValueError(f"bits_per_word={n} must be in 1..{MAX_BITS}")
+    if p <= 0.0:
+        return False, 0, 0, 0, ()
     if p >= 1.0:
-        vals = [2**32] * bits_per_word
-    elif p <= 0.0:
-        vals = [0] * bits_per_word
-    else:
-        lq = math.log1p(-p)
-        vals = [min(2**32, int(math.floor(-math.expm1((j + 1) * lq) * 2.0**32))) for j in range(bits_per_word)]
-    return torch.tensor(vals, dtype=torch.int64, device=device)
+        return True, 0, 0, 0, ()
+    pf, qf = Fraction(p), 1 - Fraction(p)
+    pmf = [math.comb(n, j) * pf**j * qf ** (n - j) for j in range(n + 1)]
+    cdf, acc = [], Fraction(0)
+    for j in range(n + 1):
+        acc += pmf[j]
+        cdf.append(acc)
+    budget = Fraction(TAIL_BOUND) / 2
+    k_max = next(k for k in range(n + 1) if 1 - cdf[k] < budget)  # more than K events: mass < 2^-41
+    first, per_call = 64 // chunk_bits(n), 4 * (32 // chunk_bits(n))
+    dense_cost = _COST_CALL * ((n + 3) // 4) + _COST_CMP * n
+    for extra in range(_MAX_EXTRA + 1):
+        for m in range(first + 1) if extra == 0 else [first]:
+            draws = m + per_call * extra
+            miss = sum(float(pmf[k]) * _miss_probability(n, draws, k) for k in range(1, k_max + 1))
+            if miss < TAIL_BOUND / 2:
+                cost = _COST_CALL * (1 + extra) + _COST_CMP * k_max + _COST_CHUNK * draws
+                if cost > dense_cost:
+                    return True, 0, 0, 0, ()
+                c = tuple(min(2**64 - 1, math.floor(cdf[j] * 2**64)) for j in range(k_max))
+                return False, k_max, m, extra, c
+    return True, 0, 0, 0, ()
+
+
+@functools.lru_cache(maxsize=64)
+def _table_values(p: float) -> tuple[int, ...]:
+    vals = [0] * (ROW * (MAX_BITS + 1))
+    for n in range(1, MAX_BITS + 1):
+        dense, k, m, e, c = fault_plan(p, n)
+        thr32 = min(2**32, math.floor(p * 2**32)) if p > 0 else 0
+        row = [int(dense), k, m, e, thr32] + [v - 2**64 if v >= 2**63 else v for v in c]
+        vals[ROW * n : ROW * n + len(row)] = row
+    return tuple(vals)
+
+
+def event_thresholds(p: float, bits_per_word: int, device: torch.device | str) -> torch.Tensor:
+    """int64 table of the sampling plans of every word width 1..32 at event probability p (``fault_plan``).
+
+    ``bits_per_word`` is only checked: one table serves every width, so callers that build it for 32 bits
+    and draw 16- or 24-bit words get the same faults as ``inject_triton`` on those widths.
+    """
+    if not 1 <= bits_per_word <= MAX_BITS:
+        raise ValueError(f"bits_per_word={bits_per_word} must be in 1..{MAX_BITS}")
+    return torch.tensor(_table_values(float(p)), dtype=torch.int64, device=device)
 
 
 @triton.jit
@@ -55,18 +136,21 @@ def popcount32(x):
 
 
 @triton.jit
-def _advance(pos, mask, r, thr_ptr, N_BITS: tl.constexpr, BURST_LEN: tl.constexpr):
-    # one geometric gap per word from the uint32 draw r; pos = last event bit (-1 before the first)
-    rr = r.to(tl.int64)
-    gap = tl.zeros(pos.shape, tl.int32)
-    for j in range(N_BITS):  # a runtime loop: small code for 24- and 32-bit words
-        gap += (rr >= tl.load(thr_ptr + j)).to(tl.int32)
-    active = pos < N_BITS
-    new_pos = tl.where(active, pos + 1 + gap, pos)
-    hit = active & (new_pos < N_BITS)
-    run = (((1 << BURST_LEN) - 1) << tl.where(hit, new_pos, 0).to(tl.int64)) & ((1 << N_BITS) - 1)
-    mask = mask | tl.where(hit, run, 0).to(tl.int32)
-    return new_pos, mask
+def _take(s, cnt, k, b, N_BITS: tl.constexpr, CB: tl.constexpr):
+    # add position b (uint32 chunk) to the event set s unless it is taken, invalid, or s is full
+    bit = tl.full(b.shape, 1, tl.uint32) << b
+    take = ((s & bit) == 0) & (cnt < k)
+    if (1 << CB) != N_BITS:
+        take = take & (b < N_BITS)
+    return tl.where(take, s | bit, s), cnt + take.to(tl.int32)
+
+
+@triton.jit
+def _place(s, cnt, k, r, N_BITS: tl.constexpr, CB: tl.constexpr):
+    # all chunks of the uint32 draw r
+    for i in tl.static_range(32 // CB):
+        s, cnt = _take(s, cnt, k, (r >> (i * CB)) & ((1 << CB) - 1), N_BITS, CB)
+    return s, cnt
 
 
 @triton.jit
@@ -74,24 +158,56 @@ def flip_mask(seed, word_index, stream, thr_ptr, N_BITS: tl.constexpr, BURST_LEN
     """XOR mask (int32, low N_BITS bits) for each global ``word_index`` (int64 tile of any shape).
 
     seed: int scalar; stream: int scalar separating independent channels (values, scales, ...);
-    thr_ptr: int64 [>= N_BITS] table from ``event_thresholds``; BURST_LEN = 1 is the BSC.
-    Call c (c < ceil((N_BITS + 1) / 4)) draws Philox(seed; lo, hi, c, stream): N_BITS + 1 gaps always
-    finish a word. Every call is made for every lane (no tile-level early exit, no cross-lane
-    reduction), so a word's mask is a pure function of (seed, word_index, stream) whatever the tile.
+    thr_ptr: int64 table from ``event_thresholds`` (any width); BURST_LEN = 1 is the BSC.
+    Call c draws Philox(seed; lo, hi, c, stream). The plan (dense or sparse, K, E) is read from the
+    table row of N_BITS: the same for every lane and program, so a word's mask is a pure function of
+    (seed, word_index, stream) whatever the tile.
     """
+    row = thr_ptr + N_BITS * 40  # ROW
+    dense = tl.load(row)
+    n_cmp = tl.load(row + 1).to(tl.int32)
+    n_chunks = tl.load(row + 2).to(tl.int32)
+    n_extra = tl.load(row + 3).to(tl.int32)
     lo = (word_index & 0xFFFFFFFF).to(tl.uint32)
     hi = ((word_index >> 32) & 0xFFFFFFFF).to(tl.uint32)
     zero = lo * 0
     st = zero + stream
-    pos = tl.full(word_index.shape, -1, tl.int32)
-    mask = tl.zeros(word_index.shape, tl.int32)
-    for c in range((N_BITS + 4) // 4):
-        r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero + c, st)
-        pos, mask = _advance(pos, mask, r0, thr_ptr, N_BITS, BURST_LEN)
-        pos, mask = _advance(pos, mask, r1, thr_ptr, N_BITS, BURST_LEN)
-        pos, mask = _advance(pos, mask, r2, thr_ptr, N_BITS, BURST_LEN)
-        pos, mask = _advance(pos, mask, r3, thr_ptr, N_BITS, BURST_LEN)
-    return mask
+    s = tl.zeros(word_index.shape, tl.uint32)
+    if dense != 0:
+        thr = tl.load(row + 4)
+        for c in tl.static_range((N_BITS + 3) // 4):
+            r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero + c, st)
+            s |= (r0.to(tl.int64) < thr).to(tl.uint32) << (4 * c)
+            if 4 * c + 1 < N_BITS:
+                s |= (r1.to(tl.int64) < thr).to(tl.uint32) << (4 * c + 1)
+            if 4 * c + 2 < N_BITS:
+                s |= (r2.to(tl.int64) < thr).to(tl.uint32) << (4 * c + 2)
+            if 4 * c + 3 < N_BITS:
+                s |= (r3.to(tl.int64) < thr).to(tl.uint32) << (4 * c + 3)
+    else:
+        CB: tl.constexpr = 1 + (N_BITS > 2) + (N_BITS > 4) + (N_BITS > 8) + (N_BITS > 16)  # chunk_bits
+        r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero, st)
+        u = (r0.to(tl.uint64) << 32) | r1.to(tl.uint64)
+        k = tl.zeros(word_index.shape, tl.int32)
+        for j in range(n_cmp):  # event count: k = #{j < K: u >= C_j}
+            k += (u >= tl.load(row + 5 + j).to(tl.uint64, bitcast=True)).to(tl.int32)
+        cnt = tl.zeros(word_index.shape, tl.int32)
+        v = (r2.to(tl.uint64) << 32) | r3.to(tl.uint64)
+        for i in range(n_chunks):  # positions: the first k distinct valid chunks
+            b = ((v >> (i * CB)) & ((1 << CB) - 1)).to(tl.uint32)
+            s, cnt = _take(s, cnt, k, b, N_BITS, CB)
+        for c in range(1, 1 + n_extra):
+            r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero + c, st)
+            s, cnt = _place(s, cnt, k, r0, N_BITS, CB)
+            s, cnt = _place(s, cnt, k, r1, N_BITS, CB)
+            s, cnt = _place(s, cnt, k, r2, N_BITS, CB)
+            s, cnt = _place(s, cnt, k, r3, N_BITS, CB)
+    m = s
+    for i in tl.static_range(1, BURST_LEN):  # a start at b flips b .. b + BURST_LEN - 1
+        m |= s << i
+    if N_BITS < 32:
+        m &= (1 << N_BITS) - 1
+    return m.to(tl.int32, bitcast=True)
 
 
 @triton.jit(do_not_specialize=["seed", "word_offset", "stream"])

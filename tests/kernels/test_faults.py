@@ -5,11 +5,14 @@ Shapes are small because the CPU CI runs Triton interpreted; the statistics reus
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import pytest
 import torch
 
 from ecc_kv.faults import inject
-from kernels.faults import event_thresholds, inject_triton
+from kernels.faults import TAIL_BOUND, event_thresholds, fault_plan, inject_triton
 from tests.ecc_kv.test_faults import check_bsc_statistics, check_burst_structure
 
 
@@ -56,7 +59,27 @@ def test_in_place_and_extremes(device: str) -> None:
     assert torch.equal(none, w) and k0 == 0
 
 
-def test_thresholds_are_the_geometric_cdf() -> None:
-    t = event_thresholds(0.5, 4, "cpu").tolist()
-    assert t == [2**31, 3 * 2**30, 7 * 2**29, 15 * 2**28]
-    assert event_thresholds(1.0, 3, "cpu").tolist() == [2**32] * 3
+def test_plan_thresholds_are_the_binomial_cdf_and_tail_is_bounded() -> None:
+    dense, k, m, e, c = fault_plan(1e-3, 32)  # the codec benchmark's 32-bit words: one Philox call
+    assert not dense and e == 0 and 1 <= k < 32 and len(c) == k
+    pf = Fraction(1e-3)
+    cdf = [sum(math.comb(32, i) * pf**i * (1 - pf) ** (32 - i) for i in range(j + 1)) for j in range(33)]
+    assert list(c) == [math.floor(x * 2**64) for x in cdf[:k]]  # C_j = floor(2^64 P(count <= j))
+    assert 1 - cdf[k] < TAIL_BOUND  # more than K events: below the documented bound
+    assert fault_plan(1.0, 3)[0] and fault_plan(0.3, 16)[0]  # dense where nearly every bit is drawn
+    assert fault_plan(1e-2, 32)[3] == 1  # sparse with an extra call for the positions
+    t = event_thresholds(1e-3, 32, "cpu")
+    assert torch.equal(t, event_thresholds(1e-3, 8, "cpu"))  # one table for every word width
+
+
+@pytest.mark.parametrize("n,dtype,ber,size", [(32, torch.int32, 1e-2, 3000), (16, torch.int16, 0.3, 1000)])
+def test_sparse_and_dense_plans_have_the_exact_law(n: int, dtype: torch.dtype, ber: float, size: int, device: str) -> None:
+    # per-word event counts vs Binomial(n, p): sparse plan (extra call) at 1e-2, dense plan at 0.3
+    assert fault_plan(ber, n)[0] == (ber > 0.1)
+    w = torch.zeros(size, dtype=dtype, device=device)
+    out, _ = inject_triton(w, n, ber, seed=21)
+    cnt = ((out.to(torch.int64)[:, None] >> torch.arange(n, device=device)) & 1).sum(1).cpu()
+    for j in range(4):
+        pj = math.comb(n, j) * ber**j * (1 - ber) ** (n - j)
+        mean, sd = size * pj, math.sqrt(size * pj * (1 - pj))
+        assert abs(int((cnt == j).sum()) - mean) <= 5 * sd + 1, (ber, j)
