@@ -66,7 +66,7 @@ class PackedTensor:
         lead = self.shape[:-1]
         per_row = self.shape[-1] // self.group_size
         bits = self.widths.reshape(lead) if self.widths is not None else self.fixed_bits
-        return group_bits(bits, tuple(lead), per_row, self.scale.device)
+        return group_bits(bits, tuple(lead), per_row, self.scale.device, check=False)
 
     def offsets(self) -> torch.Tensor:
         """int64 [M]: byte offset of each group's first plane (prefix sum of widths)."""
@@ -216,7 +216,7 @@ def quantize_pack(
     k = outliers_per_tail(outliers, g)
     lead = tuple(x.shape[:-1])
     gb = group_bits(bits, lead, x.shape[-1] // g, x.device)
-    if scheme == "symmetric" and gb.numel() and int(gb.min()) < 2:
+    if scheme == "symmetric" and gb.numel() and bool((gb < 2).any()):
         raise ValueError("scheme='symmetric' needs bits >= 2 (1 bit has no symmetric grid)")
     data, scale, zero, out_val, out_pos = quantize_pack_triton(x.reshape(-1, g), gb, scheme == "symmetric", k)
     q = QuantizedGroups(torch.empty(0, g, dtype=torch.uint8), gb, scale, zero, out_val, out_pos, tuple(x.shape), g, scheme)

@@ -95,15 +95,21 @@ def check_scheme(scheme: str) -> str:
     return scheme
 
 
-def group_bits(bits: int | torch.Tensor, lead_shape: tuple[int, ...], n_per_row: int, device: torch.device) -> torch.Tensor:
-    """Widths per group, uint8 [prod(lead_shape) * n_per_row], from an int or a [*lead_shape] tensor."""
+def group_bits(
+    bits: int | torch.Tensor, lead_shape: tuple[int, ...], n_per_row: int, device: torch.device, check: bool = True
+) -> torch.Tensor:
+    """Widths per group, uint8 [prod(lead_shape) * n_per_row], from an int or a [*lead_shape] tensor.
+
+    ``check=False`` skips the range check of a tensor (no device-to-host sync; for stored widths).
+    """
     if isinstance(bits, torch.Tensor):
         if tuple(bits.shape) != tuple(lead_shape):
             raise ValueError(f"bits.shape={tuple(bits.shape)} must be x.shape[:-1]={tuple(lead_shape)}")
-        b = bits.to(device=device, dtype=torch.int64)
-        if b.numel() and (int(b.min()) < 1 or int(b.max()) > 8):
-            raise ValueError(f"bits must lie in 1..8, got range [{int(b.min())}, {int(b.max())}]")
-        return b.reshape(-1, 1).expand(-1, n_per_row).reshape(-1).to(torch.uint8)
+        if check and bits.numel() and bool(((bits < 1) | (bits > 8)).any()):
+            raise ValueError(f"bits must lie in 1..8, got range [{int(bits.min())}, {int(bits.max())}]")
+        if bits.dtype == torch.uint8 and n_per_row == 1:
+            return bits.to(device).reshape(-1)
+        return bits.to(device=device, dtype=torch.uint8).reshape(-1, 1).expand(-1, n_per_row).reshape(-1)
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
         raise ValueError(f"bits={bits!r} must be an int in 1..8 (or a tensor of them)")
     n = math.prod(lead_shape) * n_per_row

@@ -139,10 +139,11 @@ def _blocks(g: int) -> tuple[int, int]:
     return bm, bg
 
 
-def _offsets(bits: torch.Tensor, pb: int) -> tuple[torch.Tensor, int]:
+def _offsets(bits: torch.Tensor, pb: int, need_total: bool = True) -> tuple[torch.Tensor, int]:
+    """Byte offset of every group (exclusive prefix sum) and, if asked, the total (one host sync)."""
     b = bits.to(torch.int64)
     cs = torch.cumsum(b, 0)
-    total = int(cs[-1]) * pb if b.numel() else 0
+    total = int(cs[-1]) * pb if need_total and b.numel() else 0
     return (cs - b) * pb, total
 
 
@@ -200,7 +201,7 @@ def _unpack(data: torch.Tensor, bits: torch.Tensor, g: int, out: torch.Tensor, s
             centered: bool) -> torch.Tensor:
     m = bits.shape[0]
     pb = (g + 7) // 8
-    off, _ = _offsets(bits, pb)
+    off, _ = _offsets(bits, pb, need_total=False)
     if m:
         bm, bg = _blocks(g)
         to_x = scale is not None

@@ -1,0 +1,109 @@
+"""Task kind ``kv_pack_bench``: speed of adaptive quantize+pack and unpack+dequantize.
+
+One run = one (size, width distribution, outliers, backend) point. The tensor is a K cache
+``[1, heads, T, head_dim]`` in fp16 with ``values`` elements; every token gets its own width
+(uniform over ``bits_lo..bits_hi``, as QAQ produces) or one fixed width. Timed with
+``ecc_kv.timing`` (CUDA events, warm-up excluded, L2 flushed): the fused quantize+pack
+(prefix sum of the widths included) and the fused unpack+dequantize, and in the same run a
+device-to-device copy of the fp16 tensor. Effective bandwidth counts the bytes each op
+must touch: fp16 values, packed codes, widths, offsets, scales, zeros and outliers, read
+plus written. Target (issue 7, H100, >= 16M values): both ops >= 50% of copy bandwidth.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ecc_kv.bitpack import byte_report, quantize_pack, unpack_dequantize
+from ecc_kv.timing import copy_bandwidth_gbps, time_fn, time_stats
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pipeline.context import RunContext
+
+DEFAULTS: dict[str, Any] = {
+    "values": 1 << 24, "heads": 8, "head_dim": 128, "bits_lo": 2, "bits_hi": 8, "outliers": 0.0,
+    "scheme": "minmax", "backend": "triton", "warmup": 5, "repeats": 30, "flush_l2": True, "seed": 0,
+}
+
+
+def validate(params: dict[str, Any]) -> None:
+    p = {**DEFAULTS, **params}
+    unknown = sorted(set(params) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"kv_pack_bench: unknown parameter(s) {unknown}; valid: {', '.join(DEFAULTS)}")
+    if not 1 <= p["bits_lo"] <= p["bits_hi"] <= 8:
+        raise ValueError(f"kv_pack_bench: need 1 <= bits_lo <= bits_hi <= 8, got {p['bits_lo']}, {p['bits_hi']}")
+    if p["values"] % (p["heads"] * p["head_dim"]):
+        raise ValueError(f"kv_pack_bench: values={p['values']} is not a multiple of heads*head_dim")
+    if p["backend"] not in ("torch", "triton"):
+        raise ValueError(f"kv_pack_bench: backend={p['backend']!r} is not one of ('torch', 'triton')")
+
+
+def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """Time the two fused ops and the copy on the same tensor."""
+    p = {**DEFAULTS, **params}
+    validate(p)
+    dev = ctx.device
+    t = p["values"] // (p["heads"] * p["head_dim"])
+    g = torch.Generator(device="cpu").manual_seed(p["seed"])
+    x = torch.randn(1, p["heads"], t, p["head_dim"], generator=g).to(dev, torch.float16)  # [1, H, T, D]
+    bits = torch.randint(p["bits_lo"], p["bits_hi"] + 1, (1, p["heads"], t), generator=g).to(dev)
+    kw = {"scheme": p["scheme"], "outliers": p["outliers"], "adaptive": True, "backend": p["backend"]}
+    packed = quantize_pack(x, bits, **kw)
+    rep = byte_report(packed)
+    n_tok = p["heads"] * t
+    offsets = 8 * n_tok  # int64 prefix sum, written then read
+    bytes_q = 2 * x.numel() + rep["bytes_real"] + n_tok + offsets  # read x + widths, write packed + offsets
+    bytes_dq = rep["bytes_real"] + offsets + 2 * x.numel()  # read packed + offsets, write x
+    tq = time_fn(lambda: quantize_pack(x, bits, **kw), device=dev, warmup=p["warmup"], repeats=p["repeats"],
+                 flush_l2=p["flush_l2"])
+    tdq = time_fn(lambda: unpack_dequantize(packed, torch.float16, p["backend"]), device=dev, warmup=p["warmup"],
+                  repeats=p["repeats"], flush_l2=p["flush_l2"])
+    copy = copy_bandwidth_gbps(2 * x.numel(), device=dev)
+    ok = torch.equal(unpack_dequantize(packed, torch.float16, "torch"), unpack_dequantize(packed, torch.float16, p["backend"]))
+    return {"times_quant_pack_ms": tq, "times_unpack_dequant_ms": tdq, "copy_gbps": copy, "bytes_quant_pack": bytes_q,
+            "bytes_unpack_dequant": bytes_dq, "storage": rep, "bit_exact_vs_torch": bool(ok), "values": x.numel(),
+            "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"}
+
+
+def summarize(raw: dict[str, Any]) -> dict[str, Any]:
+    """Median times, GB/s and the fraction of copy bandwidth for both ops."""
+    out: dict[str, Any] = {"copy_gbps": raw["copy_gbps"], "device": raw["device"], "values": raw["values"],
+                           "bit_exact_vs_torch": raw["bit_exact_vs_torch"], "avg_bits": raw["storage"]["avg_bits"],
+                           "ratio_real": raw["storage"]["ratio_real"]}
+    for op in ("quant_pack", "unpack_dequant"):
+        st = time_stats(raw[f"times_{op}_ms"])
+        gbps = raw[f"bytes_{op}"] / (st["median_ms"] * 1e-3) / 1e9
+        out[f"{op}_median_ms"] = st["median_ms"]
+        out[f"{op}_iqr_ms"] = st["iqr_ms"]
+        out[f"{op}_gbps"] = gbps
+        out[f"{op}_frac_copy"] = gbps / raw["copy_gbps"]
+    return out
+
+
+def plots(df: Any, outdir: Path) -> list[Path]:
+    """Bandwidth vs size per op, the copy bandwidth on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    d = df.sort_values("values")
+    for op in ("quant_pack", "unpack_dequant"):
+        ax.plot(d["values"], d[f"{op}_gbps"], "o-", label=op)
+    ax.plot(d["values"], d["copy_gbps"], "k--", label="copy")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("values")
+    ax.set_ylabel("GB/s (bytes read + written)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    path = outdir / "kv_pack_bench_gbps.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
