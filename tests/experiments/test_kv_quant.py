@@ -12,7 +12,7 @@ import pytest
 from ecc_kv.experiments import kv_pack_bench, kv_quant
 from pipeline.context import RunContext
 
-TINY = {"model": "tiny-llama", "n_samples": 2, "seq_len": 24, "batch_size": 2, "kivi_group": 4, "kivi_residual": 8}
+TINY = {"model": "tiny-llama", "threads": 1, "n_samples": 2, "seq_len": 24, "batch_size": 2, "kivi_group": 4, "kivi_residual": 8}
 
 
 def _mc_file(tmp_path: Path) -> str:
