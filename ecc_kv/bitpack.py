@@ -114,17 +114,24 @@ def byte_report(p: PackedTensor, ideal_bits: float | None = None) -> dict[str, f
 # ----------------------------------------------------------------------------- torch twin
 
 
+def transpose8(x: torch.Tensor) -> torch.Tensor:
+    """Transpose 8x8 bit matrices held in int64 words: bit p of byte k <-> bit k of byte p (an involution)."""
+    t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AA
+    x = x ^ t ^ (t << 7)
+    t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCC
+    x = x ^ t ^ (t << 14)
+    t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0
+    return x ^ t ^ (t << 28)
+
+
 def _planes_torch(codes: torch.Tensor, pb: int, n_planes: int) -> torch.Tensor:
     """codes uint8 [M, G] -> planes uint8 [M, n_planes, PB] (byte j of plane p: bit p of codes 8j..8j+7)."""
     m, g = codes.shape
     c = codes if g == pb * 8 else torch.nn.functional.pad(codes, (0, pb * 8 - g))
-    c = c.reshape(m, pb, 8).transpose(1, 2)  # [M, 8 (k), PB]
-    out = torch.zeros(m, n_planes, pb, dtype=torch.uint8, device=codes.device)
-    for k in range(8):
-        ck = c[:, k, :].unsqueeze(1)  # [M, 1, PB]
-        for p in range(n_planes):
-            out[:, p, :] |= ((ck[:, 0, :] >> p) & 1) << k
-    return out
+    shifts = 8 * torch.arange(8, device=codes.device, dtype=torch.int64)
+    w = (c.reshape(m, pb, 8).to(torch.int64) << shifts).sum(-1)  # [M, PB]: byte k = code 8j+k
+    t = transpose8(w)  # byte p = plane p
+    return ((t[:, None, :] >> shifts[:n_planes, None]) & 255).to(torch.uint8)  # [M, P, PB]
 
 
 def pack_codes_torch(codes: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
@@ -142,13 +149,12 @@ def unpack_codes_torch(data: torch.Tensor, bits: torch.Tensor, g: int) -> torch.
     pb = (g + 7) // 8
     n_planes = int(bits.max()) if bits.numel() else 1
     keep = torch.arange(n_planes, device=data.device)[None, :] < bits.to(torch.int64)[:, None]  # [M, P]
-    planes = torch.zeros(m, n_planes, pb, dtype=torch.uint8, device=data.device)
-    planes[keep] = data.reshape(-1, pb)
-    codes = torch.zeros(m, 8, pb, dtype=torch.uint8, device=data.device)  # [M, 8 (k), PB]
-    for k in range(8):
-        for p in range(n_planes):
-            codes[:, k, :] |= ((planes[:, p, :] >> k) & 1) << p
-    return codes.transpose(1, 2).reshape(m, pb * 8)[:, :g].contiguous()
+    planes = torch.zeros(m, n_planes, pb, dtype=torch.int64, device=data.device)
+    planes[keep] = data.reshape(-1, pb).to(torch.int64)
+    shifts = 8 * torch.arange(8, device=data.device, dtype=torch.int64)
+    w = transpose8((planes << shifts[:n_planes, None]).sum(1))  # [M, PB]: byte k = code 8j+k
+    codes = (w[..., None] >> shifts) & 255  # [M, PB, 8]
+    return codes.reshape(m, pb * 8)[:, :g].to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------- public API

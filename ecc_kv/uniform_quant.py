@@ -19,8 +19,10 @@ Schemes (``scheme``):
 All schemes dequantize as ``x_hat = (code - c0) * scale + zero`` with ``c0`` 0 or ``2^(b-1)``;
 ``(code - c0) * scale`` is exact in fp32 (<= 9 + 11 significant bits), so torch and a fused
 multiply-add on the GPU give the same bits. Scales are rounded *up* to fp16 (so codes never
-clip at the top); rounding is ``floor(v + 0.5)`` with correctly rounded division on both
-backends, which is what makes ``kernels.bitpack`` reproduce the codes bit for bit.
+clip at the top); ``v = (x - zero) * (1 / scale)`` with one correctly rounded reciprocal per
+group, rounded as ``floor(v + 0.5)``, every step a separately rounded fp32 operation on both
+backends (the kernel is compiled without FMA contraction), which is what makes
+``kernels.bitpack`` reproduce the codes bit for bit.
 
 Outliers (``outliers=f``): in each group the ``k = ceil(f * group_size / 2)`` largest and the
 ``k`` smallest values (half per tail; ties: lowest index first, largest tail first) are kept
@@ -179,7 +181,8 @@ def quantize_groups_torch(
         c0 = levels / 2
     s = scale.to(torch.float32)
     safe = torch.where(s > 0, s, torch.ones_like(s))
-    v = torch.floor((x - zero.to(torch.float32)[:, None]) / safe[:, None] + 0.5) + c0[:, None]
+    inv = 1.0 / safe  # one correctly rounded division per group, then multiplies (as the kernel does)
+    v = torch.floor((x - zero.to(torch.float32)[:, None]) * inv[:, None] + 0.5) + c0[:, None]
     codes = torch.minimum(torch.clamp(v, min=0.0), (levels - 1.0)[:, None])
     codes = torch.where(s[:, None] > 0, codes, torch.where(c0[:, None] > 0, c0[:, None], 0.0))
     return codes.to(torch.uint8), scale, zero, out_val, pos.to(torch.int16)

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-_FP16_MAX = 65504.0
+_FP16_MAX = tl.constexpr(65504.0)
 
 
 @triton.jit
@@ -30,6 +30,38 @@ def _round_up_fp16(s32):
 
 
 @triton.jit
+def _tile(rows, M, G, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr):
+    """A group tile as [BM, BG/8, 8]: value 8j+k of each row, so packing reduces an in-thread axis."""
+    j = tl.arange(0, BLOCK_G // 8)
+    k = tl.arange(0, 8)
+    col3 = j[None, :, None] * 8 + k[None, None, :]  # [1, BG8, 8]
+    valid3 = (rows < M)[:, None, None] & (col3 < G)  # [BM, BG8, 8]
+    ptr3 = rows.to(tl.int64)[:, None, None] * G + col3
+    return j, k, col3, valid3, ptr3
+
+
+@triton.jit
+def _transpose8(x):
+    """8x8 bit transpose of int64 words (see ``ecc_kv.bitpack.transpose8``)."""
+    t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AA
+    x = x ^ t ^ (t << 7)
+    t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCC
+    x = x ^ t ^ (t << 14)
+    t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0
+    return x ^ t ^ (t << 28)
+
+
+@triton.jit
+def _max2(x):
+    return tl.max(tl.max(x, axis=2), axis=1)
+
+
+@triton.jit
+def _min2(x):
+    return tl.min(tl.min(x, axis=2), axis=1)
+
+
+@triton.jit
 def _pack_kernel(
     x_ptr, codes_ptr, bits_ptr, off_ptr, data_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr,
     M, G, PB,
@@ -38,30 +70,27 @@ def _pack_kernel(
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
-    cols = tl.arange(0, BLOCK_G)  # [BG]
     rmask = rows < M
-    valid = rmask[:, None] & (cols[None, :] < G)  # [BM, BG]
     rows64 = rows.to(tl.int64)
+    j, k, col3, valid3, ptr3 = _tile(rows, M, G, BLOCK_M, BLOCK_G)
     b = tl.load(bits_ptr + rows, mask=rmask, other=0).to(tl.int32)  # [BM]
     if FROM_X:
-        x = tl.load(x_ptr + rows64[:, None] * G + cols[None, :], mask=valid, other=0.0).to(tl.float32)  # [BM, BG]
-        taken = cols[None, :] < 0  # all False, [1, BG] broadcast below
-        taken = taken | (~valid)
-        for i in tl.static_range(K_TAIL):
-            idx = tl.argmax(tl.where(taken, float("-inf"), x), axis=1)  # [BM]
-            hit = cols[None, :] == idx[:, None]
-            taken = taken | hit
-            tl.store(opos_ptr + rows64 * (2 * K_TAIL) + i, idx.to(tl.int16), mask=rmask)
-            tl.store(oval_ptr + rows64 * (2 * K_TAIL) + i, tl.sum(tl.where(hit, x, 0.0), axis=1).to(tl.float16), mask=rmask)
-        for i in tl.static_range(K_TAIL):
-            idx = tl.argmin(tl.where(taken, float("inf"), x), axis=1)
-            hit = cols[None, :] == idx[:, None]
-            taken = taken | hit
-            tl.store(opos_ptr + rows64 * (2 * K_TAIL) + K_TAIL + i, idx.to(tl.int16), mask=rmask)
-            tl.store(oval_ptr + rows64 * (2 * K_TAIL) + K_TAIL + i,
-                     tl.sum(tl.where(hit, x, 0.0), axis=1).to(tl.float16), mask=rmask)
-        mx = tl.max(tl.where(taken, float("-inf"), x), axis=1)  # [BM]
-        mn = tl.min(tl.where(taken, float("inf"), x), axis=1)
+        x = tl.load(x_ptr + ptr3, mask=valid3, other=0.0).to(tl.float32)  # [BM, BG8, 8]
+        taken = ~valid3
+        for t in tl.static_range(2 * K_TAIL):  # K_TAIL largest, then K_TAIL smallest; first index on ties
+            if t < K_TAIL:
+                xm = tl.where(taken, float("-inf"), x)
+                ext = _max2(xm)  # [BM]
+            else:
+                xm = tl.where(taken, float("inf"), x)
+                ext = _min2(xm)
+            cand = (xm == ext[:, None, None]) & (~taken)
+            idx = _min2(tl.where(cand, col3, 1 << 30))  # [BM]
+            taken = taken | (col3 == idx[:, None, None])
+            tl.store(opos_ptr + rows64 * (2 * K_TAIL) + t, idx.to(tl.int16), mask=rmask)
+            tl.store(oval_ptr + rows64 * (2 * K_TAIL) + t, ext.to(tl.float16), mask=rmask)
+        mx = _max2(tl.where(taken, float("-inf"), x))  # [BM]
+        mn = _min2(tl.where(taken, float("inf"), x))
         levels = (1 << b).to(tl.float32)
         if SYMMETRIC:
             amax = tl.maximum(tl.abs(mx), tl.abs(mn))
@@ -75,22 +104,20 @@ def _pack_kernel(
         tl.store(scale_ptr + rows, scale, mask=rmask)
         tl.store(zero_ptr + rows, zero, mask=rmask)
         s = scale.to(tl.float32)
-        safe = tl.where(s > 0, s, 1.0)
-        v = tl.floor(tl.math.div_rn(x - zero.to(tl.float32)[:, None], safe[:, None]) + 0.5) + c0[:, None]
-        v = tl.minimum(tl.maximum(v, 0.0), (levels - 1.0)[:, None])
-        v = tl.where(s[:, None] > 0, v, c0[:, None])
-        codes = tl.where(valid, v.to(tl.int32), 0)
+        inv = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), tl.where(s > 0, s, 1.0))  # [BM]
+        v = tl.floor((x - zero.to(tl.float32)[:, None, None]) * inv[:, None, None] + 0.5)
+        v = v + c0[:, None, None]
+        v = tl.minimum(tl.maximum(v, 0.0), (levels - 1.0)[:, None, None])
+        v = tl.where(s[:, None, None] > 0, v, c0[:, None, None])
+        codes = tl.where(valid3, v.to(tl.int32), 0)
     else:
-        codes = tl.load(codes_ptr + rows64[:, None] * G + cols[None, :], mask=valid, other=0).to(tl.int32)
-    # pack: plane p, byte j, bit k = bit p of code 8j+k
-    kk = cols % 8
-    j = tl.arange(0, BLOCK_G // 8)  # [BG8]
+        codes = tl.load(codes_ptr + ptr3, mask=valid3, other=0).to(tl.int32)
+    # pack: plane p, byte j, bit k = bit p of code 8j+k: one 8x8 bit transpose per 8 codes
+    w = _transpose8(tl.sum(codes.to(tl.int64) << (8 * k)[None, None, :], axis=2))  # [BM, BG8]: byte p = plane p
     off = tl.load(off_ptr + rows, mask=rmask, other=0)  # [BM] int64
     for p in tl.static_range(8):
-        plane = ((codes >> p) & 1) << kk[None, :]  # [BM, BG]
-        byte = tl.sum(tl.reshape(plane, (BLOCK_M, BLOCK_G // 8, 8)), axis=2)  # [BM, BG8]
         smask = rmask[:, None] & (p < b)[:, None] & (j[None, :] < PB)
-        tl.store(data_ptr + off[:, None] + p * PB + j[None, :], byte.to(tl.uint8), mask=smask)
+        tl.store(data_ptr + off[:, None] + p * PB + j[None, :], ((w >> (8 * p)) & 255).to(tl.uint8), mask=smask)
 
 
 @triton.jit
@@ -102,20 +129,18 @@ def _unpack_kernel(
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_G)
     rmask = rows < M
-    valid = rmask[:, None] & (cols[None, :] < G)
     rows64 = rows.to(tl.int64)
+    j, k, col3, valid3, ptr3 = _tile(rows, M, G, BLOCK_M, BLOCK_G)
     b = tl.load(bits_ptr + rows, mask=rmask, other=0).to(tl.int32)
     off = tl.load(off_ptr + rows, mask=rmask, other=0)
-    j = tl.arange(0, BLOCK_G // 8)
-    kk = tl.arange(0, 8)
-    codes = tl.zeros((BLOCK_M, BLOCK_G), dtype=tl.int32)
+    w = tl.zeros((BLOCK_M, BLOCK_G // 8), dtype=tl.int64)
     for p in tl.static_range(8):
         lmask = rmask[:, None] & (p < b)[:, None] & (j[None, :] < PB)
-        byte = tl.load(data_ptr + off[:, None] + p * PB + j[None, :], mask=lmask, other=0).to(tl.int32)  # [BM, BG8]
-        bit = (byte[:, :, None] >> kk[None, None, :]) & 1  # [BM, BG8, 8]
-        codes = codes | (tl.reshape(bit, (BLOCK_M, BLOCK_G)) << p)
+        byte = tl.load(data_ptr + off[:, None] + p * PB + j[None, :], mask=lmask, other=0).to(tl.int64)  # [BM, BG8]
+        w = w | (byte << (8 * p))
+    w = _transpose8(w)  # byte k = code 8j+k
+    codes = ((w[:, :, None] >> (8 * k)[None, None, :]) & 255).to(tl.int32)  # [BM, BG8, 8]
     if TO_X:
         s = tl.load(scale_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
         z = tl.load(zero_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
@@ -123,14 +148,14 @@ def _unpack_kernel(
             c0 = (1 << b) // 2
         else:
             c0 = b * 0
-        x = (codes - c0[:, None]).to(tl.float32) * s[:, None] + z[:, None]
+        x = (codes - c0[:, None, None]).to(tl.float32) * s[:, None, None] + z[:, None, None]
         for i in tl.static_range(N_OUT):
             pos = tl.load(opos_ptr + rows64 * N_OUT + i, mask=rmask, other=-1).to(tl.int32)
             val = tl.load(oval_ptr + rows64 * N_OUT + i, mask=rmask, other=0.0).to(tl.float32)
-            x = tl.where(cols[None, :] == pos[:, None], val[:, None], x)
-        tl.store(out_ptr + rows64[:, None] * G + cols[None, :], x.to(out_ptr.dtype.element_ty), mask=valid)
+            x = tl.where(col3 == pos[:, None, None], val[:, None, None], x)
+        tl.store(out_ptr + ptr3, x.to(out_ptr.dtype.element_ty), mask=valid3)
     else:
-        tl.store(out_ptr + rows64[:, None] * G + cols[None, :], codes.to(tl.uint8), mask=valid)
+        tl.store(out_ptr + ptr3, codes.to(tl.uint8), mask=valid3)
 
 
 def _blocks(g: int) -> tuple[int, int]:
@@ -166,6 +191,7 @@ def quantize_pack_triton(
         _pack_kernel[(triton.cdiv(m, bm),)](
             xg, xg, bits.contiguous(), off, data, scale, zero, out_val, out_pos, m, g, pb,
             FROM_X=True, SYMMETRIC=symmetric, K_TAIL=k_tail, BLOCK_M=bm, BLOCK_G=bg, num_warps=4,
+            enable_fp_fusion=False,  # (x - zero) * inv + 0.5 rounded step by step, as in the torch twin
         )
     return data, scale, zero, out_val, out_pos
 
