@@ -164,8 +164,8 @@ class ECCCache(Cache):
         self.num_layers = int(text_cfg.num_hidden_layers)
         self.num_kv_heads = int(getattr(text_cfg, "num_key_value_heads", None) or text_cfg.num_attention_heads)
         self.head_dim = int(getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // text_cfg.num_attention_heads)
-        self.max_cache_len = int(max_cache_len or state.config.max_cache_len)
-        if self.max_cache_len < 1:
+        self.capacity = int(max_cache_len or state.config.max_cache_len)  # not max_cache_len: a Cache property in 5.17
+        if self.capacity < 1:
             raise ValueError(f"max_cache_len={max_cache_len!r} must be >= 1")
         self.paged_mode = state.config.mode_name in _paged_modes()
         self.paged: Any = None
@@ -180,7 +180,7 @@ class ECCCache(Cache):
             cfg = self.state.config
             batch = int(key_states.shape[0])
             bs = cfg.block_size
-            blocks_per_seq = -(-self.max_cache_len // bs)
+            blocks_per_seq = -(-self.capacity // bs)
             sink = cfg.sink_blocks if cfg.mode_name == "adaptive" else 0
             c = ECCCacheConfig(
                 num_layers=self.num_layers, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
