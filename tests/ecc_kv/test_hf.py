@@ -246,14 +246,22 @@ def test_cache_rejects_beam_search(tiny_models):
 
 @pytest.mark.gpu
 def test_fused_decode_matches_torch_path_on_gpu():
+    """Teacher-forced decode steps: the fused paged kernel (triton) vs decode-then-SDPA (torch), fp16."""
     model = load_model("tiny-llama", device="cuda", dtype="float16")
-    ids = _ids(n=2, length=33).cuda()
-    outs = {}
+    ids, steps = _ids(n=2, length=33).cuda(), _ids(n=2, length=4, seed=5).cuda()
+    logits = {}
     for backend in ("torch", "triton"):
         patch_model_with_ecc_attention(model, ECCShimConfig(codec="hamming84", backend=backend, block_size=16))
-        outs[backend] = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
-        unpatch_model(model)
-    assert torch.equal(outs["torch"], outs["triton"])
+        try:
+            cache = ECCCache(model, max_cache_len=64)
+            outs = [_logits(model, ids, past_key_values=cache)[:, -1]]
+            for t in range(steps.shape[1]):
+                outs.append(_logits(model, steps[:, t : t + 1], past_key_values=cache)[:, -1])
+            logits[backend] = torch.stack(outs).float()  # [5, B, V]
+        finally:
+            unpatch_model(model)
+    assert cache.get_seq_length() == 37
+    torch.testing.assert_close(logits["triton"], logits["torch"], atol=2e-2, rtol=2e-2)
 
 
 # --------------------------------------------------------------------------- the real model
