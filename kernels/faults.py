@@ -35,7 +35,7 @@ import triton.language as tl
 
 WORD_DTYPES = {torch.uint8: 8, torch.int16: 16, torch.int32: 32}
 TAIL_BOUND = 2.0**-40  # per-word probability that the sparse plan's pattern differs from the exact law
-ROW = 40  # table entries per word width: [dense, K, M, E, floor(2^32 p), C_0 .. C_{K-1}] (K <= 32)
+ROW = 40  # entries per word width: [dense, K, M_r2, M_r3, E, floor(2^32 p), C_0 .. C_{K-1}] (K <= 32)
 MAX_BITS = 32
 _MAX_EXTRA = 4  # at most this many extra Philox calls for sparse positions
 _COST_CALL, _COST_CHUNK, _COST_CMP = 60, 9, 3  # rough instruction counts, to pick the cheaper plan
@@ -88,7 +88,7 @@ def fault_plan(p: float, n: int) -> tuple[bool, int, int, int, tuple[int, ...]]:
         cdf.append(acc)
     budget = Fraction(TAIL_BOUND) / 2
     k_max = next(k for k in range(n + 1) if 1 - cdf[k] < budget)  # more than K events: mass < 2^-41
-    first, per_call = 64 // chunk_bits(n), 4 * (32 // chunk_bits(n))
+    first, per_call = 2 * (32 // chunk_bits(n)), 4 * (32 // chunk_bits(n))
     dense_cost = _COST_CALL * ((n + 3) // 4) + _COST_CMP * n
     for extra in range(_MAX_EXTRA + 1):
         for m in range(first + 1) if extra == 0 else [first]:
@@ -109,7 +109,8 @@ def _table_values(p: float) -> tuple[int, ...]:
     for n in range(1, MAX_BITS + 1):
         dense, k, m, e, c = fault_plan(p, n)
         thr32 = min(2**32, math.floor(p * 2**32)) if p > 0 else 0
-        row = [int(dense), k, m, e, thr32] + [v - 2**64 if v >= 2**63 else v for v in c]
+        m2 = min(m, 32 // chunk_bits(n))  # chunks taken from r2, the rest from r3
+        row = [int(dense), k, m2, m - m2, e, thr32] + [v - 2**64 if v >= 2**63 else v for v in c]
         vals[ROW * n : ROW * n + len(row)] = row
     return tuple(vals)
 
@@ -166,15 +167,16 @@ def flip_mask(seed, word_index, stream, thr_ptr, N_BITS: tl.constexpr, BURST_LEN
     row = thr_ptr + N_BITS * 40  # ROW
     dense = tl.load(row)
     n_cmp = tl.load(row + 1).to(tl.int32)
-    n_chunks = tl.load(row + 2).to(tl.int32)
-    n_extra = tl.load(row + 3).to(tl.int32)
+    n_chunks2 = tl.load(row + 2).to(tl.int32)
+    n_chunks3 = tl.load(row + 3).to(tl.int32)
+    n_extra = tl.load(row + 4).to(tl.int32)
     lo = (word_index & 0xFFFFFFFF).to(tl.uint32)
     hi = ((word_index >> 32) & 0xFFFFFFFF).to(tl.uint32)
     zero = lo * 0
     st = zero + stream
     s = tl.zeros(word_index.shape, tl.uint32)
     if dense != 0:
-        thr = tl.load(row + 4)
+        thr = tl.load(row + 5)
         for c in tl.static_range((N_BITS + 3) // 4):
             r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero + c, st)
             s |= (r0.to(tl.int64) < thr).to(tl.uint32) << (4 * c)
@@ -190,12 +192,12 @@ def flip_mask(seed, word_index, stream, thr_ptr, N_BITS: tl.constexpr, BURST_LEN
         u = (r0.to(tl.uint64) << 32) | r1.to(tl.uint64)
         k = tl.zeros(word_index.shape, tl.int32)
         for j in range(n_cmp):  # event count: k = #{j < K: u >= C_j}
-            k += (u >= tl.load(row + 5 + j).to(tl.uint64, bitcast=True)).to(tl.int32)
+            k += (u >= tl.load(row + 6 + j).to(tl.uint64, bitcast=True)).to(tl.int32)
         cnt = tl.zeros(word_index.shape, tl.int32)
-        v = (r2.to(tl.uint64) << 32) | r3.to(tl.uint64)
-        for i in range(n_chunks):  # positions: the first k distinct valid chunks
-            b = ((v >> (i * CB)) & ((1 << CB) - 1)).to(tl.uint32)
-            s, cnt = _take(s, cnt, k, b, N_BITS, CB)
+        for i in range(n_chunks2):  # positions: the first k distinct valid chunks of r2, r3, ...
+            s, cnt = _take(s, cnt, k, (r2 >> (i * CB)) & ((1 << CB) - 1), N_BITS, CB)
+        for i in range(n_chunks3):
+            s, cnt = _take(s, cnt, k, (r3 >> (i * CB)) & ((1 << CB) - 1), N_BITS, CB)
         for c in range(1, 1 + n_extra):
             r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero + c, st)
             s, cnt = _place(s, cnt, k, r0, N_BITS, CB)
