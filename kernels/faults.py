@@ -87,11 +87,12 @@ def fault_plan(p: float, n: int) -> tuple[bool, int, int, int, tuple[int, ...]]:
         acc += pmf[j]
         cdf.append(acc)
     budget = Fraction(TAIL_BOUND) / 2
-    k_max = next(k for k in range(n + 1) if 1 - cdf[k] < budget)  # more than K events: mass < 2^-41
+    # more than K events: mass < 2^-41; K >= 1 so that even a tiny p keeps its (2^-64-resolved) single events
+    k_max = max(1, next(k for k in range(n + 1) if 1 - cdf[k] < budget))
     first, per_call = 2 * (32 // chunk_bits(n)), 4 * (32 // chunk_bits(n))
     dense_cost = _COST_CALL * ((n + 3) // 4) + _COST_CMP * n
     for extra in range(_MAX_EXTRA + 1):
-        for m in range(first + 1) if extra == 0 else [first]:
+        for m in range(1, first + 1) if extra == 0 else [first]:
             draws = m + per_call * extra
             miss = sum(float(pmf[k]) * _miss_probability(n, draws, k) for k in range(1, k_max + 1))
             if miss < TAIL_BOUND / 2:
