@@ -32,18 +32,20 @@ def test_burst_structure_and_rate(length: int, n: int, device: str) -> None:
     check_burst_structure(words, out, n, 5e-3, length, k)
 
 
-def test_independent_of_grid_and_keyed_by_global_word_index(device: str) -> None:
-    w = torch.randint(0, 2**12, (601,), dtype=torch.int32, device=device)
-    a, ka = inject_triton(w, 12, 0.1, seed=9, block=256)
-    b, kb = inject_triton(w, 12, 0.1, seed=9, block=64)
+@pytest.mark.parametrize("n,ber", [(12, 0.1), (32, 0.02)])  # dense plan; sparse plan with an extra call
+def test_independent_of_grid_and_keyed_by_global_word_index(n: int, ber: float, device: str) -> None:
+    assert fault_plan(ber, n)[0] == (n == 12)
+    w = torch.randint(-(2**31), 2**31 - 1, (601,), dtype=torch.int32, device=device) & ((1 << n) - 1 if n < 32 else -1)
+    a, ka = inject_triton(w, n, ber, seed=9, block=256)
+    b, kb = inject_triton(w, n, ber, seed=9, block=64)
     assert torch.equal(a, b) and int(ka) == int(kb) > 0
-    assert int(ka) == int((((a ^ w)[:, None] >> torch.arange(12, device=device)) & 1).sum())
+    assert int(ka) == int((((a ^ w)[:, None] >> torch.arange(n, device=device)) & 1).sum())
     # a slice injected with its global offset sees exactly the same faults
-    part, _ = inject_triton(w[100:300], 12, 0.1, seed=9, word_offset=100)
+    part, _ = inject_triton(w[100:300], n, ber, seed=9, word_offset=100)
     assert torch.equal(part, a[100:300])
     # another stream or seed is another pattern
-    c, _ = inject_triton(w, 12, 0.1, seed=9, stream=1)
-    d, _ = inject_triton(w, 12, 0.1, seed=10)
+    c, _ = inject_triton(w, n, ber, seed=9, stream=1)
+    d, _ = inject_triton(w, n, ber, seed=10)
     assert not torch.equal(a, c) and not torch.equal(a, d)
 
 
