@@ -19,6 +19,7 @@ packed bytes (``ber``, ``error_model``) and an ECC over them (``codec``). For ea
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,6 +148,8 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
 
     p = _params(params)
     cfg = build_config(p)
+    if p["backend"] == "triton" and ctx.device != "cuda":
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before kernels/ is imported
     if p["threads"]:
         # on a shared 2-core laptop, OpenMP spin-waiting makes 2 threads ~20x slower than 1
         torch.set_num_threads(int(p["threads"]))
