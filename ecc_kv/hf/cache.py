@@ -104,7 +104,7 @@ class ECCLayer(DynamicLayer):
             flips = inject_new_slots(paged, layer, slots, cfg, mix_seed(cfg.seed, owner.step, layer), backend)
             state.stats.add(layer, {"bits_flipped": flips, "values": key_states.numel() + value_states.numel()})
             self.length += t_new
-            fused = cfg.fused_decode and backend == "triton" and key_states.device.type == "cuda" and t_new == 1
+            fused = cfg.fused_decode and backend == "triton" and t_new == 1  # CPU: Triton interpreter
             if fused:  # attention reads the codewords itself; hand it only a marker tensor
                 state.pending[layer] = Pending(key_states, fused=paged)
                 return key_states, value_states

@@ -308,3 +308,25 @@ def test_triton_backend_matches_torch_at_ber0_and_counts(tiny_models, device):
         model.to("cpu")
     assert torch.equal(out["torch"], out["triton"])
     assert total["values"] == 2 * 2 * 12 * 2 * 16 and total["bits_flipped"] > 0 and total["corrected"] > 0
+
+
+def test_fused_decode_path_matches_torch(tiny_models, device):
+    """Decode steps through the fused paged kernel (interpreted on CPU) vs the torch read + SDPA."""
+    model = tiny_models["tiny-llama"].to(device)
+    ids, steps = _ids(n=1, length=9).to(device), _ids(n=1, length=2, seed=5).to(device)
+    logits, stats = {}, {}
+    try:
+        for backend in ("torch", "triton"):
+            patch_model_with_ecc_attention(model, ECCShimConfig(codec="hamming84", backend=backend, block_size=4))
+            reset_ecc_cache()
+            cache = ECCCache(model, max_cache_len=16)
+            outs = [_logits(model, ids, past_key_values=cache)[:, -1]]
+            for t in range(steps.shape[1]):
+                outs.append(_logits(model, steps[:, t : t + 1], past_key_values=cache)[:, -1])
+            logits[backend] = torch.stack(outs)
+            stats[backend] = get_ecc_stats()["total"]
+    finally:
+        unpatch_model(model)
+        model.to("cpu")
+    torch.testing.assert_close(logits["triton"], logits["torch"], atol=1e-4, rtol=1e-4)
+    assert stats["triton"]["values"] == stats["torch"]["values"] == 11 * 2 * 2 * 2 * 16
