@@ -120,11 +120,18 @@ def event_thresholds(p: float, bits_per_word: int, device: torch.device | str) -
     """int64 table of the sampling plans of every word width 1..32 at event probability p (``fault_plan``).
 
     ``bits_per_word`` is only checked: one table serves every width, so callers that build it for 32 bits
-    and draw 16- or 24-bit words get the same faults as ``inject_triton`` on those widths.
+    and draw 16- or 24-bit words get the same faults as ``inject_triton`` on those widths. The tensor is
+    cached per (p, device) and shared: never write to it.
     """
     if not 1 <= bits_per_word <= MAX_BITS:
         raise ValueError(f"bits_per_word={bits_per_word} must be in 1..{MAX_BITS}")
-    return torch.tensor(_table_values(float(p)), dtype=torch.int64, device=device)
+    return _table(float(p), str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=64)
+def _table(p: float, device: str) -> torch.Tensor:
+    # cached per device: no host-to-device copy (and no implicit stream sync) per launch; read-only
+    return torch.tensor(_table_values(p), dtype=torch.int64, device=device)
 
 
 @triton.jit
