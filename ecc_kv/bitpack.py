@@ -221,9 +221,7 @@ def quantize_pack(
     g = resolve_group_size(x.shape[-1], group_size)
     k = outliers_per_tail(outliers, g)
     lead = tuple(x.shape[:-1])
-    gb = group_bits(bits, lead, x.shape[-1] // g, x.device)
-    if scheme == "symmetric" and gb.numel() and bool((gb < 2).any()):
-        raise ValueError("scheme='symmetric' needs bits >= 2 (1 bit has no symmetric grid)")
+    gb = group_bits(bits, lead, x.shape[-1] // g, x.device, check=False)  # validated by the launcher
     data, scale, zero, out_val, out_pos = quantize_pack_triton(x.reshape(-1, g), gb, scheme == "symmetric", k)
     q = QuantizedGroups(torch.empty(0, g, dtype=torch.uint8), gb, scale, zero, out_val, out_pos, tuple(x.shape), g, scheme)
     per_row = x.shape[-1] // g

@@ -175,11 +175,21 @@ def _offsets(bits: torch.Tensor, pb: int, need_total: bool = True) -> tuple[torc
 def quantize_pack_triton(
     xg: torch.Tensor, bits: torch.Tensor, symmetric: bool, k_tail: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fused quantize+pack of groups xg [M, G] at widths uint8 [M]: (data, scale, zero, out_val, out_pos)."""
+    """Fused quantize+pack of groups xg [M, G] at widths uint8 [M]: (data, scale, zero, out_val, out_pos).
+
+    The widths are validated (1..8, >= 2 when symmetric) in the same device-to-host read that
+    sizes the output: one sync per call.
+    """
     xg = xg.contiguous()
     m, g = xg.shape
     pb = (g + 7) // 8
-    off, total = _offsets(bits, pb)
+    b = bits.to(torch.int64)
+    cs = torch.cumsum(b, 0)
+    off = (cs - b) * pb
+    total, n_bad = torch.stack([cs[-1], ((b < (2 if symmetric else 1)) | (b > 8)).sum()]).tolist() if m else (0, 0)
+    if n_bad:
+        raise ValueError(f"bits must lie in {2 if symmetric else 1}..8 (symmetric needs >= 2): {n_bad} groups outside")
+    total *= pb
     dev = xg.device
     data = torch.empty(total, dtype=torch.uint8, device=dev)
     scale = torch.empty(m, dtype=torch.float16, device=dev)

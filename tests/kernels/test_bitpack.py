@@ -51,3 +51,11 @@ def test_fp32_input_and_bf16_output(device: str) -> None:
     _assert_equal(p_tri.data, p_ref.data, "data")
     for dt in (torch.float32, torch.bfloat16):
         _assert_equal(unpack_dequantize(p_ref, dt, "triton"), unpack_dequantize(p_ref, dt, "torch"), str(dt))
+
+
+def test_triton_rejects_bad_widths(device: str) -> None:
+    x = torch.randn(2, 3, 16, device=device)
+    with pytest.raises(ValueError, match="1..8"):
+        quantize_pack(x, torch.full((2, 3), 9, device=device), backend="triton")
+    with pytest.raises(ValueError, match="2..8"):
+        quantize_pack(x, torch.ones(2, 3, dtype=torch.long, device=device), scheme="symmetric", backend="triton")
