@@ -4,6 +4,13 @@ Split from ``kernels.paged_attention`` (the launcher, the per-value kernel and t
 reduce live there); the contract is the same. Rows are read as 32-bit words, Hamming(8,4) is
 corrected 8 codewords per SWAR step, values come out of the nibbles without int->float
 conversions, and the one scale per row multiplies the scores (K) and probabilities (V).
+
+Why it is shaped this way (H100 measurements in ``docs/paged_cache.md``): the loop is bound by
+load latency and register pressure, not by bytes. The raw words of tile ``i + 1`` are loaded
+(block-table gather included) before tile ``i`` is decoded, so the loads are in flight while
+the current tile is computed (register double buffering; Triton's pipeliner does not overlap
+this gather -> load -> decode chain). Each tile is unpacked once to ``[BLOCK_N, D]`` and
+multiplied with one ``tl.dot`` per operand instead of eight K=16 dots over nibble planes.
 """
 
 from __future__ import annotations
@@ -35,27 +42,47 @@ def _nib(w, J: tl.constexpr, dtype: tl.constexpr):
 
 
 @triton.jit
-def _words_tile(data_ptr, row, tmask, CODEC: tl.constexpr, DW: tl.constexpr, DWP: tl.constexpr):
-    """Packed INT4 words [BLOCK_N, DWP] (value 8w + j in nibble j) of the rows at byte offsets ``row``.
+def _raw_tile(data_ptr, row, tmask, CODEC: tl.constexpr, DW: tl.constexpr, DWP: tl.constexpr):
+    """Raw int32 words of the rows at byte offsets ``row``: [BLOCK_N, DWP] (INT4) or [BLOCK_N, 2 DWP] (Hamming(8,4)).
 
-    Raw INT4 rows are such words already; Hamming(8,4) rows are corrected 8 codewords at a time
-    in SWAR (``kernels.codecs.hamming84_decode_word``). Returns (words, corrected, detected).
+    Only the loads, so the caller can issue them one tile ahead of the decode.
     """
-    w = tl.arange(0, DWP)[None, :]
-    m = tmask[:, None] & (w < DW)
     base = (data_ptr + row[:, None]).to(tl.pointer_type(tl.int32))
     if CODEC == 0:
-        words = tl.load(base + w, mask=m, other=-2004318072).to(tl.uint32, bitcast=True)  # 0x88888888: zeros
+        w = tl.arange(0, DWP)[None, :]
+        raw = tl.load(base + w, mask=tmask[:, None] & (w < DW), other=-2004318072)  # 0x88888888: zeros
+    else:
+        w2 = tl.arange(0, 2 * DWP)[None, :]  # one contiguous (vectorizable) load, split in registers later
+        raw = tl.load(base + w2, mask=tmask[:, None] & (w2 < 2 * DW), other=0)
+    return raw
+
+
+@triton.jit
+def _words_of(raw, CODEC: tl.constexpr, DWP: tl.constexpr):
+    """Raw words of ``_raw_tile`` -> (packed INT4 words [BLOCK_N, DWP] uint32, value 8w + j in nibble j, corrected, detected).
+
+    Hamming(8,4) rows are corrected 8 codewords at a time in SWAR (``kernels.codecs.hamming84_decode_word``).
+    """
+    if CODEC == 0:
+        words = raw.to(tl.uint32, bitcast=True)
         n_corr = tl.zeros([], dtype=tl.int32)
         n_det = tl.zeros([], dtype=tl.int32)
     else:
-        w2 = tl.arange(0, 2 * DWP)[None, :]  # one contiguous (vectorizable) load, then split in registers
-        both = tl.load(base + w2, mask=tmask[:, None] & (w2 < 2 * DW), other=0).to(tl.uint32, bitcast=True)
+        both = raw.to(tl.uint32, bitcast=True)
         lo, hi = tl.split(tl.reshape(both, [both.shape[0], DWP, 2]))
         words, odd, det = kc.hamming84_decode_word(lo, hi)
         n_corr = tl.sum(tl.sum(((odd * 0x11111111) >> 28).to(tl.int32), axis=1), axis=0)
         n_det = tl.sum(tl.sum(((det * 0x11111111) >> 28).to(tl.int32), axis=1), axis=0)
     return words, n_corr, n_det
+
+
+@triton.jit
+def _unpack(words, dtype: tl.constexpr, DWP: tl.constexpr):
+    """Packed words [BLOCK_N, DWP] -> signed INT4 values [BLOCK_N, 8 DWP] in ``dtype`` (value 8w + j = nibble j of w)."""
+    sh = 4 * tl.arange(0, 8).to(tl.uint32)
+    x = (words[:, :, None] >> sh[None, None, :]) & 15  # [BLOCK_N, DWP, 8]
+    h = (x | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)  # 1024 + code, exact
+    return tl.reshape((h - 1032.0).to(dtype), [words.shape[0], 8 * DWP])
 
 
 @triton.jit(do_not_specialize=["qk_scale", "tok_lo", "tok_hi", "part_tokens", "split_off", "S_TOTAL"])
@@ -72,9 +99,9 @@ def _paged_decode_words_kernel(
 ):  # fmt: skip
     """Fast path for raw INT4 and Hamming(8,4) with one scale per row (D % 8 == 0, no interpolation).
 
-    Same contract as ``_paged_decode_kernel``; the row is held as 8 parts (value 8w + j in part j),
-    the decode runs on packed 32-bit words, and the per-row scales are applied to the scores
-    (K) and to the probabilities (V) instead of to every value.
+    Same contract as ``_paged_decode_kernel``. The raw words and scales of the next tile are
+    loaded before the current tile is decoded (see the module docstring); the per-row scales
+    are applied to the scores (K) and to the probabilities (V) instead of to every value.
     """
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -86,91 +113,61 @@ def _paged_decode_words_kernel(
     dtype = q_ptr.dtype.element_ty
     g = tl.arange(0, GP)
     gm = g < G
-    w = tl.arange(0, DWP)
-    d0 = 8 * w
-    qrow = q_ptr + b.to(tl.int64) * stride_qb + (h * G + g)[:, None] * stride_qh + d0[None, :]
-    qm = gm[:, None] & (w < DW)[None, :]
-    q0 = tl.load(qrow + 0, mask=qm, other=0.0)
-    q1 = tl.load(qrow + 1, mask=qm, other=0.0)
-    q2 = tl.load(qrow + 2, mask=qm, other=0.0)
-    q3 = tl.load(qrow + 3, mask=qm, other=0.0)
-    q4 = tl.load(qrow + 4, mask=qm, other=0.0)
-    q5 = tl.load(qrow + 5, mask=qm, other=0.0)
-    q6 = tl.load(qrow + 6, mask=qm, other=0.0)
-    q7 = tl.load(qrow + 7, mask=qm, other=0.0)
+    dd = tl.arange(0, 8 * DWP)
+    qm = gm[:, None] & (dd < D)[None, :]
+    # q: [GP, 8 DWP] (rows past G and columns past D are zero)
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (h * G + g)[:, None] * stride_qh + dd[None, :], mask=qm, other=0.0)
     m_i = tl.full([GP], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([GP], dtype=tl.float32)
-    a0 = tl.zeros([GP, DWP], dtype=tl.float32)
-    a1 = tl.zeros([GP, DWP], dtype=tl.float32)
-    a2 = tl.zeros([GP, DWP], dtype=tl.float32)
-    a3 = tl.zeros([GP, DWP], dtype=tl.float32)
-    a4 = tl.zeros([GP, DWP], dtype=tl.float32)
-    a5 = tl.zeros([GP, DWP], dtype=tl.float32)
-    a6 = tl.zeros([GP, DWP], dtype=tl.float32)
-    a7 = tl.zeros([GP, DWP], dtype=tl.float32)
+    acc = tl.zeros([GP, 8 * DWP], dtype=tl.float32)
     n_corr = tl.zeros([], dtype=tl.int32)
     n_det = tl.zeros([], dtype=tl.int32)
     bt = bt_ptr + b.to(tl.int64) * stride_bt
+    # prologue: raw words and scales of the first tile
+    t = start + tl.arange(0, BLOCK_N)
+    tm = t < end
+    row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+    kr = _raw_tile(kd_ptr, row, tm, CODEC, DW, DWP)
+    vr = _raw_tile(vd_ptr, row, tm, CODEC, DW, DWP)
+    ks = tl.load(ks_ptr + srow, mask=tm, other=0.0)
+    vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
     for t0 in range(start, end, BLOCK_N):
-        t = t0 + tl.arange(0, BLOCK_N)
-        tm = t < end
-        row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-        kw, kc_, kd_ = _words_tile(kd_ptr, row, tm, CODEC, DW, DWP)
-        vw, vc_, vd_ = _words_tile(vd_ptr, row, tm, CODEC, DW, DWP)
-        ks = tl.load(ks_ptr + srow, mask=tm, other=0.0).to(tl.float32)
-        vs = tl.load(vs_ptr + srow, mask=tm, other=0.0).to(tl.float32)
-        qk = tl.dot(q0, tl.trans(_nib(kw, 0, dtype)))
-        qk += tl.dot(q1, tl.trans(_nib(kw, 1, dtype)))
-        qk += tl.dot(q2, tl.trans(_nib(kw, 2, dtype)))
-        qk += tl.dot(q3, tl.trans(_nib(kw, 3, dtype)))
-        qk += tl.dot(q4, tl.trans(_nib(kw, 4, dtype)))
-        qk += tl.dot(q5, tl.trans(_nib(kw, 5, dtype)))
-        qk += tl.dot(q6, tl.trans(_nib(kw, 6, dtype)))
-        qk += tl.dot(q7, tl.trans(_nib(kw, 7, dtype)))
-        qk = tl.where(tm[None, :], qk * (ks * qk_scale)[None, :], float("-inf"))
+        # issue the loads of the next tile (masked off past the end) before touching this one
+        tn = t0 + BLOCK_N + tl.arange(0, BLOCK_N)
+        tmn = tn < end
+        rown, srown = _rows(bt, tn, tmn, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+        krn = _raw_tile(kd_ptr, rown, tmn, CODEC, DW, DWP)
+        vrn = _raw_tile(vd_ptr, rown, tmn, CODEC, DW, DWP)
+        ksn = tl.load(ks_ptr + srown, mask=tmn, other=0.0)
+        vsn = tl.load(vs_ptr + srown, mask=tmn, other=0.0)
+        kw, kc_, kd_ = _words_of(kr, CODEC, DWP)
+        vw, vc_, vd_ = _words_of(vr, CODEC, DWP)
+        qk = tl.dot(q, tl.trans(_unpack(kw, dtype, DWP)))  # [GP, BLOCK_N] fp32
+        qk = tl.where(tm[None, :], qk * (ks.to(tl.float32) * qk_scale)[None, :], float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
-        pv = (p * vs[None, :]).to(dtype)
-        al = alpha[:, None]
-        a0 = a0 * al + tl.dot(pv, _nib(vw, 0, dtype))
-        a1 = a1 * al + tl.dot(pv, _nib(vw, 1, dtype))
-        a2 = a2 * al + tl.dot(pv, _nib(vw, 2, dtype))
-        a3 = a3 * al + tl.dot(pv, _nib(vw, 3, dtype))
-        a4 = a4 * al + tl.dot(pv, _nib(vw, 4, dtype))
-        a5 = a5 * al + tl.dot(pv, _nib(vw, 5, dtype))
-        a6 = a6 * al + tl.dot(pv, _nib(vw, 6, dtype))
-        a7 = a7 * al + tl.dot(pv, _nib(vw, 7, dtype))
+        pv = (p * vs.to(tl.float32)[None, :]).to(dtype)
+        acc = acc * alpha[:, None] + tl.dot(pv, _unpack(vw, dtype, DWP))  # [GP, 8 DWP]
         n_corr += kc_ + vc_
         n_det += kd_ + vd_
+        kr = krn
+        vr = vrn
+        ks = ksn
+        vs = vsn
+        tm = tmn
     if COUNT:
         tl.atomic_add(cnt_ptr, n_corr.to(tl.int64))
         tl.atomic_add(cnt_ptr + 1, n_det.to(tl.int64))
     hq = h * G + g
     if PARTIAL:
         base = (b.to(tl.int64) * (G * tl.num_programs(1)) + hq) * S_TOTAL + split_off + s  # [GP]
-        ptr = pacc_ptr + base[:, None] * D + d0[None, :]
+        ptr = pacc_ptr + base[:, None] * D + dd[None, :]
         tl.store(pml_ptr + base * 2, m_i, mask=gm)
         tl.store(pml_ptr + base * 2 + 1, l_i, mask=gm)
     else:
-        inv = tl.where(l_i > 0, 1.0 / l_i, 0.0)[:, None]
-        a0 *= inv
-        a1 *= inv
-        a2 *= inv
-        a3 *= inv
-        a4 *= inv
-        a5 *= inv
-        a6 *= inv
-        a7 *= inv
-        ptr = out_ptr + b.to(tl.int64) * stride_ob + hq[:, None] * stride_oh + d0[None, :]
-    ety = ptr.dtype.element_ty
-    tl.store(ptr + 0, a0.to(ety), mask=qm)
-    tl.store(ptr + 1, a1.to(ety), mask=qm)
-    tl.store(ptr + 2, a2.to(ety), mask=qm)
-    tl.store(ptr + 3, a3.to(ety), mask=qm)
-    tl.store(ptr + 4, a4.to(ety), mask=qm)
-    tl.store(ptr + 5, a5.to(ety), mask=qm)
-    tl.store(ptr + 6, a6.to(ety), mask=qm)
-    tl.store(ptr + 7, a7.to(ety), mask=qm)
+        acc = acc * tl.where(l_i > 0, 1.0 / l_i, 0.0)[:, None]
+        ptr = out_ptr + b.to(tl.int64) * stride_ob + hq[:, None] * stride_oh + dd[None, :]
+    tl.store(ptr, acc.to(ptr.dtype.element_ty), mask=qm)
