@@ -13,6 +13,7 @@ TASKS: dict[str, str] = {
     "attention_bench": "ecc_kv.experiments.attention_bench:run",
     "ber_sweep": "ecc_kv.experiments.ber_sweep:run",
     "kv_quant": "ecc_kv.experiments.kv_quant:run",
+    "kv_pack_bench": "ecc_kv.experiments.kv_pack_bench:run",
     "weight_cache_bench": "ecc_kv.experiments.weight_cache_bench:run",
     "sparse_mlp": "ecc_kv.experiments.sparse_mlp:run",
 }
