@@ -45,8 +45,9 @@ def test_tiny_models_seeded(name):
     c = models.load_model(name, seed=4)
     pa, pb, pc = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c))
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
-    assert not a.training and a.dtype == torch.float32 and a.config._attn_implementation == "sdpa"
-    ids = torch.randint(0, models.BYTE_VOCAB, (2, 9))
+    device = next(a.parameters()).device
+    assert not a.training and a.dtype == models.default_dtype(device) and a.config._attn_implementation == "sdpa"
+    ids = torch.randint(0, models.BYTE_VOCAB, (2, 9), device=device)
     with torch.no_grad():
         assert a(ids).logits.shape == (2, 9, models.BYTE_VOCAB)
 

@@ -162,6 +162,7 @@ def test_hybrid_rebuild_keeps_cache_exact() -> None:
     assert plan.stats.tolist() == [40, 0, 40, 40]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="Triton on CPU tensors needs the interpreter, which is off on a GPU machine")
 def test_offloaded_logic_on_host() -> None:
     """The offloaded path (host staging, packed plan, staged moves) with the buffer on the CPU."""
     w = _weights(True)
