@@ -165,6 +165,13 @@ def plan_rebuild(new: torch.Tensor, cap: int) -> MovePlan:
 _INT_VIEW = {4: torch.int32, 2: torch.int16}
 
 
+def _row_items(t: torch.Tensor) -> np.ndarray:
+    """A [rows, R] host tensor as a numpy vector of ``rows`` opaque items of R elements each
+    (shared memory, any dtype: numpy has no bfloat16), so fancy indexing copies whole rows."""
+    a = t.view(_INT_VIEW[t.element_size()]).numpy()  # [rows, R]
+    return a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).reshape(a.shape[0])
+
+
 def _scatter_rows(buf: torch.Tensor, dst: torch.Tensor, part: torch.Tensor) -> None:
     """buf[dst] = part, row by row. On the CPU through numpy, whose fancy assignment copies
     whole rows (torch's CPU index_copy_ goes element by element, ~3x slower here)."""
@@ -293,6 +300,12 @@ class PairedWeightCache:
         self._n2s = torch.full((n,), -1, dtype=torch.int32, device=map_dev)
         self._m = 0
         self.planner = planner
+        # cpu placement, torch backend and planner: the update runs on numpy views of the maps
+        # and of the rows (one void item per bundled row, so a fancy copy moves whole rows)
+        self._host = placement == "cpu" and backend == "torch" and planner == "torch"
+        if self._host:
+            self._s2n_np, self._n2s_np = self._s2n.numpy(), self._n2s.numpy()
+            self._pool_rows, self._buf_rows = _row_items(self.pool), _row_items(self.buffer)
         if planner == "triton":
             z = lambda k: torch.zeros(k, dtype=torch.int32, device=map_dev)  # noqa: E731
             self._fused = {"dst": z(capacity), "src": z(capacity), "moved": z(capacity), "counts": z(2), "stats": z(4)}
@@ -360,6 +373,8 @@ class PairedWeightCache:
         Reads the plan's counts once on the host (for the new size and the capacity check).
         """
         new = self._check_mask(mask)
+        if self._host:
+            return self._update_host(new.numpy())
         fused = self._fused_plan(new)  # triton planner: maps already committed (unless overflow)
         if fused is not None:
             plan = fused
@@ -384,6 +399,59 @@ class PairedWeightCache:
         self.rows_written += n_moves
         self.last = {"added": added, "removed": removed, "written": n_moves, "size": m_new, "rebuilt": int(rebuilt)}
         return n_moves
+
+    def _update_host(self, new: np.ndarray) -> int:
+        """The CPU update: the plan of :func:`plan_moves_host` (same moves, same order), applied
+        straight from the pool into the buffer and committed to the maps in place.
+
+        A few numpy calls on index lists and one fancy row copy per move kind, no tensor
+        allocations: the fixed cost per update is tens of microseconds, so the update time
+        follows the rows it writes.
+        """
+        # new: bool [N]; s2n: int32 [cap]; n2s: int32 [N]
+        s2n, n2s, size, cap = self._s2n_np, self._n2s_np, self._m, self.capacity
+        held = s2n[:size]  # [m] neurons in slot order
+        stays = new[held]  # [m]
+        added = np.flatnonzero(new & (n2s < 0))  # [A] ascending neuron ids
+        n_add, n_stay = added.shape[0], int(np.count_nonzero(stays))
+        m_new, removed = n_stay + n_add, size - n_stay
+        if m_new > cap:
+            raise ValueError(f"mask has {m_new} active neurons, more than the cache capacity {cap}")
+        rebuilt = self.rebuild_tau is not None and max(n_add, removed) > self.rebuild_tau * m_new
+        if rebuilt:  # every active neuron, in id order, gathered into slots 0..m'-1
+            ids = np.flatnonzero(new)  # [m']
+            np.take(self._pool_rows, ids, out=self._buf_rows[:m_new])
+            n2s[held] = -1
+            n2s[ids] = np.arange(m_new, dtype=np.int32)
+            s2n[:m_new] = ids
+            s2n[m_new:] = -1
+            written = m_new
+        elif n_add or removed:
+            low = min(m_new, size)
+            holes = np.flatnonzero(~stays[:low])  # [W] removed slots below m', then new slots
+            if m_new > size:
+                holes = np.concatenate([holes, np.arange(size, m_new)])
+            gone = held[~stays]  # [R] removed neurons (read before the slots change)
+            climb = m_new + np.flatnonzero(stays[m_new:])  # [W - A] tail stayers, move down
+            to_pool, to_climb = holes[:n_add], holes[n_add:]
+            if n_add:  # pool rows straight into their slots (the fancy read stages them once)
+                self._buf_rows[to_pool] = self._pool_rows[added]
+            if climb.shape[0]:  # sources in the vacated tail, destinations below m': independent
+                self._buf_rows[to_climb] = self._buf_rows[climb]
+                climbers = s2n[climb]  # [W - A] (a copy)
+                s2n[to_climb] = climbers
+                n2s[climbers] = to_climb
+            n2s[gone] = -1
+            s2n[m_new:size] = -1
+            s2n[to_pool] = added
+            n2s[added] = to_pool
+            written = holes.shape[0]
+        else:  # A = R = 0: nothing moves
+            written = 0
+        self._m = m_new
+        self.rows_written += written
+        self.last = {"added": n_add, "removed": removed, "written": written, "size": m_new, "rebuilt": int(rebuilt)}
+        return written
 
     def update_async(self, mask: torch.Tensor) -> torch.Tensor:
         """Paired update with no host sync (GPU placement, triton backend); returns rows written as a device tensor.

@@ -134,6 +134,34 @@ def test_planners_agree() -> None:
             cache.update(mask)
 
 
+@pytest.mark.parametrize("tau", [None, 0.3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_update_follows_the_host_plan(tau: float | None, dtype: torch.dtype) -> None:
+    """The CPU fast path (numpy maps committed in place, rows copied straight from the pool)
+    lands every neuron in the slot that plan_moves_host / plan_rebuild gives it, and writes
+    exactly the planned rows, so every placement and backend ends in the same layout."""
+    w = _weights(True, dtype)
+    cache = PairedWeightCache(*w, capacity=N, rebuild_tau=tau)
+    masks = torch.cat([SEQS[s] for s in ("random_walk", "empty_full", "union_batch4", "random_sizes", "full_churn")])
+    n_rebuilt = 0
+    for t, mask in enumerate(masks):
+        s2n, n2s, m = cache.slot_to_neuron.clone(), cache.neuron_to_slot.clone(), len(cache)
+        plan = plan_moves_host(mask, n2s, s2n, m)
+        added, removed, n_moves, m_new = plan.stats.tolist()
+        rebuilt = tau is not None and max(added, removed) > tau * m_new
+        if rebuilt:
+            plan = plan_rebuild(mask, N)
+            n_rebuilt += 1
+        written = cache.update(mask)
+        assert written == (m_new if rebuilt else n_moves), f"step {t}"
+        assert cache.last == {"added": added, "removed": removed, "written": written, "size": m_new,
+                              "rebuilt": int(rebuilt)}, f"step {t}"
+        assert torch.equal(cache.slot_to_neuron, plan.s2n), f"step {t}"
+        assert torch.equal(cache.neuron_to_slot, plan.n2s), f"step {t}"
+        cache.check()
+    assert (n_rebuilt > 0) == (tau is not None)
+
+
 def test_fewer_writes_when_removed_rows_sit_in_the_tail() -> None:
     cache = PairedWeightCache(*_weights(True), capacity=48)
     mask = torch.zeros(N, dtype=torch.bool)
