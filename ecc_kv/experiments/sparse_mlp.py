@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ecc_kv.experiments import _shapes_common as sc
+from ecc_kv.experiments._plotting import loglog_panels
 from ecc_kv.sparse_mlp import masked_mlp_reference, mlp_forward, random_walk_masks, topk_masks
 from ecc_kv.timing import time_fn, time_stats
 from ecc_kv.weight_cache import PairedWeightCache
@@ -305,35 +306,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
 
 def plots(df: pd.DataFrame, outdir: Path) -> list[Path]:
     """Step latency versus density, one line per method, one panel per shape/batch/mask source/device."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    if df.empty or "density" not in df:
-        return []
-    panels = [c for c in ("shape", "batch", "masks", "dtype", "device_used") if c in df and df[c].nunique() > 1]
-    groups = list(df.groupby(panels)) if panels else [((), df)]
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
-    for ax, (key, sub) in zip(axes[0], groups, strict=False):
-        for name in METHODS:
-            col = f"{name}_step_ms"
-            if col not in sub or sub[col].isna().all():
-                continue
-            pts = sub[["density", col]].dropna().groupby("density")[col].median().sort_index()
-            ax.plot(pts.index, pts.values, marker="o", label=name)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("density (active fraction per token)")
-        ax.set_ylabel("MLP decode step, median [ms]")
-        keys = key if isinstance(key, tuple) else (key,)
-        ax.set_title(", ".join(f"{c}={v}" for c, v in zip(panels, keys, strict=False)) or "sparse MLP step")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    path = outdir / "sparse_mlp_step_vs_density.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return loglog_panels(df, x="density", series=METHODS, column="{}_step_ms",
+                         panel_keys=("shape", "batch", "masks", "dtype", "device_used"),
+                         xlabel="density (active fraction per token)", ylabel="MLP decode step, median [ms]",
+                         title="sparse MLP step", path=Path(outdir) / "sparse_mlp_step_vs_density.png")

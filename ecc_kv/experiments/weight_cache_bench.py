@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ecc_kv.experiments import _shapes_common as sc
+from ecc_kv.experiments._plotting import loglog_panels
 from ecc_kv.sparse_mlp import churn_count, random_walk_masks
 from ecc_kv.timing import copy_bandwidth_gbps, time_fn, time_stats
 from ecc_kv.weight_cache import PLACEMENTS, PairedWeightCache
@@ -273,36 +274,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
 
 def plots(df: pd.DataFrame, outdir: Path) -> list[Path]:
     """Update time versus churn per method (log-log), one panel per placement/dtype."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    if df.empty or "churn_k" not in df:
-        return []
-    panels = [c for c in ("placement", "dtype", "n_neurons", "hidden", "m") if c in df and df[c].nunique() > 1]
-    groups = list(df.groupby(panels)) if panels else [((), df)]
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
-    for ax, (key, sub) in zip(axes[0], groups, strict=False):
-        for method in METHODS:
-            col = f"{method}_median_ms"
-            if col not in sub or sub[col].isna().all():
-                continue
-            pts = sub[["churn_k", col]].dropna().groupby("churn_k")[col].median().sort_index()
-            pts = pts[pts.index > 0]
-            ax.plot(pts.index, pts.values, marker="o", label=method)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("churn k (neurons swapped per step)")
-        ax.set_ylabel("update time per step, median [ms]")
-        label = ", ".join(f"{c}={v}" for c, v in zip(panels, key if isinstance(key, tuple) else (key,), strict=False))
-        ax.set_title(label or "weight cache update")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    path = outdir / "weight_cache_update_vs_churn.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return loglog_panels(df, x="churn_k", series=METHODS, column="{}_median_ms",
+                         panel_keys=("placement", "dtype", "n_neurons", "hidden", "m"),
+                         xlabel="churn k (neurons swapped per step)", ylabel="update time per step, median [ms]",
+                         title="weight cache update", path=Path(outdir) / "weight_cache_update_vs_churn.png")
