@@ -411,28 +411,30 @@ class PairedWeightCache:
         # new: bool [N]; s2n: int32 [cap]; n2s: int32 [N]
         s2n, n2s, size, cap = self._s2n_np, self._n2s_np, self._m, self.capacity
         held = s2n[:size]  # [m] neurons in slot order
-        stays = new[held]  # [m]
-        added = np.flatnonzero(new & (n2s < 0))  # [A] ascending neuron ids
-        n_add, n_stay = added.shape[0], int(np.count_nonzero(stays))
-        m_new, removed = n_stay + n_add, size - n_stay
+        freed = np.flatnonzero(~new[held])  # [R] ascending slots of the removed neurons
+        removed = freed.shape[0]
+        m_new = int(np.count_nonzero(new))
+        n_add = m_new - (size - removed)
         if m_new > cap:
             raise ValueError(f"mask has {m_new} active neurons, more than the cache capacity {cap}")
         rebuilt = self.rebuild_tau is not None and max(n_add, removed) > self.rebuild_tau * m_new
         if rebuilt:  # every active neuron, in id order, gathered into slots 0..m'-1
             ids = np.flatnonzero(new)  # [m']
-            np.take(self._pool_rows, ids, out=self._buf_rows[:m_new])
+            torch.index_select(self.pool, 0, torch.from_numpy(ids), out=self.buffer[:m_new])
             n2s[held] = -1
             n2s[ids] = np.arange(m_new, dtype=np.int32)
             s2n[:m_new] = ids
             s2n[m_new:] = -1
             written = m_new
         elif n_add or removed:
-            low = min(m_new, size)
-            holes = np.flatnonzero(~stays[:low])  # [W] removed slots below m', then new slots
-            if m_new > size:
-                holes = np.concatenate([holes, np.arange(size, m_new)])
-            gone = held[~stays]  # [R] removed neurons (read before the slots change)
-            climb = m_new + np.flatnonzero(stays[m_new:])  # [W - A] tail stayers, move down
+            added = np.flatnonzero(new & (n2s < 0)) if n_add else freed[:0]  # [A] ascending neuron ids
+            gone = held[freed]  # [R] removed neurons (read before the slots change)
+            if m_new < size:  # shrink: holes below m', stayers of the vacated tail move down
+                holes = freed[: np.searchsorted(freed, m_new)]  # [W]
+                climb = m_new + np.flatnonzero(new[held[m_new:]])  # [W - A]
+            else:  # grow or keep: every freed slot, then the new slots
+                holes = freed if m_new == size else np.concatenate([freed, np.arange(size, m_new)])
+                climb = freed[:0]
             to_pool, to_climb = holes[:n_add], holes[n_add:]
             if n_add:  # pool rows straight into their slots (the fancy read stages them once)
                 self._buf_rows[to_pool] = self._pool_rows[added]
