@@ -306,6 +306,7 @@ class PairedWeightCache:
         if self._host:
             self._s2n_np, self._n2s_np = self._s2n.numpy(), self._n2s.numpy()
             self._pool_rows, self._buf_rows = _row_items(self.pool), _row_items(self.buffer)
+            self._absent = np.ones(n, dtype=bool)  # [N] ~(cached mask): added = new & absent, one byte a neuron
         if planner == "triton":
             z = lambda k: torch.zeros(k, dtype=torch.int32, device=map_dev)  # noqa: E731
             self._fused = {"dst": z(capacity), "src": z(capacity), "moved": z(capacity), "counts": z(2), "stats": z(4)}
@@ -412,9 +413,9 @@ class PairedWeightCache:
         s2n, n2s, size, cap = self._s2n_np, self._n2s_np, self._m, self.capacity
         held = s2n[:size]  # [m] neurons in slot order
         freed = np.flatnonzero(~new[held])  # [R] ascending slots of the removed neurons
-        removed = freed.shape[0]
-        m_new = int(np.count_nonzero(new))
-        n_add = m_new - (size - removed)
+        added = np.flatnonzero(new & self._absent)  # [A] ascending neuron ids
+        removed, n_add = freed.shape[0], added.shape[0]
+        m_new = size - removed + n_add
         if m_new > cap:
             raise ValueError(f"mask has {m_new} active neurons, more than the cache capacity {cap}")
         rebuilt = self.rebuild_tau is not None and max(n_add, removed) > self.rebuild_tau * m_new
@@ -427,7 +428,6 @@ class PairedWeightCache:
             s2n[m_new:] = -1
             written = m_new
         elif n_add or removed:
-            added = np.flatnonzero(new & (n2s < 0)) if n_add else freed[:0]  # [A] ascending neuron ids
             gone = held[freed]  # [R] removed neurons (read before the slots change)
             if m_new < size:  # shrink: holes below m', stayers of the vacated tail move down
                 holes = freed[: np.searchsorted(freed, m_new)]  # [W]
@@ -450,6 +450,7 @@ class PairedWeightCache:
             written = holes.shape[0]
         else:  # A = R = 0: nothing moves
             written = 0
+        np.logical_not(new, out=self._absent)
         self._m = m_new
         self.rows_written += written
         self.last = {"added": n_add, "removed": removed, "written": written, "size": m_new, "rebuilt": int(rebuilt)}
