@@ -84,7 +84,8 @@ def _dequantize_torch(codes: torch.Tensor, scales: torch.Tensor, g: int, dtype: 
     return x.reshape(codes.shape).to(dtype)
 
 
-def _check_x(x: torch.Tensor) -> None:
+def check_float_tensor(x: torch.Tensor) -> None:
+    """TypeError/ValueError unless ``x`` is a float16/bfloat16/float32 tensor with a non-empty last dim."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -98,7 +99,7 @@ def quantize_int4(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize ``x [..., D]`` to INT4 codes ``[..., D]`` (uint8, 0..15) and fp16 scales ``[..., D // G]``."""
     check_backend(backend)
-    _check_x(x)
+    check_float_tensor(x)
     g = resolve_group_size(x.shape[-1], group_size)
     if backend == "triton":
         from kernels.quant import quantize_int4_triton

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ecc_kv.quant import check_backend, resolve_group_size
+from ecc_kv.quant import check_backend, check_float_tensor, resolve_group_size
 
 SCHEMES = ("minmax", "symmetric", "mean")
 _FP16_MAX = 65504.0
@@ -199,15 +199,6 @@ def dequantize_groups_torch(q: QuantizedGroups, dtype: torch.dtype) -> torch.Ten
     return x.to(dtype)
 
 
-def _check_x(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"x.dtype={x.dtype} is not one of float16, bfloat16, float32")
-    if x.dim() == 0 or x.shape[-1] == 0:
-        raise ValueError(f"x must have a non-empty last dim, got shape {tuple(x.shape)}")
-
-
 def quantize(
     x: torch.Tensor,
     bits: int | torch.Tensor,
@@ -219,7 +210,7 @@ def quantize(
     """Quantize ``x [..., D]`` per token per head (per group along D) at ``bits`` (int or tensor [...])."""
     check_backend(backend)
     check_scheme(scheme)
-    _check_x(x)
+    check_float_tensor(x)
     d = x.shape[-1]
     g = resolve_group_size(d, group_size)
     if g > 32767:

@@ -114,6 +114,29 @@ def ref_dims(dim: int, align: int, align_coarse: int) -> tuple[int, int | None]:
     return fine, coarse
 
 
+def measure_roles(
+    dim: int, align: int, align_coarse: int, measure: Callable[[str, int], dict[str, Any]], ctx: Any, what: str
+) -> list[dict[str, Any]]:
+    """Points for ``dim`` ("target") and its aligned references ("aligned", "coarse").
+
+    ``measure(role, dim)`` times one size; a reference equal to a size already timed (``dim`` is
+    aligned already) is reused, marked ``reused``, not timed twice. Progress goes to ``ctx``.
+    """
+    fine, coarse = ref_dims(dim, align, align_coarse)
+    roles = [("target", dim), ("aligned", fine)] + ([("coarse", coarse)] if coarse is not None else [])
+    points: list[dict[str, Any]] = []
+    measured: dict[int, dict[str, Any]] = {}
+    for i, (role, d) in enumerate(roles):
+        if d in measured:
+            points.append({**measured[d], "role": role, "reused": True})
+            continue
+        ctx.progress(i, len(roles), f"{role} {what}={d}")
+        measured[d] = measure(role, d)
+        points.append(measured[d])
+    ctx.progress(len(roles), len(roles), "done")
+    return points
+
+
 @contextmanager
 def cpu_threads(device: str, threads: int) -> Iterator[None]:
     """Run the block with ``threads`` intra-op CPU threads (0 or a GPU device: unchanged)."""

@@ -101,21 +101,15 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     """Time the target shape and its aligned references; every repeat goes to ``raw``."""
     cfg = _config(params)
     device = sc.resolve_device(cfg.device, ctx.device)
-    fine, coarse = sc.ref_dims(cfg.dim, cfg.align, cfg.align_coarse)
-    roles = [("target", cfg.dim), ("aligned", fine)] + ([("coarse", coarse)] if coarse is not None else [])
-    points: list[dict[str, Any]] = []
-    measured: dict[int, dict[str, Any]] = {}
+
+    def measure(role: str, dim: int) -> dict[str, Any]:
+        point = _time_point(cfg, dim, role, device)
+        med = time_stats(point["times_ms"])["median_ms"]
+        ctx.log.info("gemm %s %s %s: median %.4f ms", role, cfg.mkn(dim), cfg.dtype, med)
+        return point
+
     with sc.cpu_threads(device, cfg.threads):
-        for i, (role, dim) in enumerate(roles):
-            if dim in measured:  # e.g. dim is already aligned: reuse, do not time twice
-                points.append({**measured[dim], "role": role, "reused": True})
-                continue
-            ctx.progress(i, len(roles), f"{role} dim={dim}")
-            measured[dim] = _time_point(cfg, dim, role, device)
-            points.append(measured[dim])
-            med = time_stats(measured[dim]["times_ms"])["median_ms"]
-            ctx.log.info("gemm %s %s %s: median %.4f ms", role, cfg.mkn(dim), cfg.dtype, med)
-    ctx.progress(len(roles), len(roles), "done")
+        points = sc.measure_roles(cfg.dim, cfg.align, cfg.align_coarse, measure, ctx, "dim")
     return {"kind": KIND, "config": asdict(cfg), "env": sc.env_info(device), "points": points}
 
 

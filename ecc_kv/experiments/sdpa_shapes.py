@@ -216,26 +216,20 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     """Time one backend on the target head dim and its aligned references; refusals are data."""
     cfg = _config(params)
     device = sc.resolve_device(cfg.device, ctx.device)
-    fine, coarse = sc.ref_dims(cfg.head_dim, cfg.align, cfg.align_coarse)
-    roles = [("target", cfg.head_dim), ("aligned", fine)] + ([("coarse", coarse)] if coarse is not None else [])
-    points: list[dict[str, Any]] = []
-    measured: dict[int, dict[str, Any]] = {}
+
+    def measure(role: str, dim: int) -> dict[str, Any]:
+        p = _time_point(cfg, dim, role, device, ctx.shared)
+        if p["status"] == "ok":
+            ctx.log.info("sdpa %s %s D=%d: %s, median %.4f ms", cfg.backend, role, dim, p["picked"],
+                         time_stats(p["times_ms"])["median_ms"])
+        else:
+            ctx.log.info("sdpa %s %s D=%d: %s: %s", cfg.backend, role, dim, p["status"], p["reason"])
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        return p
+
     with sc.cpu_threads(device, cfg.threads):
-        for i, (role, dim) in enumerate(roles):
-            if dim in measured:
-                points.append({**measured[dim], "role": role, "reused": True})
-                continue
-            ctx.progress(i, len(roles), f"{role} head_dim={dim}")
-            measured[dim] = p = _time_point(cfg, dim, role, device, ctx.shared)
-            points.append(p)
-            if p["status"] == "ok":
-                ctx.log.info("sdpa %s %s D=%d: %s, median %.4f ms", cfg.backend, role, dim, p["picked"],
-                             time_stats(p["times_ms"])["median_ms"])
-            else:
-                ctx.log.info("sdpa %s %s D=%d: %s: %s", cfg.backend, role, dim, p["status"], p["reason"])
-            if device == "cuda":
-                torch.cuda.empty_cache()
-    ctx.progress(len(roles), len(roles), "done")
+        points = sc.measure_roles(cfg.head_dim, cfg.align, cfg.align_coarse, measure, ctx, "head_dim")
     return {"kind": KIND, "config": asdict(cfg), "env": sc.env_info(device), "points": points}
 
 
