@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pandas as pd
 import pytest
@@ -47,6 +48,18 @@ def test_run_contract(ctx):
     assert 0.05 < s["flips_per_value"] < 0.11  # 8 stored bits per value at BER 1e-2
     # no summary key shadows a parameter (the aggregator would have to rename it)
     assert not set(s) & set(ber_sweep.DEFAULTS)
+
+
+def test_paired_speed_timing(ctx):
+    """speed_repeats > 0: plain and mode forwards timed interleaved in the run; the ratio comes from them."""
+    _, raw, s = _run(ctx, cache_mode="int4-hamming84", ber=1e-3, speed_repeats=2)
+    assert len(raw["speed_plain_ms"]) == 2 and len(raw["speed_mode_ms"]) == 2
+    assert raw["speed_tokens"] == 48 and all(t > 0 for t in raw["speed_plain_ms"] + raw["speed_mode_ms"])
+    ratio = statistics.median(raw["speed_mode_ms"]) / statistics.median(raw["speed_plain_ms"])
+    assert s["time_ratio_vs_clean"] == pytest.approx(ratio)
+    assert s["tokens_per_s"] == pytest.approx(48 / statistics.median(raw["speed_mode_ms"]) * 1e3)
+    # the timing forwards draw no faults into the counted run: the counters cover the scored samples only
+    assert s["values"] == 2 * 2 * 3 * 48 * 2 * 16
 
 
 def test_shared_setup_reused_and_ber0_equals_int4(ctx):
