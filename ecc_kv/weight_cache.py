@@ -32,7 +32,7 @@ Placement = Literal["cpu", "gpu", "offloaded"]
 PLACEMENTS: tuple[str, ...] = ("cpu", "gpu", "offloaded")
 BACKENDS: tuple[str, ...] = ("torch", "triton")
 OFFLOADS: tuple[str, ...] = ("staged", "direct")
-PLANNERS: tuple[str, ...] = ("torch", "triton")
+PLANNERS: tuple[str, ...] = ("torch", "triton", "fused")
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -207,6 +207,23 @@ def _apply_triton(buf: torch.Tensor, rows: torch.Tensor, plan: MovePlan, n_moves
     apply_moves(buf, rows, plan.dst, plan.src, plan.counts, max_moves=n_moves, staged=staged)
 
 
+def _apply_packed(buf: torch.Tensor, rows: torch.Tensor, packed: torch.Tensor, cap: int, n_moves: int, *,
+                  staged: bool, backend: str) -> None:
+    """Moves of a packed plan ``[n_pool, n_moves | dst (cap) | src (cap)]`` (int32) into ``buf``.
+
+    ``packed`` and ``rows`` may sit in pinned host memory while ``buf`` is on the GPU: the
+    Triton kernel then reads them through unified addressing (one launch, no copy).
+    """
+    counts, dst, src = packed[:2], packed[2 : 2 + cap], packed[2 + cap :]
+    if backend == "triton":
+        from kernels.weight_cache import apply_moves
+
+        apply_moves(buf, rows, dst, src, counts, max_moves=n_moves, staged=staged)
+    else:
+        n_pool = int(packed[0])
+        apply_moves_torch(buf, rows, dst, src, n_pool, n_moves, staged=staged)
+
+
 class PairedWeightCache:
     """The active neurons' MLP weights, contiguous, updated by paired replacement.
 
@@ -227,9 +244,12 @@ class PairedWeightCache:
         host into a pinned staging block and sends it in one asynchronous copy;
         ``"direct"`` (triton backend) lets the move kernel read the pinned pool itself
         through unified addressing, so the rows cross PCIe once with no host gather.
-    planner: ``"torch"`` (fixed-shape torch ops on the GPU, numpy on the host) or
+    planner: ``"torch"`` (fixed-shape torch ops on the GPU, numpy on the host),
         ``"triton"`` (``kernels.weight_cache.plan_and_commit``: the whole plan and the map
-        updates in one launch; cpu/gpu placements).
+        updates in one single-program launch, then the move launch) or ``"fused"``
+        (``kernels.weight_cache.plan_and_move``: plan, moves and map commit in ONE
+        multi-program launch; the counts come back through pinned host memory). cpu/gpu
+        placements; an offloaded cache plans on the host.
     """
 
     def __init__(
@@ -273,13 +293,15 @@ class PairedWeightCache:
         else:
             buf_dev = torch.device(device or "cuda")
             pool_dev = torch.device("cpu")
-        backend = backend or ("triton" if buf_dev.type == "cuda" else "torch")
+        backend = backend or ("triton" if buf_dev.type == "cuda" or planner == "fused" else "torch")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if planner not in PLANNERS:
             raise ValueError(f"planner must be one of {PLANNERS}, got {planner!r}")
-        if planner == "triton" and placement == "offloaded":
-            raise ValueError("planner='triton' plans on the GPU; an offloaded cache plans on the host (use 'torch')")
+        if planner != "torch" and placement == "offloaded":
+            raise ValueError(f"planner={planner!r} plans on the GPU; an offloaded cache plans on the host (use 'torch')")
+        if planner == "fused" and backend != "triton":
+            raise ValueError("planner='fused' moves the rows in its own Triton launch: it needs backend='triton'")
         if offload not in OFFLOADS:
             raise ValueError(f"offload must be one of {OFFLOADS}, got {offload!r}")
         if offload == "direct" and placement == "offloaded" and backend != "triton":
@@ -303,23 +325,38 @@ class PairedWeightCache:
         # cpu placement, torch backend and planner: the update runs on numpy views of the maps
         # and of the rows (one void item per bundled row, so a fancy copy moves whole rows)
         self._host = placement == "cpu" and backend == "torch" and planner == "torch"
-        if self._host:
+        if self._host or placement == "offloaded":  # plan committed in place on numpy views of the maps
             self._s2n_np, self._n2s_np = self._s2n.numpy(), self._n2s.numpy()
-            self._pool_rows, self._buf_rows = _row_items(self.pool), _row_items(self.buffer)
             self._absent = np.ones(n, dtype=bool)  # [N] ~(cached mask): added = new & absent, one byte a neuron
+        if self._host:
+            self._pool_rows, self._buf_rows = _row_items(self.pool), _row_items(self.buffer)
         if planner == "triton":
             z = lambda k: torch.zeros(k, dtype=torch.int32, device=map_dev)  # noqa: E731
             self._fused = {"dst": z(capacity), "src": z(capacity), "moved": z(capacity), "counts": z(2), "stats": z(4)}
+        if planner == "fused":
+            from kernels.weight_cache import fused_scratch
+
+            self._scratch = fused_scratch(n, capacity, buf_dev)  # move lists, chunk counts, barrier state
+            self._stats = torch.zeros(4, dtype=torch.int32, device=buf_dev)
+            # the launch also writes its counts to pinned host memory: update() reads them after a
+            # stream sync, with no device-to-host copy to launch
+            self._hstats = torch.zeros(4, dtype=torch.int32).pin_memory() if buf_dev.type == "cuda" else None
         self.rows_written = 0  # total over the cache's life
         self.last: dict[str, int] = {"added": 0, "removed": 0, "written": 0, "size": 0, "rebuilt": 0}
         if placement == "offloaded":
-            # host staging for gathered pool rows and the packed plan; device twins; an event
-            # guarding the pinned buffers until their asynchronous copies finished
-            self._stage_h = torch.empty(capacity, self.row_len, dtype=pool.dtype, pin_memory=pin)
-            self._stage_d = torch.empty(capacity, self.row_len, dtype=pool.dtype, device=buf_dev)
-            self._plan_h = torch.empty(2 * capacity + 2, dtype=torch.int32, pin_memory=pin)
-            self._plan_d = torch.empty(2 * capacity + 2, dtype=torch.int32, device=buf_dev)
-            self._copied = torch.cuda.Event() if buf_dev.type == "cuda" else None
+            # two of everything the host writes (packed plans, staging blocks), used in turn, each
+            # guarded by an event until the copy or kernel that reads it has run: the host plans
+            # update t+1 while the GPU still moves the rows of update t
+            cuda = buf_dev.type == "cuda"
+            self._plan_h = [torch.zeros(2 * capacity + 2, dtype=torch.int32, pin_memory=pin) for _ in range(2)]
+            self._plan_np = [t.numpy() for t in self._plan_h]
+            self._events = [torch.cuda.Event() for _ in range(2)] if cuda else None
+            self._turn = 0
+            if offload == "staged":
+                self._stage_h = [torch.empty(capacity, self.row_len, dtype=pool.dtype, pin_memory=pin)
+                                 for _ in range(2)]
+                self._stage_d = torch.empty(capacity, self.row_len, dtype=pool.dtype, device=buf_dev)
+                self._plan_d = torch.empty(2 * capacity + 2, dtype=torch.int32, device=buf_dev)
 
     # -- views -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -376,6 +413,10 @@ class PairedWeightCache:
         new = self._check_mask(mask)
         if self._host:
             return self._update_host(new.numpy())
+        if self.placement == "offloaded":
+            return self._update_offloaded(new.numpy())
+        if self.planner == "fused":
+            return self._update_fused(new)
         fused = self._fused_plan(new)  # triton planner: maps already committed (unless overflow)
         if fused is not None:
             plan = fused
@@ -401,13 +442,14 @@ class PairedWeightCache:
         self.last = {"added": added, "removed": removed, "written": n_moves, "size": m_new, "rebuilt": int(rebuilt)}
         return n_moves
 
-    def _update_host(self, new: np.ndarray) -> int:
-        """The CPU update: the plan of :func:`plan_moves_host` (same moves, same order), applied
-        straight from the pool into the buffer and committed to the maps in place.
+    def _commit_host(self, new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Plan an update on the host maps and commit it in place (cpu and offloaded placements).
 
-        A few numpy calls on index lists and one fancy row copy per move kind, no tensor
-        allocations: the fixed cost per update is tens of microseconds, so the update time
-        follows the rows it writes.
+        The plan of :func:`plan_moves_host` (same moves, same order) or, past the hybrid
+        threshold, of :func:`plan_rebuild`, from a few numpy calls on index lists, with no
+        tensor allocations. Returns (dst, from_pool, climb): slots ``dst[:A]`` receive the
+        pool rows ``from_pool``, slots ``dst[A:]`` the buffer rows at the tail slots
+        ``climb``. Raises ValueError on overflow before changing anything.
         """
         # new: bool [N]; s2n: int32 [cap]; n2s: int32 [N]
         s2n, n2s, size, cap = self._s2n_np, self._n2s_np, self._m, self.capacity
@@ -419,27 +461,24 @@ class PairedWeightCache:
         if m_new > cap:
             raise ValueError(f"mask has {m_new} active neurons, more than the cache capacity {cap}")
         rebuilt = self.rebuild_tau is not None and max(n_add, removed) > self.rebuild_tau * m_new
-        if rebuilt:  # every active neuron, in id order, gathered into slots 0..m'-1
+        climb = freed[:0]
+        if rebuilt:  # every active neuron, in id order, into slots 0..m'-1
             ids = np.flatnonzero(new)  # [m']
-            torch.index_select(self.pool, 0, torch.from_numpy(ids), out=self.buffer[:m_new])
             n2s[held] = -1
-            n2s[ids] = np.arange(m_new, dtype=np.int32)
+            dst = np.arange(m_new, dtype=np.int32)
+            n2s[ids] = dst
             s2n[:m_new] = ids
             s2n[m_new:] = -1
-            written = m_new
+            from_pool = ids
         elif n_add or removed:
             gone = held[freed]  # [R] removed neurons (read before the slots change)
             if m_new < size:  # shrink: holes below m', stayers of the vacated tail move down
-                holes = freed[: np.searchsorted(freed, m_new)]  # [W]
+                dst = freed[: np.searchsorted(freed, m_new)]  # [W]
                 climb = m_new + np.flatnonzero(new[held[m_new:]])  # [W - A]
             else:  # grow or keep: every freed slot, then the new slots
-                holes = freed if m_new == size else np.concatenate([freed, np.arange(size, m_new)])
-                climb = freed[:0]
-            to_pool, to_climb = holes[:n_add], holes[n_add:]
-            if n_add:  # pool rows straight into their slots (the fancy read stages them once)
-                self._buf_rows[to_pool] = self._pool_rows[added]
+                dst = freed if m_new == size else np.concatenate([freed, np.arange(size, m_new)])
+            to_pool, to_climb = dst[:n_add], dst[n_add:]
             if climb.shape[0]:  # sources in the vacated tail, destinations below m': independent
-                self._buf_rows[to_climb] = self._buf_rows[climb]
                 climbers = s2n[climb]  # [W - A] (a copy)
                 s2n[to_climb] = climbers
                 n2s[climbers] = to_climb
@@ -447,14 +486,89 @@ class PairedWeightCache:
             s2n[m_new:size] = -1
             s2n[to_pool] = added
             n2s[added] = to_pool
-            written = holes.shape[0]
+            from_pool = added
         else:  # A = R = 0: nothing moves
-            written = 0
+            dst = from_pool = freed
         np.logical_not(new, out=self._absent)
+        written = dst.shape[0]
         self._m = m_new
         self.rows_written += written
         self.last = {"added": n_add, "removed": removed, "written": written, "size": m_new, "rebuilt": int(rebuilt)}
-        return written
+        return dst, from_pool, climb
+
+    def _update_host(self, new: np.ndarray) -> int:
+        """The CPU update: the host plan committed in place, then the rows copied straight from
+        the pool into the buffer, one numpy fancy copy of whole-row items per move kind (a
+        rebuild: one index_select). The fixed cost per update is tens of microseconds."""
+        dst, from_pool, climb = self._commit_host(new)
+        n_pool = from_pool.shape[0]
+        if self.last["rebuilt"]:
+            torch.index_select(self.pool, 0, torch.from_numpy(from_pool), out=self.buffer[:n_pool])
+            return n_pool
+        if n_pool:  # pool rows straight into their slots (the fancy read stages them once)
+            self._buf_rows[dst[:n_pool]] = self._pool_rows[from_pool]
+        if climb.shape[0]:
+            self._buf_rows[dst[n_pool:]] = self._buf_rows[climb]
+        return dst.shape[0]
+
+    def _update_offloaded(self, new: np.ndarray) -> int:
+        """The offloaded update: the host plan, packed into a pinned block, then ONE kernel.
+
+        ``direct``: the move kernel reads the packed plan and the added pool rows from pinned
+        host memory itself (unified addressing), so only the moved rows cross PCIe, in one
+        launch, with no host gather, staging copy or host sync. ``staged``: the added rows
+        are gathered on the host into a pinned staging block and sent with the plan in two
+        asynchronous copies before the kernel.
+        """
+        dst, from_pool, climb = self._commit_host(new)
+        w, n_pool, cap = dst.shape[0], from_pool.shape[0], self.capacity
+        if w == 0:
+            return 0
+        k = self._turn = 1 - self._turn
+        if self._events is not None:
+            self._events[k].synchronize()  # the kernel or copies that read these pinned blocks ran
+        plan = self._plan_np[k]  # [counts(2) | dst(cap) | src(cap)]
+        plan[0], plan[1] = n_pool, w
+        plan[2 : 2 + w] = dst
+        plan[2 + cap : 2 + cap + n_pool] = from_pool
+        plan[2 + cap + n_pool : 2 + cap + w] = climb
+        ph = self._plan_h[k]
+        if self.offload == "direct":
+            _apply_packed(self.buffer, self.pool, ph, cap, w, staged=False, backend=self.backend)
+        else:
+            stage = self._stage_h[k]
+            if n_pool:
+                torch.index_select(self.pool, 0, torch.from_numpy(from_pool), out=stage[:n_pool])
+            self._plan_d.copy_(ph, non_blocking=True)
+            self._stage_d[:n_pool].copy_(stage[:n_pool], non_blocking=True)
+            _apply_packed(self.buffer, self._stage_d, self._plan_d, cap, w, staged=True, backend=self.backend)
+        if self._events is not None:
+            self._events[k].record()
+        return w
+
+    def _update_fused(self, new: torch.Tensor) -> int:
+        """planner='fused': one launch plans, moves and commits; one stream sync reads the counts."""
+        from kernels.weight_cache import plan_and_move
+
+        plan_and_move(new, self._n2s, self._s2n, self.buffer, self.pool, self._scratch, self._stats, self._hstats)
+        if self._hstats is not None:
+            torch.cuda.current_stream(self.buffer.device).synchronize()
+            added, removed, n_moves, m_new = self._hstats.tolist()
+        else:
+            added, removed, n_moves, m_new = self._stats.tolist()
+        if m_new > self.capacity:  # the kernel changed nothing
+            raise ValueError(f"mask has {m_new} active neurons, more than the cache capacity {self.capacity}")
+        rebuilt = self.rebuild_tau is not None and max(added, removed) > self.rebuild_tau * m_new
+        if rebuilt:  # the paired moves ran already; the rebuild overwrites them and the maps
+            plan = plan_rebuild(new, self.capacity)
+            torch.index_select(self.pool, 0, plan.src[:m_new].long(), out=self.buffer[:m_new])
+            self._s2n.copy_(plan.s2n)
+            self._n2s.copy_(plan.n2s)
+            n_moves = m_new
+        self._m = m_new
+        self.rows_written += n_moves
+        self.last = {"added": added, "removed": removed, "written": n_moves, "size": m_new, "rebuilt": int(rebuilt)}
+        return n_moves
 
     def update_async(self, mask: torch.Tensor) -> torch.Tensor:
         """Paired update with no host sync (GPU placement, triton backend); returns rows written as a device tensor.
@@ -466,6 +580,11 @@ class PairedWeightCache:
         if self.placement != "gpu" or self.backend != "triton":
             raise ValueError(f"update_async needs placement 'gpu' and backend 'triton', got {self.placement!r}/{self.backend!r}")
         new = self._check_mask(mask)
+        if self.planner == "fused":
+            from kernels.weight_cache import plan_and_move
+
+            plan_and_move(new, self._n2s, self._s2n, self.buffer, self.pool, self._scratch, self._stats, self._hstats)
+            return self._stats[2]
         fused = self._fused_plan(new)
         plan = fused if fused is not None else plan_moves(new, self._n2s, self._s2n)
         _apply_triton(self.buffer, self.pool, plan, None, staged=False)
@@ -487,40 +606,13 @@ class PairedWeightCache:
     def _apply(self, plan: MovePlan, n_pool: int, n_moves: int, rebuilt: bool = False) -> None:
         if n_moves == 0:
             return
-        if rebuilt and self.placement != "offloaded" and self.backend == "torch":
+        if rebuilt and self.backend == "torch":
             # a rebuild writes slots 0..m'-1 in order: one index_select straight into the buffer
             torch.index_select(self.pool, 0, plan.src[:n_moves].long(), out=self.buffer[:n_moves])
-            return
-        if self.placement != "offloaded":
-            if self.backend == "triton":
-                _apply_triton(self.buffer, self.pool, plan, n_moves, staged=False)
-            else:
-                apply_moves_torch(self.buffer, self.pool, plan.dst, plan.src, n_pool, n_moves)
-            return
-        # offloaded: gather the pool rows on the host, ship them and the plan in two async copies
-        if self._copied is not None:
-            self._copied.synchronize()  # the pinned buffers are free again
-        direct = self.offload == "direct"
-        if n_pool and not direct:
-            torch.index_select(self.pool, 0, plan.src[:n_pool].long(), out=self._stage_h[:n_pool])
-        cap = self.capacity
-        # packed plan [counts(2) | dst(cap) | src(cap)]: one small copy
-        self._plan_h[:2].copy_(plan.counts)
-        self._plan_h[2 : 2 + n_moves].copy_(plan.dst[:n_moves])
-        self._plan_h[2 + cap : 2 + cap + n_moves].copy_(plan.src[:n_moves])
-        self._plan_d.copy_(self._plan_h, non_blocking=True)
-        if not direct:
-            self._stage_d[:n_pool].copy_(self._stage_h[:n_pool], non_blocking=True)
-        if self._copied is not None:
-            self._copied.record()
-        counts, dst, src = self._plan_d[:2], self._plan_d[2 : 2 + cap], self._plan_d[2 + cap :]
-        if self.backend == "triton":
-            from kernels.weight_cache import apply_moves
-
-            rows = self.pool if direct else self._stage_d  # direct: pinned host rows, read over PCIe
-            apply_moves(self.buffer, rows, dst, src, counts, max_moves=n_moves, staged=not direct)
+        elif self.backend == "triton":
+            _apply_triton(self.buffer, self.pool, plan, n_moves, staged=False)
         else:
-            apply_moves_torch(self.buffer, self._stage_d, dst, src, n_pool, n_moves, staged=True)
+            apply_moves_torch(self.buffer, self.pool, plan.dst, plan.src, n_pool, n_moves)
 
     def check(self) -> None:
         """Raise ValueError if the buffer or the maps disagree with the pool (tests, debugging)."""
@@ -532,3 +624,8 @@ class PairedWeightCache:
             raise ValueError("neuron->slot map disagrees with slot->neuron map")
         if bool((self._s2n[self._m :] >= 0).any()):
             raise ValueError("slots past the active size are not empty")
+        if self.planner == "fused":
+            from kernels.weight_cache import barrier_timeouts
+
+            if barrier_timeouts(self._scratch):
+                raise ValueError("fused update: a grid barrier gave up (its programs were not resident together)")

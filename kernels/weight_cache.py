@@ -206,3 +206,213 @@ def plan_and_commit(
     block = min(2048, max(128, triton.next_power_of_2(max(n, cap))))
     _plan_kernel[(1,)](new.view(torch.uint8), n2s, s2n, dst, src, moved, counts, stats, n, cap,
                        BLOCK=block, num_warps=8)
+
+
+@triton.jit
+def _grid_sync(sync_ptr, n_prog, SPIN: tl.constexpr):
+    """Sense-reversing barrier over the whole grid (all programs must be resident at once).
+
+    sync_ptr[0] counts arrivals, sync_ptr[1] is the generation the last arrival bumps,
+    sync_ptr[2] counts waits that gave up after SPIN polls (0 unless programs were starved).
+    The atomics are acq_rel, so every store made before the barrier is visible after it.
+    """
+    gen = tl.atomic_add(sync_ptr + 1, 0)
+    arrived = tl.atomic_add(sync_ptr, 1)
+    if arrived == n_prog - 1:
+        tl.atomic_xchg(sync_ptr, 0)
+        tl.atomic_add(sync_ptr + 1, 1)
+    else:
+        spins = 0
+        while (tl.atomic_add(sync_ptr + 1, 0) == gen) & (spins < SPIN):
+            spins += 1
+        if spins >= SPIN:
+            tl.atomic_add(sync_ptr + 2, 1)
+
+
+@triton.jit
+def _plan_move_kernel(
+    new_ptr,  # uint8 [N]: the new mask
+    n2s_ptr,  # int32 [N]: neuron -> slot, updated in place
+    s2n_ptr,  # int32 [CAP]: slot -> neuron, updated in place
+    buf_ptr,  # [CAP, row_len]: the buffer
+    pool_ptr,  # [N, row_len]: the pool
+    dst_ptr,  # int32 [CAP] scratch: destination slot of move j
+    src_ptr,  # int32 [CAP] scratch: pool neuron (j < added) or tail slot of move j
+    moved_ptr,  # int32 [CAP] scratch: the neuron landing in dst[j]
+    part_ptr,  # int32 [n_prog] scratch: added neurons per program's neuron chunk
+    sync_ptr,  # int32 [3]: grid barrier state
+    stats_ptr,  # int32 [4] out: (added, removed, moves, new size)
+    hstats_ptr,  # int32 [4] out (HOST_STATS): the same, in pinned host memory
+    N,
+    CAP,
+    row_len,
+    n_prog,
+    NB: tl.constexpr,  # neurons per program (power of two)
+    SB: tl.constexpr,  # slots per block (power of two)
+    PB: tl.constexpr,  # power of two >= n_prog
+    COLS: tl.constexpr,  # row elements per copy step
+    SPIN: tl.constexpr,
+    HOST_STATS: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    zero = tl.sum(tl.zeros([SB], dtype=tl.int32), axis=0)
+    # phase 1: added neurons of this program's chunk; stayers over all slots (every program)
+    i = pid * NB + tl.arange(0, NB)
+    iok = i < N
+    nw = tl.load(new_ptr + i, mask=iok, other=0)
+    sl = tl.load(n2s_ptr + i, mask=iok, other=0)
+    add = (iok & (nw != 0) & (sl < 0)).to(tl.int32)  # [NB]
+    tl.store(part_ptr + pid, tl.sum(add, axis=0))
+    offs = tl.arange(0, SB)
+    n_stay = zero
+    n_old = zero
+    for start in range(0, CAP, SB):
+        s = start + offs
+        ok = s < CAP
+        nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
+        occ = nid >= 0
+        w = tl.load(new_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0)
+        n_stay += tl.sum((occ & (w != 0)).to(tl.int32), axis=0)
+        n_old += tl.sum(occ.to(tl.int32), axis=0)
+    _grid_sync(sync_ptr, n_prog, SPIN)
+    # phase 2: ranks. Added neurons in id order take moves 0..A-1 (program offsets from the
+    # per-chunk counts); holes below the new size in slot order are the destinations; stayers
+    # in the vacated tail follow the added as sources. Slot block b is written by program b % n_prog.
+    p = tl.arange(0, PB)
+    parts = tl.load(part_ptr + p, mask=p < n_prog, other=0, cache_modifier=".cg")
+    n_add = tl.sum(parts, axis=0)
+    before = tl.sum(tl.where(p < pid, parts, 0), axis=0)
+    m_new = n_stay + n_add
+    fits = m_new <= CAP
+    rank = before + tl.cumsum(add, axis=0) - 1
+    lim = tl.where(fits, CAP, 0)  # overflow: no slot is touched
+    wa = (add != 0) & (rank < lim)
+    tl.store(src_ptr + rank, i, mask=wa)
+    tl.store(moved_ptr + rank, i, mask=wa)
+    n_hole = zero
+    n_climb = zero
+    for start in range(0, CAP, SB):
+        s = start + offs
+        ok = s < lim
+        owner = (start // SB) % n_prog
+        mine = ok & ((offs * 0 + owner) == pid)  # [SB]: this program writes block start // SB
+        nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
+        occ = nid >= 0
+        w = tl.load(new_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0)
+        stays = occ & (w != 0)
+        below = s < m_new
+        hole = (ok & below & (stays == 0)).to(tl.int32)
+        climb = (ok & stays & (below == 0)).to(tl.int32)
+        hr = n_hole + tl.cumsum(hole, axis=0) - 1
+        tl.store(dst_ptr + hr, s, mask=mine & (hole != 0))
+        cr = n_add + n_climb + tl.cumsum(climb, axis=0) - 1
+        tl.store(src_ptr + cr, s, mask=mine & (climb != 0))
+        tl.store(moved_ptr + cr, nid, mask=mine & (climb != 0))
+        tl.store(n2s_ptr + tl.maximum(nid, 0), -1, mask=mine & occ & (stays == 0))  # removed neurons
+        n_hole += tl.sum(hole, axis=0)
+        n_climb += tl.sum(climb, axis=0)
+    _grid_sync(sync_ptr, n_prog, SPIN)
+    # phase 3: move j runs on program j % n_prog; sources never overlap destinations
+    cols0 = tl.arange(0, COLS)
+    for j in range(pid, n_hole, n_prog):
+        d = tl.load(dst_ptr + j, cache_modifier=".cg")
+        sj = tl.load(src_ptr + j, cache_modifier=".cg")
+        v = tl.load(moved_ptr + j, cache_modifier=".cg")
+        d64 = d.to(tl.int64) * row_len
+        s64 = sj.to(tl.int64) * row_len
+        for c0 in range(0, row_len, COLS):
+            cols = c0 + cols0
+            okc = cols < row_len
+            if j < n_add:
+                x = tl.load(pool_ptr + s64 + cols, mask=okc)
+            else:
+                x = tl.load(buf_ptr + s64 + cols, mask=okc)
+            tl.store(buf_ptr + d64 + cols, x, mask=okc)
+        tl.store(s2n_ptr + d, v)
+        tl.store(n2s_ptr + v, d)
+    for start in range(pid * SB, CAP, n_prog * SB):  # the vacated tail empties
+        s = start + offs
+        tl.store(s2n_ptr + s, -1, mask=(s < lim) & (s >= m_new))
+    if pid == 0:
+        tl.store(stats_ptr, n_add)
+        tl.store(stats_ptr + 1, n_old - n_stay)
+        tl.store(stats_ptr + 2, n_hole)
+        tl.store(stats_ptr + 3, m_new)
+        if HOST_STATS:
+            tl.store(hstats_ptr, n_add)
+            tl.store(hstats_ptr + 1, n_old - n_stay)
+            tl.store(hstats_ptr + 2, n_hole)
+            tl.store(hstats_ptr + 3, m_new)
+
+
+SPIN_LIMIT = 1 << 22  # barrier polls before a program gives up (seconds; only when starved of SMs)
+
+
+def _programs(n: int, cap: int, device: torch.device) -> int:
+    """Programs of the fused launch: one per SM (all must be resident for the grid barrier),
+    never more than the slot or neuron blocks need; one under the interpreter (programs run
+    one after another there, so a barrier can only wait for itself)."""
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(sms, max(cap, triton.cdiv(n, 64))))
+
+
+def plan_and_move(
+    new: torch.Tensor,
+    n2s: torch.Tensor,
+    s2n: torch.Tensor,
+    buf: torch.Tensor,
+    pool: torch.Tensor,
+    scratch: torch.Tensor,
+    stats: torch.Tensor,
+    host_stats: torch.Tensor | None = None,
+) -> None:
+    """A whole paired update in ONE launch: plan, row moves and map commit (gpu placement).
+
+    new: bool [N]; n2s: int32 [N]; s2n: int32 [cap] (updated in place unless the new set
+    exceeds cap, which changes nothing); buf: [cap, R], pool: [N, R] contiguous, one dtype;
+    scratch: int32 [3 * cap + P + 3] from :func:`fused_scratch` (zeroed once, reused: it
+    holds the grid barrier's state); stats: int32 [4] = (added, removed, moves, new size),
+    also written to ``host_stats`` (pinned host memory, read after a stream sync without a
+    device-to-host copy) when given. No host sync: capturable in a CUDA graph.
+
+    The grid has one program per SM; a grid barrier (atomics, all programs resident)
+    separates counting, ranking and moving, so the scan over N is split across programs.
+    """
+    if new.dtype != torch.bool or new.dim() != 1:
+        raise TypeError(f"new must be a 1-D bool mask, got {new.dtype} {tuple(new.shape)}")
+    for name, t in (("n2s", n2s), ("s2n", s2n), ("scratch", scratch), ("stats", stats)):
+        if t.dtype != torch.int32 or not t.is_contiguous():
+            raise TypeError(f"{name} must be a contiguous int32 tensor, got {t.dtype}")
+    if not (buf.is_contiguous() and pool.is_contiguous()) or buf.dtype != pool.dtype:
+        raise ValueError("buf and pool must be contiguous and of one dtype")
+    n, cap = n2s.numel(), s2n.numel()
+    progs = _programs(n, cap, buf.device)
+    if new.numel() != n or pool.shape[0] != n or buf.shape[0] != cap or buf.shape[1] != pool.shape[1]:
+        raise ValueError(f"sizes disagree: new {new.numel()}, n2s {n}, s2n {cap}, buf {tuple(buf.shape)}, "
+                         f"pool {tuple(pool.shape)}")
+    if scratch.numel() < 3 * cap + progs + 3:
+        raise ValueError(f"scratch must hold >= {3 * cap + progs + 3} int32, got {scratch.numel()}")
+    row_len = buf.shape[1]
+    nb = triton.next_power_of_2(triton.cdiv(n, progs))
+    sb = min(2048, triton.next_power_of_2(cap))
+    cols = min(triton.next_power_of_2(row_len), 16384 // buf.element_size())
+    dst, src, moved = scratch[:cap], scratch[cap : 2 * cap], scratch[2 * cap : 3 * cap]
+    part, sync = scratch[3 * cap : 3 * cap + progs], scratch[3 * cap + progs : 3 * cap + progs + 3]
+    hs = stats if host_stats is None else host_stats
+    _plan_move_kernel[(progs,)](
+        new.view(torch.uint8), n2s, s2n, buf, pool, dst, src, moved, part, sync, stats, hs,
+        n, cap, row_len, progs, NB=nb, SB=sb, PB=triton.next_power_of_2(progs), COLS=cols,
+        SPIN=SPIN_LIMIT, HOST_STATS=host_stats is not None, num_warps=8)
+
+
+def fused_scratch(n: int, cap: int, device: torch.device | str) -> torch.Tensor:
+    """Zeroed int32 scratch for :func:`plan_and_move`: move lists, chunk counts, barrier state."""
+    device = torch.device(device)
+    return torch.zeros(3 * cap + _programs(n, cap, device) + 3, dtype=torch.int32, device=device)
+
+
+def barrier_timeouts(scratch: torch.Tensor) -> int:
+    """How many barrier waits gave up (programs not resident together): 0 in a healthy run."""
+    return int(scratch[-1])
