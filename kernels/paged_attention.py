@@ -8,10 +8,11 @@ detected values by the mean of their neighbouring tokens, dequantizes and runs a
 online-softmax attention step; nothing decoded is written to memory. With more than one
 split, partial (max, sum, accumulator) triples go to a small fp32 buffer and a reduce
 kernel merges them. Row layouts: ``ecc_kv.cache_layout``. Torch twin:
-``ecc_kv.cache_reference.reference_attention``. Raw INT4 and Hamming(8,4) rows with one scale
-per row take the packed-word kernel of ``kernels.paged_attention_words`` (next tile loaded ahead,
-one dot per operand); everything else
-(Hamming(7,4), Golay, adaptive's sink pool, group scales, interpolation) the per-value kernel here.
+``ecc_kv.cache_reference.reference_attention``. Rows with one scale per row take a specialised
+kernel: raw INT4, Hamming(8,4) (also with interpolation) and Hamming(7,4) the packed-word kernel of
+``kernels.paged_attention_words``, Golay the one of ``kernels.paged_attention_golay`` (both decode
+once per codeword, one dot per operand part). The per-value kernel here is the general fallback
+(group scales, head dims that are not a multiple of 8).
 
 The value tile of one row is held in ``R`` parts so packed layouts never need an
 in-register interleave: raw INT4 keeps low/high nibbles apart (``R = 2``, value
@@ -28,6 +29,7 @@ import triton.language as tl
 
 from kernels import codecs as kc
 from kernels.cache_write import CODEC_IDS
+from kernels.paged_attention_golay import _paged_decode_golay_kernel
 from kernels.paged_attention_words import _nib, _paged_decode_words_kernel, _rows
 from kernels.quant import int4_dequantize
 
@@ -332,6 +334,10 @@ def _dummy_counters(device: torch.device) -> torch.Tensor:
     return _DUMMY[key]
 
 
+# per codec id (raw, hamming84, hamming74, golay): next tile loaded ahead by default
+_PREFETCH = {0: True, 1: True, 2: True, 3: True}
+
+
 def _geometry(codec: str | None, d: int) -> tuple[int, int, int]:
     """(codec id, R parts, units per row NU) of a codec at head dim d."""
     cid = CODEC_IDS[codec]
@@ -373,6 +379,7 @@ def paged_decode_attention(
     block_n: int = 64,
     num_warps: int = 4,
     fast: bool = True,
+    prefetch: bool | None = None,
 ) -> torch.Tensor:
     """Attention of ``q [B, HQ, D]`` over the paged cache; returns ``[B, HQ, D]`` in q's dtype.
 
@@ -384,8 +391,9 @@ def paged_decode_attention(
     (k_data, k_scale, v_data, v_scale) of the sink pool holding tokens ``[0, sink_tokens)``
     with ``sink_codec`` (adaptive mode). ``counters``: int64 ``[2]``, corrected and detected
     codewords of this call are added. ``num_splits``: None picks enough to fill the GPU.
-    ``fast``: use the packed-word kernel for raw INT4 / Hamming(8,4) rows where it applies
-    (D % 8 == 0, one scale per row, no interpolation); False forces the per-value kernel.
+    ``fast``: use the specialised kernels where they apply (one scale per row; D % 8 == 0 for
+    the packed-word one); False forces the per-value kernel. ``prefetch``: load the next tile
+    ahead in registers (None: the per-codec default).
     """
     if codec not in CODEC_IDS:
         raise ValueError(f"codec={codec!r} is not one of {list(CODEC_IDS)}")
@@ -398,7 +406,7 @@ def paged_decode_attention(
     if q.dtype == torch.float32:  # the dots run in fp16 (the cache holds INT4 x fp16 values); result back in fp32
         kw = dict(sm_scale=sm_scale, codec=codec, max_len=max_len, interpolate=interpolate, sink=sink,
                   sink_codec=sink_codec, sink_tokens=sink_tokens, counters=counters, num_splits=num_splits,
-                  block_n=block_n, num_warps=num_warps, fast=fast)  # fmt: skip
+                  block_n=block_n, num_warps=num_warps, fast=fast, prefetch=prefetch)  # fmt: skip
         args = (k_data, k_scale, v_data, v_scale, block_tables, lengths)
         return paged_decode_attention(q.to(torch.float16), *args, **kw).to(torch.float32)
     bsz, hq, d = q.shape
@@ -440,25 +448,35 @@ def paged_decode_attention(
         span = min(hi, max_len) - lo
         part = -(-max(span, 1) // splits)
         part = -(-part // block_n) * block_n
-        if cid in (0, 1) and d % 8 == 0 and ng == 1 and not interpolate and fast:
-            _paged_decode_words_kernel[(bsz, hkv, splits)](
-                q, q.stride(0), q.stride(1),
-                kd, ks, vd, vs, kd.stride(0), kd.stride(1), kd.stride(2), ks.stride(0), ks.stride(1), ks.stride(2),
-                bt, bt.stride(0), lengths,
-                out, out.stride(0), out.stride(1), pacc, pml, cnt,
-                qk_scale, lo, hi, part, off, s_total,
-                G=group, GP=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
-                CODEC=cid, DW=d // 8, DWP=max(2, triton.next_power_of_2(d // 8)),  # dots need 8 DWP >= 16
-                PARTIAL=partial, COUNT=counters is not None, num_warps=num_warps,
-            )  # fmt: skip
-            continue
-        _paged_decode_kernel[(bsz, hkv, splits)](
+        common = (
             q, q.stride(0), q.stride(1),
             kd, ks, vd, vs, kd.stride(0), kd.stride(1), kd.stride(2), ks.stride(0), ks.stride(1), ks.stride(2),
             bt, bt.stride(0), lengths,
-            out, out.stride(0), out.stride(1), pacc, pml, cnt, gtab,
-            qk_scale, lo, hi, part, off, s_total,
-            G=group, GP=max(16, triton.next_power_of_2(group)), D=d, BS=bs, BLOCK_N=block_n,
+            out, out.stride(0), out.stride(1), pacc, pml, cnt,
+        )  # fmt: skip
+        gp = max(16, triton.next_power_of_2(group))
+        pre = _PREFETCH[cid] if prefetch is None else prefetch
+        if fast and ng == 1 and cid in (0, 1, 2) and d % 8 == 0 and (not interpolate or cid in (1, 2)):
+            _paged_decode_words_kernel[(bsz, hkv, splits)](
+                *common, qk_scale, lo, hi, part, off, s_total,
+                G=group, GP=gp, D=d, BS=bs, BLOCK_N=block_n,
+                CODEC=cid, DW=d // 8, DWP=max(2, triton.next_power_of_2(d // 8)),  # dots need 8 DWP >= 16
+                PARTIAL=partial, COUNT=counters is not None, INTERP=interpolate, PREFETCH=pre, num_warps=num_warps,
+            )  # fmt: skip
+            continue
+        if fast and ng == 1 and cid == 3:
+            _paged_decode_golay_kernel[(bsz, hkv, splits)](
+                *common, gtab, qk_scale, lo, hi, part, off, s_total,
+                G=group, GP=gp, D=d, BS=bs, BLOCK_N=block_n, NC=nu, NCP=max(16, triton.next_power_of_2(nu)),
+                PARTIAL=partial, COUNT=counters is not None, PREFETCH=pre, num_warps=num_warps,
+            )  # fmt: skip
+            continue
+        # general per-value kernel: its 3-part Golay tiles outgrow shared memory past 64 tokens
+        bn = min(block_n, 64)
+        part = -(-part // bn) * bn
+        _paged_decode_kernel[(bsz, hkv, splits)](
+            *common, gtab, qk_scale, lo, hi, part, off, s_total,
+            G=group, GP=gp, D=d, BS=bs, BLOCK_N=bn,
             CODEC=cid, R=r, NU=nu, DR=max(16, triton.next_power_of_2(nu)), GS=gs, NG=ng,
             PARTIAL=partial, COUNT=counters is not None, INTERP=interpolate, FOLD=ng == 1 and not interpolate, VPU=r,
             num_warps=num_warps,
@@ -466,6 +484,6 @@ def paged_decode_attention(
     if partial:
         _reduce_kernel[(bsz, hq)](
             pacc, pml, out, out.stride(0), out.stride(1), hq, s_total,
-            D=d, DP=triton.next_power_of_2(d), SP=max(2, triton.next_power_of_2(s_total)), SC=16,
+            D=d, DP=triton.next_power_of_2(d), SP=max(2, triton.next_power_of_2(s_total)), SC=min(64, max(2, triton.next_power_of_2(s_total))),
         )  # fmt: skip
     return out

@@ -1,16 +1,28 @@
-"""Packed-word fast path of the fused paged decode attention (raw INT4 and Hamming(8,4) rows).
+"""Packed-word path of the fused paged decode attention: raw INT4, Hamming(8,4) and Hamming(7,4) rows.
 
-Split from ``kernels.paged_attention`` (the launcher, the per-value kernel and the split-KV
-reduce live there); the contract is the same. Rows are read as 32-bit words, Hamming(8,4) is
-corrected 8 codewords per SWAR step, values come out of the nibbles without int->float
-conversions, and the one scale per row multiplies the scores (K) and probabilities (V).
+Split from ``kernels.paged_attention`` (the launcher, the general per-value kernel and the split-KV
+reduce live there); the contract is the same. Every codec is first turned into packed INT4 words
+(8 values per uint32, one SWAR correction step per 8 codewords), then one shared unpack gives the
+``[BLOCK_N, D]`` tile of ``code - 8`` values in fp16/bf16 (magic-number trick, no int->float
+conversion) and one ``tl.dot`` per operand; the one scale per row multiplies the scores (K) and
+the probabilities (V) instead of every value.
+
+- raw INT4: the row's words are the packed words.
+- Hamming(8,4): words ``2m`` and ``2m + 1`` hold the 8 codeword bytes of values ``8m..8m+7``; their
+  low nibbles (data) and high nibbles (parity) are merged with 6 logic ops into one data word and
+  one parity word whose nibble ``n`` is value ``8m + PERM[n]`` (``PERM = 0 4 1 5 2 6 3 7``, no
+  compaction shuffles); the query is loaded and the output stored in that column order.
+- Hamming(7,4): bytes ``7g .. 7g+6`` of a row hold codewords ``8g .. 8g+6`` (bits 0-6) and codeword
+  ``8g + 7`` spread over their bit 7; the bytes are gathered as ``[BLOCK_N, D / 8, 8]`` and folded
+  into data/parity words by in-thread sums of disjoint bit fields.
+- Interpolation (Hamming modes): a tile with a detected codeword (rare; one reduction tells) is
+  rebuilt scaled, with each detected value replaced by the mean of the neighbouring tokens' good
+  values (``ecc_kv.interp``, window 1); its row-scale multipliers become 1.
 
 Why it is shaped this way (H100 measurements in ``docs/paged_cache.md``): the loop is bound by
-load latency and register pressure, not by bytes. The raw words of tile ``i + 1`` are loaded
-(block-table gather included) before tile ``i`` is decoded, so the loads are in flight while
-the current tile is computed (register double buffering; Triton's pipeliner does not overlap
-this gather -> load -> decode chain). Each tile is unpacked once to ``[BLOCK_N, D]`` and
-multiplied with one ``tl.dot`` per operand instead of eight K=16 dots over nibble planes.
+load latency and instruction issue, not by bytes. With ``PREFETCH`` the raw words of tile ``i + 1``
+are loaded (block-table gather included) before tile ``i`` is decoded (register double buffering:
+Triton's pipeliner does not overlap this gather -> load -> decode chain).
 """
 
 from __future__ import annotations
@@ -43,46 +55,148 @@ def _nib(w, J: tl.constexpr, dtype: tl.constexpr):
 
 @triton.jit
 def _raw_tile(data_ptr, row, tmask, CODEC: tl.constexpr, DW: tl.constexpr, DWP: tl.constexpr):
-    """Raw int32 words of the rows at byte offsets ``row``: [BLOCK_N, DWP] (INT4) or [BLOCK_N, 2 DWP] (Hamming(8,4)).
+    """Raw loads of the rows at byte offsets ``row``, issued ahead of their decode.
 
-    Only the loads, so the caller can issue them one tile ahead of the decode.
+    INT4: int32 ``[BLOCK_N, DWP]``; Hamming(8,4): int32 ``[BLOCK_N, 2 DWP]`` (one contiguous,
+    vectorizable load, split in registers later); Hamming(7,4): uint8 ``[BLOCK_N, DWP, 8]``
+    (byte ``7g + j``, ``j = 7`` reads nothing).
     """
-    base = (data_ptr + row[:, None]).to(tl.pointer_type(tl.int32))
     if CODEC == 0:
+        base = (data_ptr + row[:, None]).to(tl.pointer_type(tl.int32))
         w = tl.arange(0, DWP)[None, :]
         raw = tl.load(base + w, mask=tmask[:, None] & (w < DW), other=-2004318072)  # 0x88888888: zeros
-    else:
-        w2 = tl.arange(0, 2 * DWP)[None, :]  # one contiguous (vectorizable) load, split in registers later
+    elif CODEC == 1:
+        base = (data_ptr + row[:, None]).to(tl.pointer_type(tl.int32))
+        w2 = tl.arange(0, 2 * DWP)[None, :]
         raw = tl.load(base + w2, mask=tmask[:, None] & (w2 < 2 * DW), other=0)
+    else:
+        g = tl.arange(0, DWP)[None, :, None]
+        j = tl.arange(0, 8)[None, None, :]
+        m = tmask[:, None, None] & (g < DW) & (j < 7)
+        raw = tl.load(data_ptr + row[:, None, None] + 7 * g + j, mask=m, other=0)
     return raw
 
 
 @triton.jit
 def _words_of(raw, CODEC: tl.constexpr, DWP: tl.constexpr):
-    """Raw words of ``_raw_tile`` -> (packed INT4 words [BLOCK_N, DWP] uint32, value 8w + j in nibble j, corrected, detected).
+    """Raw loads of ``_raw_tile`` -> (packed INT4 words [BLOCK_N, DWP] uint32, corrected flags, detected flags).
 
-    Hamming(8,4) rows are corrected 8 codewords at a time in SWAR (``kernels.codecs.hamming84_decode_word``).
+    Flags: bit 0 of nibble n set where the codeword of nibble n was corrected / detected (uint32).
     """
     if CODEC == 0:
         words = raw.to(tl.uint32, bitcast=True)
-        n_corr = tl.zeros([], dtype=tl.int32)
-        n_det = tl.zeros([], dtype=tl.int32)
-    else:
+        corr = tl.zeros(words.shape, dtype=tl.uint32)
+        det = corr
+    elif CODEC == 1:
         both = raw.to(tl.uint32, bitcast=True)
         lo, hi = tl.split(tl.reshape(both, [both.shape[0], DWP, 2]))
-        words, odd, det = kc.hamming84_decode_word(lo, hi)
-        n_corr = tl.sum(tl.sum(((odd * 0x11111111) >> 28).to(tl.int32), axis=1), axis=0)
-        n_det = tl.sum(tl.sum(((det * 0x11111111) >> 28).to(tl.int32), axis=1), axis=0)
-    return words, n_corr, n_det
+        w = (lo & 0x0F0F0F0F) | ((hi & 0x0F0F0F0F) << 4)  # data nibbles: v0 v4 v1 v5 v2 v6 v3 v7
+        p = ((lo >> 4) & 0x0F0F0F0F) | (hi & 0xF0F0F0F0)  # their parity nibbles (bit 3: overall)
+        s = kc._h_parity_swar(w) ^ (p & 0x77777777)
+        odd = kc._nibble_parity_swar(w) ^ kc._nibble_parity_swar(p)
+        words = w ^ (kc._h_flip_swar(s) & (odd * 15))
+        corr = odd
+        det = kc._nonzero_swar(s) & (odd ^ 0x11111111)
+    else:
+        b = raw.to(tl.uint32)  # [BLOCK_N, DWP, 8]
+        j = tl.arange(0, 8).to(tl.uint32)[None, None, :]
+        d = tl.sum((b & 15) << (4 * j), axis=2)  # disjoint fields: the sum is an OR
+        p = tl.sum(((b >> 4) & 7) << (4 * j), axis=2)
+        t = tl.sum(((b >> 7) & 1) << j, axis=2)  # codeword 7 of the group, from the bit 7s
+        d = d | ((t & 15) << 28)
+        p = p | ((t >> 4) << 28)
+        s = kc._h_parity_swar(d) ^ p
+        words = d ^ kc._h_flip_swar(s)
+        corr = kc._nonzero_swar(s)
+        det = tl.zeros(words.shape, dtype=tl.uint32)
+    return words, corr, det
+
+
+@triton.jit
+def _flag_count(flags):
+    """Number of set nibble flags in a tile of flag words."""
+    return tl.sum(tl.sum(kc._count_swar(flags).to(tl.int32), axis=1), axis=0)
 
 
 @triton.jit
 def _unpack(words, dtype: tl.constexpr, DWP: tl.constexpr):
-    """Packed words [BLOCK_N, DWP] -> signed INT4 values [BLOCK_N, 8 DWP] in ``dtype`` (value 8w + j = nibble j of w)."""
+    """Packed words [BLOCK_N, DWP] -> signed INT4 values [BLOCK_N, 8 DWP] in ``dtype`` (column 8w + n = nibble n of w)."""
     sh = 4 * tl.arange(0, 8).to(tl.uint32)
     x = (words[:, :, None] >> sh[None, None, :]) & 15  # [BLOCK_N, DWP, 8]
     h = (x | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)  # 1024 + code, exact
     return tl.reshape((h - 1032.0).to(dtype), [words.shape[0], 8 * DWP])
+
+
+@triton.jit
+def _unpack_flags(flags, DWP: tl.constexpr):
+    """Nibble flags [BLOCK_N, DWP] -> bool [BLOCK_N, 8 DWP] in ``_unpack``'s column order."""
+    sh = 4 * tl.arange(0, 8).to(tl.uint32)
+    x = (flags[:, :, None] >> sh[None, None, :]) & 1
+    return tl.reshape(x != 0, [flags.shape[0], 8 * DWP])
+
+
+@triton.jit
+def _scaled(words, scale_ptr, srow, tmask, dtype: tl.constexpr, DWP: tl.constexpr):
+    """Dequantized values (code - 8) * scale rounded once to ``dtype``, as ``ecc_kv.quant`` does."""
+    s = tl.load(scale_ptr + srow, mask=tmask, other=0.0).to(tl.float32)
+    return (_unpack(words, tl.float32, DWP) * s[:, None]).to(dtype)
+
+
+@triton.jit
+def _interp_words(x, bad, data_ptr, scale_ptr, bt_ptr, t, tmask, lo, hi, h,
+                  stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, dtype: tl.constexpr,
+                  BS: tl.constexpr, CODEC: tl.constexpr, DW: tl.constexpr, DWP: tl.constexpr):  # fmt: skip
+    """Detected values of the scaled tile ``x`` -> mean of the same channel at tokens t - 1 and t + 1.
+
+    Mirrors ``ecc_kv.interp.interpolate_detected`` (window 1): a neighbour outside ``[lo, hi)`` or
+    detected itself is left out; no usable neighbour gives 0; the mean of the dtype-rounded
+    neighbours is taken in fp32 and rounded once.
+    """
+    pm = tmask & (t - 1 >= lo)
+    prow, psrow = _rows(bt_ptr, t - 1, pm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+    pw, _pc, pd = _words_of(_raw_tile(data_ptr, prow, pm, CODEC, DW, DWP), CODEC, DWP)
+    xp = _scaled(pw, scale_ptr, psrow, pm, dtype, DWP).to(tl.float32)
+    okp = pm[:, None] & (_unpack_flags(pd, DWP) == 0)
+    nm = tmask & (t + 1 < hi)
+    nrow, nsrow = _rows(bt_ptr, t + 1, nm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+    nw, _nc, nd = _words_of(_raw_tile(data_ptr, nrow, nm, CODEC, DW, DWP), CODEC, DWP)
+    xn = _scaled(nw, scale_ptr, nsrow, nm, dtype, DWP).to(tl.float32)
+    okn = nm[:, None] & (_unpack_flags(nd, DWP) == 0)
+    cnt = okp.to(tl.float32) + okn.to(tl.float32)
+    tot = tl.where(okp, xp, 0.0) + tl.where(okn, xn, 0.0)
+    rep = tl.where(cnt > 0, tot / tl.maximum(cnt, 1.0), 0.0)
+    return tl.where(bad & tmask[:, None], rep.to(dtype), x)
+
+
+@triton.jit
+def _operand(raw, scale, data_ptr, scale_ptr, bt_ptr, t, tm, srow, lo, hi, h,
+             stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, dtype: tl.constexpr,
+             BS: tl.constexpr, CODEC: tl.constexpr, DW: tl.constexpr, DWP: tl.constexpr, INTERP: tl.constexpr):  # fmt: skip
+    """One operand tile: (values [BLOCK_N, 8 DWP] in dtype, per-row multiplier [BLOCK_N] fp32, corrected, detected).
+
+    Normally the values are the unscaled codes and the multiplier the row scale; an interpolated
+    tile carries scaled values and multiplier 1.
+    """
+    words, corr, det = _words_of(raw, CODEC, DWP)
+    x = _unpack(words, dtype, DWP)
+    mul = scale.to(tl.float32)
+    if INTERP:
+        if tl.max(tl.max(det, axis=1), axis=0) != 0:
+            xs = _scaled(words, scale_ptr, srow, tm, dtype, DWP)
+            x = _interp_words(xs, _unpack_flags(det, DWP), data_ptr, scale_ptr, bt_ptr, t, tm, lo, hi, h,
+                              stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, dtype,
+                              BS, CODEC, DW, DWP)  # fmt: skip
+            mul = tl.where(tm, 1.0, 0.0)
+    return x, mul, _flag_count(corr), _flag_count(det)
+
+
+@triton.jit
+def _columns(DWP: tl.constexpr, CODEC: tl.constexpr):
+    """Head-dim index of each unpacked column (Hamming(8,4) words interleave the two codeword words)."""
+    dd = tl.arange(0, 8 * DWP)
+    if CODEC == 1:
+        dd = (dd & ~7) | ((dd & 7) >> 1) | ((dd & 1) << 2)
+    return dd
 
 
 @triton.jit(do_not_specialize=["qk_scale", "tok_lo", "tok_hi", "part_tokens", "split_off", "S_TOTAL"])
@@ -96,12 +210,12 @@ def _paged_decode_words_kernel(
     qk_scale, tok_lo, tok_hi, part_tokens, split_off, S_TOTAL,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
     CODEC: tl.constexpr, DW: tl.constexpr, DWP: tl.constexpr, PARTIAL: tl.constexpr, COUNT: tl.constexpr,
+    INTERP: tl.constexpr, PREFETCH: tl.constexpr,
 ):  # fmt: skip
-    """Fast path for raw INT4 and Hamming(8,4) with one scale per row (D % 8 == 0, no interpolation).
+    """Raw INT4 / Hamming(8,4) / Hamming(7,4) rows with one scale per row (D % 8 == 0).
 
-    Same contract as ``_paged_decode_kernel``. The raw words and scales of the next tile are
-    loaded before the current tile is decoded (see the module docstring); the per-row scales
-    are applied to the scores (K) and to the probabilities (V) instead of to every value.
+    Same contract as ``kernels.paged_attention._paged_decode_kernel``. With ``PREFETCH`` the raw
+    words and scales of the next tile are loaded before the current tile is decoded.
     """
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -113,61 +227,72 @@ def _paged_decode_words_kernel(
     dtype = q_ptr.dtype.element_ty
     g = tl.arange(0, GP)
     gm = g < G
-    dd = tl.arange(0, 8 * DWP)
-    qm = gm[:, None] & (dd < D)[None, :]
-    # q: [GP, 8 DWP] (rows past G and columns past D are zero)
-    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (h * G + g)[:, None] * stride_qh + dd[None, :], mask=qm, other=0.0)
+    col = _columns(DWP, CODEC)  # [8 DWP] head-dim index of each column
+    qm = gm[:, None] & (col < D)[None, :]
+    # q: [GP, 8 DWP] in the unpacked column order (rows past G and columns past D are zero)
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (h * G + g)[:, None] * stride_qh + col[None, :], mask=qm, other=0.0)
     m_i = tl.full([GP], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([GP], dtype=tl.float32)
     acc = tl.zeros([GP, 8 * DWP], dtype=tl.float32)
     n_corr = tl.zeros([], dtype=tl.int32)
     n_det = tl.zeros([], dtype=tl.int32)
     bt = bt_ptr + b.to(tl.int64) * stride_bt
-    # prologue: raw words and scales of the first tile
-    t = start + tl.arange(0, BLOCK_N)
-    tm = t < end
-    row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-    kr = _raw_tile(kd_ptr, row, tm, CODEC, DW, DWP)
-    vr = _raw_tile(vd_ptr, row, tm, CODEC, DW, DWP)
-    ks = tl.load(ks_ptr + srow, mask=tm, other=0.0)
-    vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
+    if PREFETCH:  # prologue: raw words and scales of the first tile
+        t = start + tl.arange(0, BLOCK_N)
+        tm = t < end
+        row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+        kr = _raw_tile(kd_ptr, row, tm, CODEC, DW, DWP)
+        vr = _raw_tile(vd_ptr, row, tm, CODEC, DW, DWP)
+        ks = tl.load(ks_ptr + srow, mask=tm, other=0.0)
+        vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
     for t0 in range(start, end, BLOCK_N):
-        # issue the loads of the next tile (masked off past the end) before touching this one
-        tn = t0 + BLOCK_N + tl.arange(0, BLOCK_N)
-        tmn = tn < end
-        rown, srown = _rows(bt, tn, tmn, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-        krn = _raw_tile(kd_ptr, rown, tmn, CODEC, DW, DWP)
-        vrn = _raw_tile(vd_ptr, rown, tmn, CODEC, DW, DWP)
-        ksn = tl.load(ks_ptr + srown, mask=tmn, other=0.0)
-        vsn = tl.load(vs_ptr + srown, mask=tmn, other=0.0)
-        kw, kc_, kd_ = _words_of(kr, CODEC, DWP)
-        vw, vc_, vd_ = _words_of(vr, CODEC, DWP)
-        qk = tl.dot(q, tl.trans(_unpack(kw, dtype, DWP)))  # [GP, BLOCK_N] fp32
-        qk = tl.where(tm[None, :], qk * (ks.to(tl.float32) * qk_scale)[None, :], float("-inf"))
+        t = t0 + tl.arange(0, BLOCK_N)
+        tm = t < end
+        if PREFETCH:  # the next tile's loads (masked off past the end) go out before this tile's math
+            tn = t0 + BLOCK_N + tl.arange(0, BLOCK_N)
+            tmn = tn < end
+            rown, srown = _rows(bt, tn, tmn, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+            krn = _raw_tile(kd_ptr, rown, tmn, CODEC, DW, DWP)
+            vrn = _raw_tile(vd_ptr, rown, tmn, CODEC, DW, DWP)
+            ksn = tl.load(ks_ptr + srown, mask=tmn, other=0.0)
+            vsn = tl.load(vs_ptr + srown, mask=tmn, other=0.0)
+        else:
+            row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+            kr = _raw_tile(kd_ptr, row, tm, CODEC, DW, DWP)
+            vr = _raw_tile(vd_ptr, row, tm, CODEC, DW, DWP)
+            ks = tl.load(ks_ptr + srow, mask=tm, other=0.0)
+            vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
+        kx, kmul, kc_, kd_ = _operand(kr, ks, kd_ptr, ks_ptr, bt, t, tm, srow, tok_lo, hi, h, stride_db, stride_dh,
+                                      stride_dt, stride_sb, stride_sh, stride_st, dtype, BS, CODEC, DW, DWP, INTERP)  # fmt: skip
+        vx, vmul, vc_, vd_ = _operand(vr, vs, vd_ptr, vs_ptr, bt, t, tm, srow, tok_lo, hi, h, stride_db, stride_dh,
+                                      stride_dt, stride_sb, stride_sh, stride_st, dtype, BS, CODEC, DW, DWP, INTERP)  # fmt: skip
+        qk = tl.dot(q, tl.trans(kx))  # [GP, BLOCK_N] fp32
+        qk = tl.where(tm[None, :], qk * (kmul * qk_scale)[None, :], float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
-        pv = (p * vs.to(tl.float32)[None, :]).to(dtype)
-        acc = acc * alpha[:, None] + tl.dot(pv, _unpack(vw, dtype, DWP))  # [GP, 8 DWP]
+        pv = (p * vmul[None, :]).to(dtype)
+        acc = acc * alpha[:, None] + tl.dot(pv, vx)  # [GP, 8 DWP]
         n_corr += kc_ + vc_
         n_det += kd_ + vd_
-        kr = krn
-        vr = vrn
-        ks = ksn
-        vs = vsn
-        tm = tmn
+        if PREFETCH:
+            kr = krn
+            vr = vrn
+            ks = ksn
+            vs = vsn
+            srow = srown
     if COUNT:
         tl.atomic_add(cnt_ptr, n_corr.to(tl.int64))
         tl.atomic_add(cnt_ptr + 1, n_det.to(tl.int64))
     hq = h * G + g
     if PARTIAL:
         base = (b.to(tl.int64) * (G * tl.num_programs(1)) + hq) * S_TOTAL + split_off + s  # [GP]
-        ptr = pacc_ptr + base[:, None] * D + dd[None, :]
+        ptr = pacc_ptr + base[:, None] * D + col[None, :]
         tl.store(pml_ptr + base * 2, m_i, mask=gm)
         tl.store(pml_ptr + base * 2 + 1, l_i, mask=gm)
     else:
         acc = acc * tl.where(l_i > 0, 1.0 / l_i, 0.0)[:, None]
-        ptr = out_ptr + b.to(tl.int64) * stride_ob + hq[:, None] * stride_oh + dd[None, :]
+        ptr = out_ptr + b.to(tl.int64) * stride_ob + hq[:, None] * stride_oh + col[None, :]
     tl.store(ptr, acc.to(ptr.dtype.element_ty), mask=qm)

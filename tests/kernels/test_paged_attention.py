@@ -24,9 +24,9 @@ def assert_close_verbose(got: torch.Tensor, want: torch.Tensor, dtype: torch.dty
 
 
 def _cache(mode: str, lens: list[int], device: str, *, hq_per_kv: int = 4, head_dim: int = 40,
-           group_size: int | None = None, ber: float = 0.0, seed: int = 0) -> PagedECCCache:  # fmt: skip
+           group_size: int | None = None, ber: float = 0.0, seed: int = 0, num_blocks: int = 24) -> PagedECCCache:  # fmt: skip
     cfg = ECCCacheConfig(
-        num_layers=1, num_kv_heads=2, head_dim=head_dim, num_blocks=24, block_size=4, mode=mode,
+        num_layers=1, num_kv_heads=2, head_dim=head_dim, num_blocks=num_blocks, block_size=4, mode=mode,
         sink_blocks=2 if mode == "adaptive" else 0, group_size=group_size,
     )  # fmt: skip
     cache = PagedECCCache(cfg, max_seqs=len(lens), device=device, block_order_seed=seed)  # shuffled tables
@@ -41,7 +41,8 @@ def _cache(mode: str, lens: list[int], device: str, *, hq_per_kv: int = 4, head_
 
 
 def _check(
-    cache: PagedECCCache, hq: int, dtype: torch.dtype, num_splits: int | None, block_n: int = 16, fast: bool = True
+    cache: PagedECCCache, hq: int, dtype: torch.dtype, num_splits: int | None, block_n: int = 16, fast: bool = True,
+    prefetch: bool | None = None,
 ) -> None:
     from kernels.paged_attention import paged_decode_attention
 
@@ -58,7 +59,7 @@ def _check(
         q, cache.k_data[0], cache.k_scale[0], cache.v_data[0], cache.v_scale[0], cache.block_tables, cache.lengths,
         sm_scale=c.head_dim**-0.5, codec=c.codec, interpolate=c.interpolate, sink=sink, sink_codec=c.sink_codec,
         sink_tokens=c.sink_tokens, counters=cnt, num_splits=num_splits, max_len=max(cache.host_lengths),
-        block_n=block_n, fast=fast,
+        block_n=block_n, fast=fast, prefetch=prefetch,
     )  # fmt: skip
     assert out.dtype == dtype and out.shape == q.shape
     assert_close_verbose(out, ref, dtype)
@@ -97,6 +98,28 @@ def test_many_splits_reduce_in_chunks(device: str) -> None:
     x = torch.randn(len(slots), 1, 32, device=device)
     cache.write(0, x, x.flip(0), slots, backend="torch")  # the write kernel is tested elsewhere
     _check(cache, hq=2, dtype=torch.float16, num_splits=20)
+
+
+@pytest.mark.parametrize(
+    "mode, head_dim, prefetch",
+    [("int4", 24, False), ("int4-hamming84", 24, False), ("int4-hamming", 24, True), ("int4-hamming", 8, False),
+     ("int12-golay", 8, True), ("int12-golay", 26, False), ("int4-hamming84-interp", 24, False), ("adaptive", 24, False)],
+)  # fmt: skip
+def test_specialised_kernels_awkward_dims(mode: str, head_dim: int, prefetch: bool, device: str) -> None:
+    # head dims below one dot (8 -> padded words / codewords), golay with a partial last codeword (26),
+    # Hamming(8,4)'s interleaved columns past D, both loop shapes (next tile loaded ahead or not)
+    cache = _cache(mode, [1, 19, 34], device, head_dim=head_dim, ber=0.03 if "interp" in mode else 0.01, seed=3)
+    _, _, st = cache.read(0)
+    if mode != "int4":
+        assert int((st > 0).sum()) > 0, "the test must exercise the correction path"
+    _check(cache, hq=4, dtype=torch.float16, num_splits=3, prefetch=prefetch)
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "int12-golay", "int4-hamming"])
+def test_block_n_128(mode: str, device: str) -> None:
+    # adaptive's Golay sink pool used to run out of shared memory at 128-token tiles (per-value kernel)
+    cache = _cache(mode, [150, 7], device, head_dim=64, ber=0.005, seed=2, num_blocks=48)
+    _check(cache, hq=8, dtype=torch.float16, num_splits=None, block_n=128)
 
 
 def test_per_value_kernel_on_word_aligned_rows(device: str) -> None:

@@ -1,0 +1,173 @@
+"""Golay(24,12) path of the fused paged decode attention (int12-golay and adaptive's sink pool).
+
+Split from ``kernels.paged_attention`` (launcher, general per-value kernel, split-KV reduce); the
+contract is the same. A row of ``D`` values holds ``NC = ceil(D / 3)`` codewords in three byte
+planes (``ecc_kv.cache_layout``): byte ``c`` of plane 0 = data bits 0-7 of codeword ``c``, plane 1 =
+data bits 8-11 | parity bits 0-3, plane 2 = parity bits 4-11. Per tile:
+
+- codeword ``c`` of K and of V share one 32-bit word (K in bits 0-11, V in bits 16-27) and their
+  parity word, so one GF(2) parity evaluation (``kernels.codecs._golay_parity_pair``) gives both
+  syndromes;
+- a tile whose syndromes are all zero (one reduction tells: the common case) skips correction;
+  otherwise the syndrome table (``kernels.codecs.golay_tables``) corrects every codeword and the
+  status counts are taken;
+- values are the nibbles of the fixed words (``code - 8`` in fp16 by the magic-number trick), kept
+  as three parts (value ``3c + i`` in part ``i``) so no in-register interleave is needed: the query
+  and the output use the same split and ``q . k`` is three dots;
+- the one scale per row multiplies the scores (K) and the probabilities (V).
+
+Rows are 3 * NC bytes (129 at D = 128): no wider-than-byte loads are aligned, so each plane is a
+byte gather. ``PREFETCH`` loads the next tile's bytes before the current tile's math (as in
+``kernels.paged_attention_words``).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from kernels import codecs as kc
+from kernels.paged_attention_words import _nib, _rows
+
+
+@triton.jit
+def _planes(data_ptr, row, tmask, NC: tl.constexpr, NCP: tl.constexpr):
+    """The three byte planes of the rows at byte offsets ``row``: uint8 [BLOCK_N, NCP] each."""
+    c = tl.arange(0, NCP)[None, :]
+    m = tmask[:, None] & (c < NC)
+    base = data_ptr + row[:, None] + c
+    return tl.load(base, mask=m, other=0), tl.load(base + NC, mask=m, other=0), tl.load(base + 2 * NC, mask=m, other=0)
+
+
+@triton.jit
+def _golay_kv(k0, k1, k2, v0, v1, v2, gtab_ptr):
+    """Planes of K and V -> (fixed data words: K codes in bits 0-11, V in 16-27; corrected; detected)."""
+    a0 = k0.to(tl.uint32)
+    a1 = k1.to(tl.uint32)
+    b0 = v0.to(tl.uint32)
+    b1 = v1.to(tl.uint32)
+    x = (a0 | ((a1 & 15) << 8)) | ((b0 | ((b1 & 15) << 8)) << 16)
+    y = ((a1 >> 4) | (k2.to(tl.uint32) << 4)) | (((b1 >> 4) | (v2.to(tl.uint32) << 4)) << 16)
+    syn = kc._golay_parity_pair(x) ^ y  # two syndromes, 16 bits apart
+    n_corr = tl.zeros([], dtype=tl.int32)
+    n_det = tl.zeros([], dtype=tl.int32)
+    if tl.max(tl.max(syn, axis=1), axis=0) != 0:  # rare: correct through the syndrome table
+        sa = syn & 0xFFF
+        sb = syn >> 16
+        ea = tl.load(gtab_ptr + sa, mask=sa != 0, other=0).to(tl.uint32)
+        eb = tl.load(gtab_ptr + sb, mask=sb != 0, other=0).to(tl.uint32)
+        x = x ^ ((ea & 0xFFF) | ((eb & 0xFFF) << 16))
+        sta = ea >> 12
+        stb = eb >> 12
+        n_corr = tl.sum(tl.sum((sta == 1).to(tl.int32) + (stb == 1).to(tl.int32), axis=1), axis=0)
+        n_det = tl.sum(tl.sum((sta == 2).to(tl.int32) + (stb == 2).to(tl.int32), axis=1), axis=0)
+    return x, n_corr, n_det
+
+
+@triton.jit(do_not_specialize=["qk_scale", "tok_lo", "tok_hi", "part_tokens", "split_off", "S_TOTAL"])
+def _paged_decode_golay_kernel(
+    q_ptr, stride_qb, stride_qh,
+    kd_ptr, ks_ptr, vd_ptr, vs_ptr,
+    stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st,
+    bt_ptr, stride_bt, len_ptr,
+    out_ptr, stride_ob, stride_oh,
+    pacc_ptr, pml_ptr, cnt_ptr, gtab_ptr,
+    qk_scale, tok_lo, tok_hi, part_tokens, split_off, S_TOTAL,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
+    NC: tl.constexpr, NCP: tl.constexpr, PARTIAL: tl.constexpr, COUNT: tl.constexpr, PREFETCH: tl.constexpr,
+):  # fmt: skip
+    """Golay rows with one scale per row; same contract as ``kernels.paged_attention._paged_decode_kernel``."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    s = tl.program_id(2)
+    seq_len = tl.load(len_ptr + b)
+    hi = tl.minimum(seq_len, tok_hi)
+    start = tok_lo + s * part_tokens
+    end = tl.minimum(start + part_tokens, hi)
+    dtype = q_ptr.dtype.element_ty
+    g = tl.arange(0, GP)
+    gm = g < G
+    c = tl.arange(0, NCP)
+    d0 = 3 * c  # part i of the row holds head-dim columns 3c + i
+    cm = gm[:, None] & (c < NC)[None, :]
+    qrow = q_ptr + b.to(tl.int64) * stride_qb + (h * G + g)[:, None] * stride_qh
+    q0 = tl.load(qrow + d0[None, :], mask=cm & (d0 < D)[None, :], other=0.0)  # [GP, NCP]
+    q1 = tl.load(qrow + (d0 + 1)[None, :], mask=cm & (d0 + 1 < D)[None, :], other=0.0)
+    q2 = tl.load(qrow + (d0 + 2)[None, :], mask=cm & (d0 + 2 < D)[None, :], other=0.0)
+    m_i = tl.full([GP], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([GP], dtype=tl.float32)
+    acc0 = tl.zeros([GP, NCP], dtype=tl.float32)
+    acc1 = tl.zeros([GP, NCP], dtype=tl.float32)
+    acc2 = tl.zeros([GP, NCP], dtype=tl.float32)
+    n_corr = tl.zeros([], dtype=tl.int32)
+    n_det = tl.zeros([], dtype=tl.int32)
+    bt = bt_ptr + b.to(tl.int64) * stride_bt
+    if PREFETCH:
+        t = start + tl.arange(0, BLOCK_N)
+        tm = t < end
+        row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+        k0, k1, k2 = _planes(kd_ptr, row, tm, NC, NCP)
+        v0, v1, v2 = _planes(vd_ptr, row, tm, NC, NCP)
+        ks = tl.load(ks_ptr + srow, mask=tm, other=0.0)
+        vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
+    for t0 in range(start, end, BLOCK_N):
+        t = t0 + tl.arange(0, BLOCK_N)
+        tm = t < end
+        if PREFETCH:
+            tn = t0 + BLOCK_N + tl.arange(0, BLOCK_N)
+            tmn = tn < end
+            rown, srown = _rows(bt, tn, tmn, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+            k0n, k1n, k2n = _planes(kd_ptr, rown, tmn, NC, NCP)
+            v0n, v1n, v2n = _planes(vd_ptr, rown, tmn, NC, NCP)
+            ksn = tl.load(ks_ptr + srown, mask=tmn, other=0.0)
+            vsn = tl.load(vs_ptr + srown, mask=tmn, other=0.0)
+        else:
+            row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+            k0, k1, k2 = _planes(kd_ptr, row, tm, NC, NCP)
+            v0, v1, v2 = _planes(vd_ptr, row, tm, NC, NCP)
+            ks = tl.load(ks_ptr + srow, mask=tm, other=0.0)
+            vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
+        x, nc_, nd_ = _golay_kv(k0, k1, k2, v0, v1, v2, gtab_ptr)
+        qk = tl.dot(q0, tl.trans(_nib(x, 0, dtype)))  # [GP, BLOCK_N] fp32
+        qk += tl.dot(q1, tl.trans(_nib(x, 1, dtype)))
+        qk += tl.dot(q2, tl.trans(_nib(x, 2, dtype)))
+        qk = tl.where(tm[None, :], qk * (ks.to(tl.float32) * qk_scale)[None, :], float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i = m_new
+        pv = (p * vs.to(tl.float32)[None, :]).to(dtype)
+        acc0 = acc0 * alpha[:, None] + tl.dot(pv, _nib(x, 4, dtype))  # [GP, NCP]
+        acc1 = acc1 * alpha[:, None] + tl.dot(pv, _nib(x, 5, dtype))
+        acc2 = acc2 * alpha[:, None] + tl.dot(pv, _nib(x, 6, dtype))
+        n_corr += nc_
+        n_det += nd_
+        if PREFETCH:
+            k0 = k0n
+            k1 = k1n
+            k2 = k2n
+            v0 = v0n
+            v1 = v1n
+            v2 = v2n
+            ks = ksn
+            vs = vsn
+    if COUNT:
+        tl.atomic_add(cnt_ptr, n_corr.to(tl.int64))
+        tl.atomic_add(cnt_ptr + 1, n_det.to(tl.int64))
+    hq = h * G + g
+    if PARTIAL:
+        base = (b.to(tl.int64) * (G * tl.num_programs(1)) + hq) * S_TOTAL + split_off + s  # [GP]
+        ptr = pacc_ptr + base[:, None] * D
+        tl.store(pml_ptr + base * 2, m_i, mask=gm)
+        tl.store(pml_ptr + base * 2 + 1, l_i, mask=gm)
+    else:
+        inv = tl.where(l_i > 0, 1.0 / l_i, 0.0)[:, None]
+        acc0 = acc0 * inv
+        acc1 = acc1 * inv
+        acc2 = acc2 * inv
+        ptr = out_ptr + b.to(tl.int64) * stride_ob + hq[:, None] * stride_oh
+    ety = ptr.dtype.element_ty
+    tl.store(ptr + d0[None, :], acc0.to(ety), mask=cm & (d0 < D)[None, :])
+    tl.store(ptr + (d0 + 1)[None, :], acc1.to(ety), mask=cm & (d0 + 1 < D)[None, :])
+    tl.store(ptr + (d0 + 2)[None, :], acc2.to(ety), mask=cm & (d0 + 2 < D)[None, :])
