@@ -16,7 +16,8 @@ Methods, each split into an update (making the weights ready) and a compute (the
 - ``paired``: :class:`ecc_kv.weight_cache.PairedWeightCache` update, GEMMs on its views.
 - ``hybrid``: the same cache with ``rebuild_tau=tau`` (full rebuild on high churn).
 - ``offloaded`` (GPU): the paired cache with its pool in pinned host memory (rows gathered
-  on the host, one copy); ``offloaded_direct``: the move kernel reads the pinned pool itself.
+  on the host, one copy); ``offloaded_direct``: one kernel reads the packed plan and the
+  added rows from the pinned pool itself (unified addressing), so only they cross PCIe.
 - ``offloaded_rebuild`` (GPU): pool in pinned host memory, every active row sent each step.
 
 Times: pass 1 replays the mask sequence timing the update only, pass 2 replays it timing
@@ -58,8 +59,8 @@ DEFAULTS: dict[str, Any] = {
     "churn": 0.1,  # synthetic: fraction of a token's active set swapped per step
     "dtype": "fp32",
     "methods": ["dense", "rebuild", "gather", "paired", "hybrid"],
-    "tau": 0.5,
-    "planner": "torch",  # paired/hybrid move planner: torch | triton (one fused launch)  # hybrid: full rebuild when max(added, removed) > tau * active
+    "tau": 0.5,  # hybrid: full rebuild when max(added, removed) > tau * active
+    "planner": "torch",  # paired/hybrid on the GPU: torch ops | triton (plan + move launches) | fused (one launch)
     "model": "smollm2-135m",  # trace: the model, text, tokens and layer recorded
     "text": "pydoc",
     "tokens": 512,
@@ -97,7 +98,7 @@ def _config(params: dict[str, Any]) -> dict[str, Any]:
         "density": float(density),
         "churn": float(churn),
         "tau": float(tau),
-        "planner": sc.choice(params, "planner", ("torch", "triton"), DEFAULTS["planner"]),
+        "planner": sc.choice(params, "planner", ("torch", "triton", "fused"), DEFAULTS["planner"]),
         **{k: sc.pos_int(params, k, DEFAULTS[k]) for k in ("batch", "tokens", "steps")},
         **{k: sc.pos_int(params, k, DEFAULTS[k], minimum=0) for k in ("layer", "warmup", "check_steps", "seed",
                                                                         "threads")},

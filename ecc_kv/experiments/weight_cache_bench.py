@@ -11,14 +11,19 @@ step swaps k active neurons for k inactive ones, so A = R = k) from the same sta
   baseline gathers whole contiguous rows and is as fast as index_select gets).
 - ``masking``: boolean masking of the separate matrices, ``gate[mask]``, ``up[mask]``,
   ``down[:, mask]`` (what code without a cache does).
+- ``paired_async`` (GPU placement only): ``update_async`` called eagerly (no host sync,
+  fixed size: what a decode loop that never reads the counts pays).
 - ``paired_graph`` (GPU placement only): the paired update captured once in a CUDA graph
-  (``update_async``, fixed size) and replayed per step.
+  (``update_async``, fixed size) and replayed per step (the step also copies the mask into
+  the graph's static input).
 
 The methods are timed round robin, ``BLOCK`` steps each, so a noisy shared machine
 loads them alike. Per step: the time (median and p90 over ``steps`` steps after ``warmup``), the bytes
 written against the lower bound max(A, R) * row bytes, and the achieved bandwidth
-(read + write) against the device copy bandwidth measured in the same run; for
-``offloaded`` also the bytes that cross PCIe against the pinned host-to-device bandwidth.
+(read + write) against a plain copy of the SAME bytes (max(A, R) rows, one contiguous block)
+timed the same way in the same run (``copy_gbps``; on a GPU also that copy replayed from a
+CUDA graph, ``copy_graph_gbps``, the reference for ``paired_graph``); for ``offloaded`` also
+the bytes that cross PCIe against a pinned host-to-device copy of the same bytes.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ if TYPE_CHECKING:
 
 KIND = "weight_cache_bench"
 BLOCK = 10  # steps per method before the round robin moves on
-METHODS: tuple[str, ...] = ("paired", "hybrid", "rebuild", "masking", "paired_graph")
+METHODS: tuple[str, ...] = ("paired", "hybrid", "rebuild", "masking", "paired_graph", "paired_async")
+GPU_ONLY: tuple[str, ...] = ("paired_graph", "paired_async")
 DEFAULTS: dict[str, Any] = {
     "n_neurons": 8192,
     "hidden": 1024,
@@ -55,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "tau": 0.25,  # hybrid: rebuild when max(A, R) > tau * m
     "gated": True,  # SwiGLU (gate, up, down) or a plain MLP (up, down)
     "backend": "auto",  # cache moves: auto (triton on CUDA, torch on CPU) | torch | triton
-    "planner": "torch",  # cpu/gpu move planner: torch ops | triton (one fused launch, maps committed in it)
+    "planner": "torch",  # cpu/gpu planner: torch ops | triton (plan launch + move launch) | fused (one launch)
     "offload": "staged",  # offloaded pool rows: staged (host gather + one copy) | direct (kernel reads pinned pool)
     "steps": 200,
     "warmup": 20,
@@ -85,7 +91,7 @@ def _config(params: dict[str, Any]) -> dict[str, Any]:
         "gated": sc.flag(params, "gated", DEFAULTS["gated"]),
         "backend": sc.choice(params, "backend", ("auto", "torch", "triton"), DEFAULTS["backend"]),
         "offload": sc.choice(params, "offload", ("staged", "direct"), DEFAULTS["offload"]),
-        "planner": sc.choice(params, "planner", ("torch", "triton"), DEFAULTS["planner"]),
+        "planner": sc.choice(params, "planner", ("torch", "triton", "fused"), DEFAULTS["planner"]),
         "steps": sc.pos_int(params, "steps", DEFAULTS["steps"]),
         "warmup": sc.pos_int(params, "warmup", DEFAULTS["warmup"], minimum=0),
         "seed": sc.pos_int(params, "seed", DEFAULTS["seed"], minimum=0),
@@ -102,8 +108,9 @@ def _config(params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"m={cfg['m']} must not exceed n_neurons={cfg['n_neurons']}")
     if "masking" in cfg["methods"] and cfg["placement"] == "offloaded":
         raise ValueError("methods: 'masking' has no offloaded form; use placement cpu or gpu for it")
-    if "paired_graph" in cfg["methods"] and cfg["placement"] != "gpu":
-        raise ValueError(f"method 'paired_graph' needs placement 'gpu', got placement={cfg['placement']!r}")
+    for meth in GPU_ONLY:
+        if meth in cfg["methods"] and cfg["placement"] != "gpu":
+            raise ValueError(f"method {meth!r} needs placement 'gpu', got placement={cfg['placement']!r}")
     cfg.update(churn=churn, tau=float(tau), churn_k=min(k, cfg["m"], cfg["n_neurons"] - cfg["m"]))
     return cfg
 
@@ -113,12 +120,29 @@ def validate(params: dict[str, Any]) -> None:
     _config(params)
 
 
-def h2d_bandwidth_gbps(nbytes: int, device: str, repeats: int = 20) -> float:
+def h2d_bandwidth_gbps(nbytes: int, device: str, repeats: int = 50) -> float:
     """Pinned host -> device copy bandwidth (bytes counted once: they cross PCIe once)."""
     src = torch.empty(max(nbytes, 1), dtype=torch.uint8).pin_memory()
     dst = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
     times = time_fn(lambda: dst.copy_(src, non_blocking=True), device=device, warmup=3, repeats=repeats)
     return src.numel() / (statistics.median(times) * 1e-3) / 1e9
+
+
+def graph_copy_bandwidth_gbps(nbytes: int, device: str, repeats: int = 50) -> float:
+    """Device copy bandwidth (read + write) of one copy replayed from a CUDA graph: the
+    reference for an update that is replayed from a graph too."""
+    src = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        dst.copy_(src)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        dst.copy_(src)
+    times = time_fn(graph.replay, device=device, warmup=3, repeats=repeats)
+    return 2 * src.numel() / (statistics.median(times) * 1e-3) / 1e9
 
 
 def _stepper(
@@ -138,7 +162,7 @@ def _stepper(
 
     cap, place = cfg["m"], cfg["placement"]
     backend = None if cfg["backend"] == "auto" else cfg["backend"]
-    if method in ("paired", "hybrid", "paired_graph"):
+    if method in ("paired", "hybrid", "paired_graph", "paired_async"):
         tau = cfg["tau"] if method == "hybrid" else None
         cache = PairedWeightCache(gate, up, down, cap, placement=place, backend=backend, rebuild_tau=tau,
                                   device=device, offload=cfg["offload"],
@@ -161,6 +185,12 @@ def _stepper(
                 graph.replay()
 
             return step_graph, written, cache
+        if method == "paired_async":
+
+            def step_async() -> None:
+                cache.update_async(nxt())
+
+            return step_async, written, cache
 
         def step_cache() -> None:
             written.append(cache.update(nxt()))
@@ -212,8 +242,10 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     row_bytes = (3 if cfg["gated"] else 2) * h * dtype.itemsize
     results: dict[str, Any] = {}
     with sc.cpu_threads(device, cfg["threads"]):
-        copy_gbps = copy_bandwidth_gbps(m * row_bytes, device=device)
-        h2d_gbps = h2d_bandwidth_gbps(m * row_bytes, device) if cfg["placement"] == "offloaded" else None
+        moved = max(k, 1) * row_bytes  # the bytes a paired step moves: the references copy exactly these
+        copy_gbps = copy_bandwidth_gbps(moved, device=device, repeats=50)
+        copy_graph_gbps = graph_copy_bandwidth_gbps(moved, device) if cfg["placement"] == "gpu" else None
+        h2d_gbps = h2d_bandwidth_gbps(moved, device) if cfg["placement"] == "offloaded" else None
         methods = cfg["methods"]
         runs = {m: _stepper(m, cfg, w, mask_dev, device) for m in methods}
         for step, _, _ in runs.values():
@@ -231,7 +263,7 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
             if cache is not None:
                 cache.check()  # raises if the buffer is not exactly pool[active]
                 consistent = int(sorted(cache.active.tolist()) == last.nonzero().squeeze(1).tolist())
-            if m == "paired_graph":  # A = R = k every step: the graph writes exactly k rows
+            if m in GPU_ONLY:  # A = R = k every step: the fixed-size update writes exactly k rows
                 written = [k] * (max(cfg["warmup"], 1) + cfg["steps"])
             results[m] = {"times_ms": times[m], "rows_written": written[max(cfg["warmup"], 1):],
                           "consistent": consistent}
@@ -239,7 +271,8 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     ctx.progress(len(cfg["methods"]), len(cfg["methods"]), "done")
     return {
         "kind": KIND, "config": cfg, "env": sc.env_info(device), "row_bytes": row_bytes,
-        "copy_gbps": copy_gbps, "h2d_gbps": h2d_gbps, "bound_rows": k, "methods": results,
+        "copy_gbps": copy_gbps, "copy_graph_gbps": copy_graph_gbps, "h2d_gbps": h2d_gbps, "bound_rows": k,
+        "methods": results,
     }
 
 
@@ -248,8 +281,9 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     rb, k = raw["row_bytes"], raw["bound_rows"]
     out: dict[str, Any] = {"churn_k": k, "row_bytes": rb, "copy_gbps": raw["copy_gbps"],
                            "device_used": raw["env"]["device"]}
-    if raw.get("h2d_gbps") is not None:
-        out["h2d_gbps"] = raw["h2d_gbps"]
+    for key in ("copy_graph_gbps", "h2d_gbps"):
+        if raw.get(key) is not None:
+            out[key] = raw[key]
     for method, res in raw["methods"].items():
         st = time_stats(res["times_ms"])
         nbytes = statistics.median(res["rows_written"]) * rb
@@ -260,6 +294,8 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         out[f"{method}_bytes_vs_bound"] = sc.ratio(nbytes, k * rb) if k else None
         out[f"{method}_gbps"] = gbps
         out[f"{method}_copy_frac"] = sc.ratio(gbps, raw["copy_gbps"])
+        if method == "paired_graph" and raw.get("copy_graph_gbps"):  # graph against graph
+            out["paired_graph_graph_copy_frac"] = sc.ratio(gbps, raw["copy_graph_gbps"])
         if raw.get("h2d_gbps") and method in ("paired", "hybrid", "rebuild"):
             # bytes that crossed PCIe (counted once) against the pinned H2D bandwidth
             out[f"{method}_h2d_frac"] = sc.ratio(nbytes / (st["median_ms"] * 1e-3) / 1e9, raw["h2d_gbps"])

@@ -97,6 +97,7 @@ def test_triton_matches_torch(device: str) -> None:
     a = PairedWeightCache(*w, capacity=20, backend="torch")
     b = PairedWeightCache(*w, capacity=20, backend="triton")
     c = PairedWeightCache(*w, capacity=20, backend="triton", planner="triton", rebuild_tau=0.6)
+    d = PairedWeightCache(*w, capacity=20, planner="fused")  # one launch: plan, moves, maps
     masks = torch.cat([random_walk_masks(40, 12, 3, 6, seed=5), drifting_topk_masks(40, 18, 4, seed=6)])
     masks[3] = False
     for mask in masks.to(device):
@@ -106,6 +107,9 @@ def test_triton_matches_torch(device: str) -> None:
         b.check()
         c.update(mask)  # fused planner (+ hybrid rebuilds on the big jumps)
         c.check()
+        assert d.update(mask) == b.last["written"]  # the same plan, so the same slots
+        assert torch.equal(d.buffer[: len(d)], b.buffer[: len(b)]) and torch.equal(d.active, b.active)
+        d.check()
         if not c.last["rebuilt"]:
             assert c.last["written"] <= max(c.last["added"], c.last["removed"])
     over = torch.ones(40, dtype=torch.bool, device=device)
@@ -113,6 +117,12 @@ def test_triton_matches_torch(device: str) -> None:
     with pytest.raises(ValueError, match="more than the cache capacity 20"):
         c.update(over)
     assert torch.equal(c.slot_to_neuron, before)  # the fused planner left the maps alone
+    before, rows = d.slot_to_neuron.clone(), d.buffer.clone()
+    with pytest.raises(ValueError, match="more than the cache capacity 20"):
+        d.update(over)
+    assert torch.equal(d.slot_to_neuron, before) and torch.equal(d.buffer, rows)
+    with pytest.raises(ValueError, match="backend='triton'"):
+        PairedWeightCache(*w, capacity=20, planner="fused", backend="torch")
 
 
 def test_planners_agree() -> None:
@@ -256,7 +266,7 @@ def test_errors_are_clear_and_leave_cache_intact() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("planner", ["torch", "triton"])
+@pytest.mark.parametrize("planner", ["torch", "triton", "fused"])
 def test_cuda_graph_capture_fixed_topk(planner: str) -> None:
     """With A = R (fixed top-k masks) the GPU update runs with no host sync inside a CUDA graph."""
     w = _weights(True, torch.float16, "cuda", n=512, h=64)
@@ -280,5 +290,38 @@ def test_cuda_graph_capture_fixed_topk(planner: str) -> None:
         graph.replay()
         torch.cuda.synchronize()
         assert int(written) == a
+        cache.check()
+        assert sorted(cache.active.tolist()) == mask.nonzero().squeeze(1).tolist()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("backend", "offload"), [("torch", "staged"), ("triton", "staged"), ("triton", "direct")])
+@pytest.mark.parametrize("tau", [None, 0.4])
+def test_offloaded_on_gpu(backend: str, offload: str, tau: float | None) -> None:
+    """Pool in pinned host memory, buffer on the GPU: exact after every step, for every way the
+    rows cross PCIe (direct: the kernel reads plan and rows through unified addressing)."""
+    w = _weights(True)
+    x = torch.randn(2, H)
+    cache = PairedWeightCache(*w, capacity=48, placement="offloaded", backend=backend, offload=offload,
+                              rebuild_tau=tau)
+    assert cache.pool.is_pinned() and cache.buffer.is_cuda
+    for seq in ("union_batch4", "random_sizes", "full_churn", "empty_full"):
+        _run_sequence(cache, SEQS[seq], x.cuda(), tuple(t.cuda() for t in w), TOL[torch.float32])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_update_on_gpu_sequences(dtype: torch.dtype) -> None:
+    """planner='fused' on the GPU (many programs, grid barriers): every regime, with and
+    without hybrid rebuilds, at a size where the neuron scan spans many programs."""
+    for tau in (None, 0.5):
+        w = _weights(True, dtype, "cuda", n=N, h=H)
+        cache = PairedWeightCache(*w, capacity=N, planner="fused", rebuild_tau=tau)
+        for seq in SEQS:
+            _run_sequence(cache, SEQS[seq], torch.randn(2, H, device="cuda", dtype=dtype), w, TOL[dtype])
+    big = _weights(True, dtype, "cuda", n=20000, h=8)
+    cache = PairedWeightCache(*big, capacity=3000, planner="fused")
+    for mask in random_walk_masks(20000, 2500, 0.3, 12, seed=8).cuda():
+        cache.update(mask)
         cache.check()
         assert sorted(cache.active.tolist()) == mask.nonzero().squeeze(1).tolist()

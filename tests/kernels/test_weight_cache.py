@@ -1,4 +1,4 @@
-"""kernels.weight_cache.apply_moves against its torch twin ecc_kv.weight_cache.apply_moves_torch."""
+"""kernels.weight_cache (row moves, fused planners, the one-launch update) against the torch twins in ecc_kv.weight_cache."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ecc_kv.weight_cache import apply_moves_torch, plan_moves
-from kernels.weight_cache import apply_moves, plan_and_commit
+from kernels.weight_cache import apply_moves, barrier_timeouts, fused_scratch, plan_and_commit, plan_and_move
 
 
 def _state(n: int, cap: int, m: int, gen: torch.Generator, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,3 +115,62 @@ def test_fused_planner_matches_plan_moves(n: int, cap: int, device: str) -> None
         assert torch.equal(dst[:w], want.dst[:w]) and torch.equal(src[:w], want.src[:w])
         assert torch.equal(a, want.s2n) and torch.equal(b, want.n2s)
         s2n, n2s = a, b
+
+
+@pytest.mark.parametrize(("n", "cap", "r"), [(40, 12, 5), (300, 150, 7), (2500, 300, 3)])
+def test_plan_and_move_matches_plan_moves(n: int, cap: int, r: int, device: str) -> None:
+    """plan_and_move (one launch: plan, moves, map commit): plan_moves' maps and counts, and
+    the buffer equals the pool at the new slots; on overflow nothing changes. On a GPU the
+    launch has many programs and two grid barriers; under the interpreter one program."""
+    gen = torch.Generator().manual_seed(n + cap + r)
+    s2n = torch.full((cap,), -1, dtype=torch.int32, device=device)
+    n2s = torch.full((n,), -1, dtype=torch.int32, device=device)
+    pool = torch.randn(n, r, generator=gen).to(device)  # [N, R]
+    buf = torch.zeros(cap, r, device=device)
+    scratch, stats = fused_scratch(n, cap, device), torch.zeros(4, dtype=torch.int32, device=device)
+    host = torch.zeros(4, dtype=torch.int32)
+    host = host.pin_memory() if device == "cuda" else host
+    for _ in range(8):
+        k = int(torch.randint(0, cap + 3, (1,), generator=gen))  # sometimes past the capacity
+        new = torch.zeros(n, dtype=torch.bool)
+        new[torch.randperm(n, generator=gen)[:k]] = True
+        new = new.to(device)
+        want = plan_moves(new, n2s, s2n)
+        a, b, got = s2n.clone(), n2s.clone(), buf.clone()
+        plan_and_move(new, b, a, got, pool, scratch, stats, host)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        st = want.stats.tolist()
+        assert host.tolist() == stats.tolist()
+        if st[3] > cap:
+            assert torch.equal(a, s2n) and torch.equal(b, n2s) and torch.equal(got, buf)
+            assert [stats.tolist()[i] for i in (0, 1, 3)] == [st[i] for i in (0, 1, 3)]
+            continue
+        assert stats.tolist() == st
+        assert torch.equal(a, want.s2n) and torch.equal(b, want.n2s)
+        _assert_equal_rows(got[: st[3]], pool[a[: st[3]].long()])
+        s2n, n2s, buf = a, b, got
+    assert barrier_timeouts(scratch) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_moves_read_pinned_host_memory(dtype: torch.dtype) -> None:
+    """Direct offload: the kernel reads the plan and the pool rows from pinned host memory
+    (unified addressing) and writes the GPU buffer; the same bytes as the torch twin."""
+    gen = torch.Generator().manual_seed(11)
+    n, cap, r = 300, 64, 259
+    pool = torch.randn(n, r, generator=gen).to(dtype).pin_memory()  # [N, R] on the host
+    s2n, n2s = _state(n, cap, 40, gen, "cpu")
+    new = torch.zeros(n, dtype=torch.bool)
+    new[torch.randperm(n, generator=gen)[:50]] = True
+    plan = plan_moves(new, n2s, s2n)
+    n_pool, n_moves = plan.counts.tolist()
+    packed = torch.cat([plan.counts, plan.dst, plan.src]).pin_memory()  # int32 [2 + 2 cap]
+    buf = torch.zeros(cap, r, dtype=dtype, device="cuda")
+    buf[:40] = pool[s2n[:40].long()].cuda()
+    want = buf.cpu().clone()
+    apply_moves_torch(want, pool, plan.dst, plan.src, n_pool, n_moves)
+    apply_moves(buf, pool, packed[2 : 2 + cap], packed[2 + cap :], packed[:2], max_moves=n_moves)
+    torch.cuda.synchronize()
+    _assert_equal_rows(buf.cpu(), want)
