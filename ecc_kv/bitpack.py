@@ -23,11 +23,10 @@ memory, and are counted in the storage either way (see docs/qaq.md).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-from ecc_kv.quant import check_backend, resolve_group_size
+from ecc_kv.quant import check_backend, check_float_tensor, resolve_group_size
 from ecc_kv.uniform_quant import (
     QuantizedGroups,
     check_scheme,
@@ -38,20 +37,42 @@ from ecc_kv.uniform_quant import (
 )
 
 
-@dataclass
 class PackedTensor:
-    """A quantized tensor as the bytes a cache would hold (see the module docstring)."""
+    """A quantized tensor as the bytes a cache would hold (see the module docstring).
 
-    data: torch.Tensor  # uint8 [sum_m b_m * PB]
-    widths: torch.Tensor | None  # uint8 [prod(shape[:-1])] or None (fixed width)
-    fixed_bits: int  # the width when ``widths`` is None, else 0
-    scale: torch.Tensor  # fp16 [M]
-    zero: torch.Tensor | None  # fp16 [M] or None (symmetric)
-    out_val: torch.Tensor  # fp16 [M, 2k]
-    out_pos: torch.Tensor  # uint8 or int16 [M, 2k]
-    shape: tuple[int, ...]
-    group_size: int
-    scheme: str
+    ``data`` may be *sized on the device*: a Triton pack with widths on the GPU writes into a
+    worst-case buffer and sums the widths itself, so it needs no host sync; the first read of
+    ``data`` (or ``nbytes``) fetches the size, checks the widths (ValueError if any was outside
+    the valid range) and narrows ``data`` to the bytes written (a view).
+    """
+
+    def __init__(
+        self, data: torch.Tensor, widths: torch.Tensor | None, fixed_bits: int, scale: torch.Tensor,
+        zero: torch.Tensor | None, out_val: torch.Tensor, out_pos: torch.Tensor, shape: tuple[int, ...],
+        group_size: int, scheme: str, pending: tuple[torch.Tensor, int] | None = None,
+    ) -> None:
+        self._data = data  # uint8 [sum_m b_m * PB] (a larger buffer while ``pending``)
+        self._pending = pending  # (workspace with the device-side size, lowest valid width)
+        self.widths = widths  # uint8 [prod(shape[:-1])] or None (fixed width)
+        self.fixed_bits = fixed_bits  # the width when ``widths`` is None, else 0
+        self.scale = scale  # fp16 [M]
+        self.zero = zero  # fp16 [M] or None (symmetric)
+        self.out_val = out_val  # fp16 [M, 2k]
+        self.out_pos = out_pos  # uint8 or int16 [M, 2k]
+        self.shape = shape
+        self.group_size = group_size
+        self.scheme = scheme
+
+    @property
+    def data(self) -> torch.Tensor:
+        """uint8 code bytes (resolves a device-sized pack: one host read, raises on invalid widths)."""
+        if self._pending is not None:
+            from kernels.bitpack import packed_size
+
+            ws, lo = self._pending
+            self._data = self._data[: packed_size(ws, self.group_size, lo)]
+            self._pending = None
+        return self._data
 
     @property
     def n_groups(self) -> int:
@@ -202,6 +223,49 @@ def unpack(p: PackedTensor, backend: str = "torch") -> QuantizedGroups:
                            p.shape, p.group_size, p.scheme)
 
 
+def _check_widths(bits: int | torch.Tensor, lead: tuple[int, ...], lo: int) -> None:
+    """Host-side width check where it costs no device sync (an int, or a tensor in host memory)."""
+    if isinstance(bits, torch.Tensor):
+        if tuple(bits.shape) != lead:
+            raise ValueError(f"bits.shape={tuple(bits.shape)} must be x.shape[:-1]={lead}")
+        if bits.is_floating_point() or bits.is_complex() or bits.dtype == torch.bool:
+            raise TypeError(f"bits must be an integer tensor, got dtype {bits.dtype}")
+        if bits.device.type == "cpu" and bits.numel() and bool(((bits < lo) | (bits > 8)).any()):
+            raise ValueError(f"bits must lie in {lo}..8{' (symmetric needs >= 2)' if lo == 2 else ''}, "
+                             f"got range [{int(bits.min())}, {int(bits.max())}]")
+    elif isinstance(bits, bool) or not isinstance(bits, int) or not lo <= bits <= 8:
+        raise ValueError(f"bits={bits!r} must be an int in {lo}..8 (or a tensor of them)")
+
+
+def _quantize_pack_triton(x: torch.Tensor, bits: int | torch.Tensor, g: int, scheme: str, k: int,
+                          adaptive: bool | None) -> PackedTensor:
+    """One fused launch and no host sync when the widths live on the GPU (the size is read lazily)."""
+    from kernels.bitpack import quantize_pack_triton
+
+    lead = tuple(x.shape[:-1])
+    per_row = x.shape[-1] // g
+    lo = 2 if scheme == "symmetric" else 1
+    _check_widths(bits, lead, lo)
+    total = None
+    if isinstance(bits, torch.Tensor):
+        tok = bits.reshape(-1)
+        if tok.device.type == "cpu":  # validated above: the size is known without a device round trip
+            total = int(tok.to(torch.int64).sum()) * per_row * ((g + 7) // 8)
+        tok = tok.to(x.device)
+        if adaptive is None:
+            adaptive = bool(tok.numel()) and bool((tok != tok[0]).any())
+        kbits: int | torch.Tensor = tok
+        fixed = 0 if adaptive else (int(tok[0]) if tok.numel() else 1)
+    else:
+        kbits, fixed, adaptive = bits, bits, False
+    res = quantize_pack_triton(x.reshape(-1, g), kbits, scheme == "symmetric", k, n_per_row=per_row,
+                               total_bytes=total, pos_dtype=_pos_dtype(g), write_widths=bool(adaptive))
+    pending = (res["ws"], lo) if res["ws"] is not None and total is None else None
+    return PackedTensor(res["data"], res["widths"] if adaptive else None, fixed, res["scale"],
+                        None if scheme == "symmetric" else res["zero"], res["out_val"], res["out_pos"],
+                        tuple(x.shape), g, scheme, pending)
+
+
 def quantize_pack(
     x: torch.Tensor,
     bits: int | torch.Tensor,
@@ -211,26 +275,19 @@ def quantize_pack(
     adaptive: bool | None = None,
     backend: str = "torch",
 ) -> PackedTensor:
-    """Quantize ``x [..., D]`` at ``bits`` and pack it; fused into one kernel on Triton."""
+    """Quantize ``x [..., D]`` at ``bits`` and pack it; fused into one kernel on Triton.
+
+    On Triton with widths on the GPU the call does not wait for the GPU: invalid widths raise
+    ValueError when ``data`` is first read (see ``PackedTensor``); widths given as an int or a
+    host tensor are checked at once.
+    """
     check_backend(backend)
     check_scheme(scheme)
     if backend != "triton" or scheme == "mean":
         return pack(quantize(x, bits, group_size, scheme, outliers, backend="torch"), adaptive, backend)
-    from kernels.bitpack import quantize_pack_triton
-
+    check_float_tensor(x)
     g = resolve_group_size(x.shape[-1], group_size)
-    k = outliers_per_tail(outliers, g)
-    lead = tuple(x.shape[:-1])
-    gb = group_bits(bits, lead, x.shape[-1] // g, x.device, check=False)  # validated by the launcher
-    data, scale, zero, out_val, out_pos = quantize_pack_triton(x.reshape(-1, g), gb, scheme == "symmetric", k)
-    q = QuantizedGroups(torch.empty(0, g, dtype=torch.uint8), gb, scale, zero, out_val, out_pos, tuple(x.shape), g, scheme)
-    per_row = x.shape[-1] // g
-    tok_bits = gb.reshape(-1, per_row)[:, 0].contiguous()
-    if adaptive is None:
-        adaptive = isinstance(bits, torch.Tensor) and bool(tok_bits.numel()) and bool((tok_bits != tok_bits[0]).any())
-    return PackedTensor(data, tok_bits if adaptive else None, 0 if adaptive else int(tok_bits[0]) if tok_bits.numel() else 1,
-                        scale, None if scheme == "symmetric" else zero, out_val, out_pos.to(_pos_dtype(g)),
-                        q.shape, g, scheme)
+    return _quantize_pack_triton(x, bits, g, scheme, outliers_per_tail(outliers, g), adaptive)
 
 
 def unpack_dequantize(p: PackedTensor, dtype: torch.dtype = torch.float16, backend: str = "torch") -> torch.Tensor:
@@ -239,8 +296,9 @@ def unpack_dequantize(p: PackedTensor, dtype: torch.dtype = torch.float16, backe
     if backend == "triton":
         from kernels.bitpack import unpack_dequantize_triton
 
-        x = unpack_dequantize_triton(p.data, p.group_widths(), p.scale, _zero_or_zeros(p), p.out_val,
-                                     p.out_pos, p.group_size, p.scheme != "minmax", dtype)
+        bits = p.widths if p.widths is not None else p.fixed_bits
+        x = unpack_dequantize_triton(p.data, bits, p.scale, p.zero, p.out_val, p.out_pos, p.group_size,
+                                     p.scheme != "minmax", dtype, n_per_row=p.shape[-1] // p.group_size)
         return x.reshape(p.shape)
     return dequantize_groups_torch(unpack(p, "torch"), dtype).reshape(p.shape)
 

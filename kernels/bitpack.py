@@ -1,14 +1,31 @@
 """Triton kernels: quantize+pack and unpack+dequantize at per-group widths (bit-planar layout).
 
 The torch twin and the layout are in ``ecc_kv.bitpack`` / ``ecc_kv.uniform_quant``; these
-kernels reproduce them bit for bit. One program handles ``BLOCK_M`` groups of ``G`` values;
-group ``m`` writes ``bits[m]`` planes of ``PB = ceil(G / 8)`` bytes at ``off[m]`` (a prefix
-sum of the widths computed before the launch).
+kernels reproduce them bit for bit. Group ``m`` (``G`` values) owns ``bits[m]`` planes of
+``PB = ceil(G / 8)`` bytes at byte offset ``PB * sum_{i<m} bits[i]``.
 
-Bit-exactness: the same fp32 operations as the twin (correctly rounded division,
-``floor(v + 0.5)``, scales rounded up to fp16, first-index argmax/argmin for outliers);
-dequantization ``(code - c0) * scale + zero`` has an exact product, so a fused multiply-add
-rounds the same as the twin's separate multiply and add.
+One launch per call. A program handles ``BLOCK_M`` consecutive groups (a *tile*) and works on
+plane *units* of ``UNIT`` bytes (4 when ``PB % 4 == 0``, else 2 or 1): a unit of plane ``p``
+holds bit ``p`` of ``8 * UNIT`` codes, so the 8 units of planes 0..7 are an 8x8 bit matrix per
+byte lane, transposed with 3 swap stages of word ops (no per-bit work). Units are loaded and
+stored whole (32-bit words when ``UNIT = 4``, a group's planes are contiguous), only for the
+planes a group has.
+
+Offsets without a host round trip: a tile's byte offset is the sum of the widths of all tiles
+before it, found by *decoupled look-back* (Merrill and Garland, 2016): each program takes a
+ticket (an atomic counter, so tiles are started in order and the look-back cannot deadlock),
+publishes its tile's width sum at once, then sums its predecessors' published values back to
+the nearest one that already holds its inclusive prefix, and publishes its own inclusive
+prefix. The workspace ``ws`` (int64, zeroed per call) holds ``[ticket, bad-width count,
+status of tile 0, ...]``; the last status is the total, so the host learns the packed size
+only when it asks (``packed_size``), one read that also reports invalid widths.
+
+Bit-exactness: the same fp32 operations as the twin (correctly rounded division, ``floor(v +
+0.5)``, scales rounded up to fp16, first-index argmax/argmin for outliers). ``floor`` and the
+float-to-int conversion use the 2^23 trick (exact for |v| < 2^22), dequantization adds the code
+to 2^23 by bit ops, so no conversion-unit instructions are needed per value;
+``(code - c0) * scale + zero`` has an exact product, so a fused multiply-add rounds the same
+as the twin's separate multiply and add.
 """
 
 from __future__ import annotations
@@ -18,6 +35,14 @@ import triton
 import triton.language as tl
 
 _FP16_MAX = tl.constexpr(65504.0)
+_MAGIC = tl.constexpr(8388608.0)  # 2^23: x + 2^23 has x's integer part in its low mantissa bits
+_MAGIC_BITS = tl.constexpr(0x4B000000)  # bits of 2^23 as fp32
+_RMAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: t + _RMAGIC rounds t to an integer for |t| < 2^22
+_FLAG_INC = tl.constexpr(2 << 32)  # status word (flag << 32 | sum): 1 tile sum published, 2 inclusive prefix
+_LOOKBACK = tl.constexpr(32)  # predecessors read per look-back step
+
+# Launch shape per group size (tuned on the H100 by the kv_pack_bench task): rows per program, warps.
+TUNING: dict[str, int] = {"values_per_program": 4096, "num_warps": 4}
 
 
 @triton.jit
@@ -30,67 +55,176 @@ def _round_up_fp16(s32):
 
 
 @triton.jit
-def _tile(rows, M, G, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr):
-    """A group tile as [BM, BG/8, 8]: value 8j+k of each row, so packing reduces an in-thread axis."""
-    j = tl.arange(0, BLOCK_G // 8)
-    k = tl.arange(0, 8)
-    col3 = j[None, :, None] * 8 + k[None, None, :]  # [1, BG8, 8]
-    valid3 = (rows < M)[:, None, None] & (col3 < G)  # [BM, BG8, 8]
-    ptr3 = rows.to(tl.int64)[:, None, None] * G + col3
-    return j, k, col3, valid3, ptr3
+def _tile_base(ws_ptr, tile, agg):
+    """Sum of the widths of all tiles before ``tile`` (decoupled look-back; see the module docstring)."""
+    st_ptr = ws_ptr + 2
+    agg64 = agg.to(tl.int64)
+    tl.atomic_xchg(st_ptr + tile, (((tile == 0).to(tl.int64) + 1) << 32) | agg64)  # tile 0: inclusive at once
+    d = tl.arange(0, _LOOKBACK)
+    acc = agg64 * 0
+    base = tile - 1
+    go = tile > 0
+    while go:
+        idx = base - d
+        st = tl.load(st_ptr + idx, mask=idx >= 0, other=_FLAG_INC, volatile=True)  # [W] int64
+        flag = st >> 32
+        first_inc = tl.min(tl.where(flag == 2, d, _LOOKBACK))
+        first_zero = tl.min(tl.where(flag == 0, d, _LOOKBACK))
+        ready = first_zero >= first_inc  # everything up to the nearest inclusive entry is published
+        part = tl.sum(tl.where(d <= first_inc, st & 0xFFFFFFFF, 0))
+        acc += tl.where(ready, part, 0)
+        base -= tl.where(ready, _LOOKBACK, 0)
+        go = (~ready) | (first_inc == _LOOKBACK)
+    tl.atomic_xchg(st_ptr + tile, (acc + agg64) | _FLAG_INC)
+    return acc
 
 
 @triton.jit
-def _transpose8(x):
-    """8x8 bit transpose of int64 words (see ``ecc_kv.bitpack.transpose8``)."""
-    t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AA
-    x = x ^ t ^ (t << 7)
-    t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCC
-    x = x ^ t ^ (t << 14)
-    t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0
-    return x ^ t ^ (t << 28)
+def _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED: tl.constexpr, LO: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Tile rows, their widths (clamped to LO..8 for memory safety) and the plane index of each row's first plane."""
+    if FIXED > 0:
+        tile = tl.program_id(0)
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+        b = tl.full((BLOCK_M,), FIXED, tl.int32)
+        first = rows.to(tl.int64) * FIXED
+        braw = b
+    else:
+        tile = tl.atomic_add(ws_ptr, 1)  # ticket: tiles start in order
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        braw = tl.load(bits_ptr + rows // NPR, mask=rows < M, other=LO).to(tl.int32)
+        bad = tl.sum(((braw < LO) | (braw > 8)).to(tl.int32))
+        tl.atomic_add(ws_ptr + 1, bad.to(tl.int64), mask=bad > 0)
+        b = tl.minimum(tl.maximum(braw, LO), 8)
+        b = tl.where(rows < M, b, 0)
+        incl = tl.cumsum(b, 0)  # [BM]
+        first = _tile_base(ws_ptr, tile, tl.sum(b)) + (incl - b).to(tl.int64)
+    return rows, b, braw, first
 
 
 @triton.jit
-def _max2(x):
-    return tl.max(tl.max(x, axis=2), axis=1)
+def _swap(a, b, D: tl.constexpr, MASK: tl.constexpr):
+    """One stage of the 8x8 transpose: a's bits k (k & D) <-> b's bits k - D, in every byte lane."""
+    t = ((a >> D) ^ b) & MASK
+    return a ^ (t << D), b ^ t
 
 
 @triton.jit
-def _min2(x):
-    return tl.min(tl.min(x, axis=2), axis=1)
+def _transpose8(w0, w1, w2, w3, w4, w5, w6, w7):
+    """8 words, bit k of byte j of word p -> bit p of byte j of word k (every byte lane at once)."""
+    w0, w4 = _swap(w0, w4, 4, 0x0F0F0F0F)
+    w1, w5 = _swap(w1, w5, 4, 0x0F0F0F0F)
+    w2, w6 = _swap(w2, w6, 4, 0x0F0F0F0F)
+    w3, w7 = _swap(w3, w7, 4, 0x0F0F0F0F)
+    w0, w2 = _swap(w0, w2, 2, 0x33333333)
+    w1, w3 = _swap(w1, w3, 2, 0x33333333)
+    w4, w6 = _swap(w4, w6, 2, 0x33333333)
+    w5, w7 = _swap(w5, w7, 2, 0x33333333)
+    w0, w1 = _swap(w0, w1, 1, 0x55555555)
+    w2, w3 = _swap(w2, w3, 1, 0x55555555)
+    w4, w5 = _swap(w4, w5, 1, 0x55555555)
+    w6, w7 = _swap(w6, w7, 1, 0x55555555)
+    return w0, w1, w2, w3, w4, w5, w6, w7
+
+
+@triton.jit
+def _split8(v, BLOCK_M: tl.constexpr, PU2: tl.constexpr, UNIT: tl.constexpr):
+    """[BM, G2] -> 8 tensors [BM, PU2, UNIT]: value 8 * (UNIT * q + j) + k of each row goes to tensor k."""
+    v = tl.reshape(v, (BLOCK_M, PU2, UNIT, 2, 2, 2))
+    e, o = tl.split(v)  # k = 4a + 2b + c: the last axis is c
+    e0, e1 = tl.split(e)
+    o0, o1 = tl.split(o)
+    v0, v4 = tl.split(e0)
+    v2, v6 = tl.split(e1)
+    v1, v5 = tl.split(o0)
+    v3, v7 = tl.split(o1)
+    return v0, v1, v2, v3, v4, v5, v6, v7
+
+
+@triton.jit
+def _join8(v0, v1, v2, v3, v4, v5, v6, v7, BLOCK_M: tl.constexpr, G2: tl.constexpr):
+    """Inverse of ``_split8``: 8 tensors [BM, PU2, UNIT] -> [BM, G2]."""
+    a = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
+    return tl.reshape(a, (BLOCK_M, G2))
+
+
+@triton.jit
+def _bytes_to_unit(c, UNIT: tl.constexpr):
+    """[BM, PU2, UNIT] codes (< 256) -> [BM, PU2] int32 with code j in byte j."""
+    j = tl.arange(0, UNIT)
+    return tl.sum(c << (8 * j)[None, None, :], axis=2)
+
+
+@triton.jit
+def _unit_to_bytes(w, UNIT: tl.constexpr):
+    """[BM, PU2] int32 -> [BM, PU2, UNIT]: byte j, or'ed into the bits of 2^23 (fp32 2^23 + byte)."""
+    j = tl.arange(0, UNIT)
+    return ((w[:, :, None] >> (8 * j)[None, None, :]) & 255) | _MAGIC_BITS
+
+
+@triton.jit
+def _store_plane(data_ptr, first, b, rows, q, P, val, M, PU: tl.constexpr, PU2: tl.constexpr):
+    msk = ((rows < M) & (P < b))[:, None] & (q < PU)[None, :]
+    tl.store(data_ptr + (first * PU + P * PU)[:, None] + q[None, :], val.to(data_ptr.dtype.element_ty), mask=msk)
+
+
+@triton.jit
+def _load_plane(data_ptr, first, b, rows, q, P, M, UNIT: tl.constexpr, PU: tl.constexpr):
+    msk = ((rows < M) & (P < b))[:, None] & (q < PU)[None, :]
+    w = tl.load(data_ptr + (first * PU + P * PU)[:, None] + q[None, :], mask=msk, other=0).to(tl.int32)
+    if UNIT == 2:
+        w = w & 0xFFFF  # int16 units sign-extend
+    return w
+
+
+@triton.jit
+def _quant(xk, zero, inv, lo, hi, c0m):
+    """Codes of one split tensor: floor(clip((x - zero) * inv + 0.5, lo, hi)) + c0, exact in fp32 ops only."""
+    t = (xk - zero[:, None, None]) * inv[:, None, None] + 0.5
+    t = tl.minimum(tl.maximum(t, lo[:, None, None]), hi[:, None, None])
+    r = t + _RMAGIC  # round to nearest integer (ulp 1 in [2^23, 2^24)): round(t) in the low mantissa bits
+    fl = (r - _RMAGIC) > t  # rounded up: floor is one less
+    u = (r + c0m[:, None, None]).to(tl.int32, bitcast=True)  # bits of 1.5 * 2^23 + round(t) + c0, exact
+    return (u - fl.to(tl.int32)) & 255
 
 
 @triton.jit
 def _pack_kernel(
-    x_ptr, codes_ptr, bits_ptr, off_ptr, data_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr,
-    M, G, PB,
-    FROM_X: tl.constexpr, SYMMETRIC: tl.constexpr, K_TAIL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr,
+    x_ptr, bits_ptr, ws_ptr, data_ptr, wout_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr,
+    M, NPR,
+    G: tl.constexpr, UNIT: tl.constexpr, FIXED: tl.constexpr, LO: tl.constexpr, FROM_X: tl.constexpr,
+    SYMMETRIC: tl.constexpr, K_TAIL: tl.constexpr, WRITE_W: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    PU: tl.constexpr = (G + 8 * UNIT - 1) // (8 * UNIT)  # units per plane
+    PU2: tl.constexpr = triton.next_power_of_2(PU)
+    G2: tl.constexpr = PU2 * 8 * UNIT
+    rows, b, braw, first = _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED, LO, BLOCK_M)
     rmask = rows < M
     rows64 = rows.to(tl.int64)
-    j, k, col3, valid3, ptr3 = _tile(rows, M, G, BLOCK_M, BLOCK_G)
-    b = tl.load(bits_ptr + rows, mask=rmask, other=0).to(tl.int32)  # [BM]
+    if WRITE_W:
+        tl.store(wout_ptr + rows // NPR, braw.to(tl.uint8), mask=rmask & (rows % NPR == 0))
+    col = tl.arange(0, G2)
+    valid = rmask[:, None] & (col < G)[None, :]  # [BM, G2]
+    ptr = rows64[:, None] * G + col[None, :]
     if FROM_X:
-        x = tl.load(x_ptr + ptr3, mask=valid3, other=0.0).to(tl.float32)  # [BM, BG8, 8]
-        taken = ~valid3
-        for t in tl.static_range(2 * K_TAIL):  # K_TAIL largest, then K_TAIL smallest; first index on ties
-            if t < K_TAIL:
-                xm = tl.where(taken, float("-inf"), x)
-                ext = _max2(xm)  # [BM]
-            else:
-                xm = tl.where(taken, float("inf"), x)
-                ext = _min2(xm)
-            cand = (xm == ext[:, None, None]) & (~taken)
-            idx = _min2(tl.where(cand, col3, 1 << 30))  # [BM]
-            taken = taken | (col3 == idx[:, None, None])
-            tl.store(opos_ptr + rows64 * (2 * K_TAIL) + t, idx.to(tl.int16), mask=rmask)
-            tl.store(oval_ptr + rows64 * (2 * K_TAIL) + t, ext.to(tl.float16), mask=rmask)
-        mx = _max2(tl.where(taken, float("-inf"), x))  # [BM]
-        mn = _min2(tl.where(taken, float("inf"), x))
+        x = tl.load(x_ptr + ptr, mask=valid, other=0.0).to(tl.float32)  # [BM, G2]
+        if K_TAIL > 0:
+            taken = ~valid
+            for t in tl.static_range(2 * K_TAIL):  # K_TAIL largest, then K_TAIL smallest; first index on ties
+                if t < K_TAIL:
+                    xm = tl.where(taken, float("-inf"), x)
+                    ext = tl.max(xm, axis=1)  # [BM]
+                else:
+                    xm = tl.where(taken, float("inf"), x)
+                    ext = tl.min(xm, axis=1)
+                idx = tl.min(tl.where((xm == ext[:, None]) & (~taken), col[None, :], 1 << 30), axis=1)  # [BM]
+                taken = taken | (col[None, :] == idx[:, None])
+                tl.store(opos_ptr + rows64 * (2 * K_TAIL) + t, idx.to(opos_ptr.dtype.element_ty), mask=rmask)
+                tl.store(oval_ptr + rows64 * (2 * K_TAIL) + t, ext.to(tl.float16), mask=rmask)
+            mx = tl.max(tl.where(taken, float("-inf"), x), axis=1)  # [BM]
+            mn = tl.min(tl.where(taken, float("inf"), x), axis=1)
+        else:
+            mx = tl.max(tl.where(valid, x, float("-inf")), axis=1)
+            mn = tl.min(tl.where(valid, x, float("inf")), axis=1)
         levels = (1 << b).to(tl.float32)
         if SYMMETRIC:
             amax = tl.maximum(tl.abs(mx), tl.abs(mn))
@@ -105,169 +239,254 @@ def _pack_kernel(
         tl.store(zero_ptr + rows, zero, mask=rmask)
         s = scale.to(tl.float32)
         inv = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), tl.where(s > 0, s, 1.0))  # [BM]
-        v = tl.floor((x - zero.to(tl.float32)[:, None, None]) * inv[:, None, None] + 0.5)
-        v = v + c0[:, None, None]
-        v = tl.minimum(tl.maximum(v, 0.0), (levels - 1.0)[:, None, None])
-        v = tl.where(s[:, None, None] > 0, v, c0[:, None, None])
-        codes = tl.where(valid3, v.to(tl.int32), 0)
+        # codes = clip(floor(t), -c0, L-1-c0) + c0 = floor(clip(t, -c0, L-1-c0)) + c0; a zero scale gives c0
+        lo = tl.where(s > 0, -c0, 0.0)
+        hi = tl.where(s > 0, levels - 1.0 - c0, 0.0)
+        c0m = c0 + 0.0
+        z = zero.to(tl.float32)
+        x0, x1, x2, x3, x4, x5, x6, x7 = _split8(x, BLOCK_M, PU2, UNIT)
+        c0_ = _bytes_to_unit(_quant(x0, z, inv, lo, hi, c0m), UNIT)
+        c1_ = _bytes_to_unit(_quant(x1, z, inv, lo, hi, c0m), UNIT)
+        c2_ = _bytes_to_unit(_quant(x2, z, inv, lo, hi, c0m), UNIT)
+        c3_ = _bytes_to_unit(_quant(x3, z, inv, lo, hi, c0m), UNIT)
+        c4_ = _bytes_to_unit(_quant(x4, z, inv, lo, hi, c0m), UNIT)
+        c5_ = _bytes_to_unit(_quant(x5, z, inv, lo, hi, c0m), UNIT)
+        c6_ = _bytes_to_unit(_quant(x6, z, inv, lo, hi, c0m), UNIT)
+        c7_ = _bytes_to_unit(_quant(x7, z, inv, lo, hi, c0m), UNIT)
     else:
-        codes = tl.load(codes_ptr + ptr3, mask=valid3, other=0).to(tl.int32)
-    # pack: plane p, byte j, bit k = bit p of code 8j+k: one 8x8 bit transpose per 8 codes
-    w = _transpose8(tl.sum(codes.to(tl.int64) << (8 * k)[None, None, :], axis=2))  # [BM, BG8]: byte p = plane p
-    off = tl.load(off_ptr + rows, mask=rmask, other=0)  # [BM] int64
-    for p in tl.static_range(8):
-        smask = rmask[:, None] & (p < b)[:, None] & (j[None, :] < PB)
-        tl.store(data_ptr + off[:, None] + p * PB + j[None, :], ((w >> (8 * p)) & 255).to(tl.uint8), mask=smask)
+        codes = tl.load(x_ptr + ptr, mask=valid, other=0).to(tl.int32)
+        x0, x1, x2, x3, x4, x5, x6, x7 = _split8(codes, BLOCK_M, PU2, UNIT)
+        c0_ = _bytes_to_unit(x0, UNIT)
+        c1_ = _bytes_to_unit(x1, UNIT)
+        c2_ = _bytes_to_unit(x2, UNIT)
+        c3_ = _bytes_to_unit(x3, UNIT)
+        c4_ = _bytes_to_unit(x4, UNIT)
+        c5_ = _bytes_to_unit(x5, UNIT)
+        c6_ = _bytes_to_unit(x6, UNIT)
+        c7_ = _bytes_to_unit(x7, UNIT)
+    # word k holds code (unit q, byte j, bit k) in byte j; transposed, word p holds plane p
+    p0, p1, p2, p3, p4, p5, p6, p7 = _transpose8(c0_, c1_, c2_, c3_, c4_, c5_, c6_, c7_)
+    q = tl.arange(0, PU2)
+    if G % (8 * UNIT) != 0:  # values past G in the last unit are padding: code 0, as in the twin
+        n_valid = tl.minimum(tl.maximum(G - 8 * UNIT * q, 0), 8 * UNIT)  # bit 8j+k of a unit is its value 8j+k
+        keep = tl.where(n_valid >= 32, -1, (1 << tl.minimum(n_valid, 31)) - 1)[None, :]  # [1, PU2]
+        p0, p1, p2, p3 = p0 & keep, p1 & keep, p2 & keep, p3 & keep
+        p4, p5, p6, p7 = p4 & keep, p5 & keep, p6 & keep, p7 & keep
+    _store_plane(data_ptr, first, b, rows, q, 0, p0, M, PU, PU2)
+    _store_plane(data_ptr, first, b, rows, q, 1, p1, M, PU, PU2)
+    _store_plane(data_ptr, first, b, rows, q, 2, p2, M, PU, PU2)
+    _store_plane(data_ptr, first, b, rows, q, 3, p3, M, PU, PU2)
+    _store_plane(data_ptr, first, b, rows, q, 4, p4, M, PU, PU2)
+    _store_plane(data_ptr, first, b, rows, q, 5, p5, M, PU, PU2)
+    _store_plane(data_ptr, first, b, rows, q, 6, p6, M, PU, PU2)
+    _store_plane(data_ptr, first, b, rows, q, 7, p7, M, PU, PU2)
 
 
 @triton.jit
 def _unpack_kernel(
-    data_ptr, bits_ptr, off_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, out_ptr,
-    M, G, PB,
-    TO_X: tl.constexpr, CENTERED: tl.constexpr, N_OUT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr,
+    data_ptr, bits_ptr, ws_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, out_ptr,
+    M, NPR,
+    G: tl.constexpr, UNIT: tl.constexpr, FIXED: tl.constexpr, TO_X: tl.constexpr, CENTERED: tl.constexpr,
+    HAS_ZERO: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    PU: tl.constexpr = (G + 8 * UNIT - 1) // (8 * UNIT)
+    PU2: tl.constexpr = triton.next_power_of_2(PU)
+    G2: tl.constexpr = PU2 * 8 * UNIT
+    rows, b, braw, first = _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED, 1, BLOCK_M)
     rmask = rows < M
     rows64 = rows.to(tl.int64)
-    j, k, col3, valid3, ptr3 = _tile(rows, M, G, BLOCK_M, BLOCK_G)
-    b = tl.load(bits_ptr + rows, mask=rmask, other=0).to(tl.int32)
-    off = tl.load(off_ptr + rows, mask=rmask, other=0)
-    w = tl.zeros((BLOCK_M, BLOCK_G // 8), dtype=tl.int64)
-    for p in tl.static_range(8):
-        lmask = rmask[:, None] & (p < b)[:, None] & (j[None, :] < PB)
-        byte = tl.load(data_ptr + off[:, None] + p * PB + j[None, :], mask=lmask, other=0).to(tl.int64)  # [BM, BG8]
-        w = w | (byte << (8 * p))
-    w = _transpose8(w)  # byte k = code 8j+k
-    codes = ((w[:, :, None] >> (8 * k)[None, None, :]) & 255).to(tl.int32)  # [BM, BG8, 8]
+    q = tl.arange(0, PU2)
+    w0 = _load_plane(data_ptr, first, b, rows, q, 0, M, UNIT, PU)  # [BM, PU2]
+    w1 = _load_plane(data_ptr, first, b, rows, q, 1, M, UNIT, PU)
+    w2 = _load_plane(data_ptr, first, b, rows, q, 2, M, UNIT, PU)
+    w3 = _load_plane(data_ptr, first, b, rows, q, 3, M, UNIT, PU)
+    w4 = _load_plane(data_ptr, first, b, rows, q, 4, M, UNIT, PU)
+    w5 = _load_plane(data_ptr, first, b, rows, q, 5, M, UNIT, PU)
+    w6 = _load_plane(data_ptr, first, b, rows, q, 6, M, UNIT, PU)
+    w7 = _load_plane(data_ptr, first, b, rows, q, 7, M, UNIT, PU)
+    w0, w1, w2, w3, w4, w5, w6, w7 = _transpose8(w0, w1, w2, w3, w4, w5, w6, w7)  # word k: code (q, j, k) in byte j
+    mag = _join8(_unit_to_bytes(w0, UNIT), _unit_to_bytes(w1, UNIT), _unit_to_bytes(w2, UNIT),
+                 _unit_to_bytes(w3, UNIT), _unit_to_bytes(w4, UNIT), _unit_to_bytes(w5, UNIT),
+                 _unit_to_bytes(w6, UNIT), _unit_to_bytes(w7, UNIT), BLOCK_M, G2)  # [BM, G2] bits of 2^23 + code
+    col = tl.arange(0, G2)
+    valid = rmask[:, None] & (col < G)[None, :]
+    ptr = rows64[:, None] * G + col[None, :]
     if TO_X:
         s = tl.load(scale_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-        z = tl.load(zero_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-        if CENTERED:
-            c0 = (1 << b) // 2
+        if HAS_ZERO:
+            z = tl.load(zero_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
         else:
-            c0 = b * 0
-        x = (codes - c0[:, None, None]).to(tl.float32) * s[:, None, None] + z[:, None, None]
-        for i in tl.static_range(N_OUT):
-            pos = tl.load(opos_ptr + rows64 * N_OUT + i, mask=rmask, other=-1).to(tl.int32)
-            val = tl.load(oval_ptr + rows64 * N_OUT + i, mask=rmask, other=0.0).to(tl.float32)
-            x = tl.where(col3 == pos[:, None, None], val[:, None, None], x)
-        tl.store(out_ptr + ptr3, x.to(out_ptr.dtype.element_ty), mask=valid3)
+            z = tl.zeros_like(s)
+        if CENTERED:
+            base = ((1 << b) // 2).to(tl.float32) + _MAGIC
+        else:
+            base = tl.full((BLOCK_M,), _MAGIC, tl.float32)
+        x = (mag.to(tl.float32, bitcast=True) - base[:, None]) * s[:, None] + z[:, None]  # (code - c0) exact
+        tl.store(out_ptr + ptr, x.to(out_ptr.dtype.element_ty), mask=valid)
+        if N_OUT > 0:
+            tl.debug_barrier()  # the tile's stores above come first; outliers overwrite them
+            for i in tl.static_range(N_OUT):
+                pos = tl.load(opos_ptr + rows64 * N_OUT + i, mask=rmask, other=0).to(tl.int64)
+                val = tl.load(oval_ptr + rows64 * N_OUT + i, mask=rmask, other=0.0)
+                tl.store(out_ptr + rows64 * G + pos, val.to(out_ptr.dtype.element_ty), mask=rmask)
     else:
-        tl.store(out_ptr + ptr3, codes.to(tl.uint8), mask=valid3)
+        tl.store(out_ptr + ptr, (mag & 255).to(tl.uint8), mask=valid)
 
 
-def _blocks(g: int) -> tuple[int, int]:
-    bg = max(8, triton.next_power_of_2(g))
-    bm = max(1, min(64, 4096 // bg))
-    return bm, bg
+# ----------------------------------------------------------------------------- launchers
 
 
-def _offsets(bits: torch.Tensor, pb: int, need_total: bool = True) -> tuple[torch.Tensor, int]:
-    """Byte offset of every group (exclusive prefix sum) and, if asked, the total (one host sync)."""
-    b = bits.to(torch.int64)
-    cs = torch.cumsum(b, 0)
-    total = int(cs[-1]) * pb if need_total and b.numel() else 0
-    return (cs - b) * pb, total
+def _unit(g: int) -> int:
+    pb = (g + 7) // 8
+    return 4 if pb % 4 == 0 else 2 if pb % 2 == 0 else 1
+
+
+def _block_m(g: int) -> int:
+    g2 = triton.next_power_of_2(max(g, 8 * _unit(g)))
+    return max(1, triton.next_power_of_2(TUNING["values_per_program"]) // g2)
+
+
+def _units(buf: torch.Tensor, g: int) -> torch.Tensor:
+    u = _unit(g)
+    return buf.view(torch.int32) if u == 4 else buf.view(torch.int16) if u == 2 else buf
+
+
+def _bits_args(bits: torch.Tensor | int) -> tuple[torch.Tensor | None, int]:
+    if isinstance(bits, int):
+        return None, bits
+    return bits.contiguous(), 0
+
+
+def packed_size(ws: torch.Tensor, g: int, lo: int) -> int:
+    """Bytes written by a pack whose widths were summed on the device (one device-to-host read).
+
+    Raises ValueError when the kernel saw widths outside ``lo..8`` (their planes were clamped).
+    """
+    n_bad, total = torch.stack([ws[1], ws[-1] & 0xFFFFFFFF]).tolist()
+    if n_bad:
+        raise ValueError(f"bits must lie in {lo}..8{' (symmetric needs >= 2)' if lo == 2 else ''}: "
+                         f"{n_bad} groups outside")
+    return total * ((g + 7) // 8)
 
 
 def quantize_pack_triton(
-    xg: torch.Tensor, bits: torch.Tensor, symmetric: bool, k_tail: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fused quantize+pack of groups xg [M, G] at widths uint8 [M]: (data, scale, zero, out_val, out_pos).
+    xg: torch.Tensor, bits: torch.Tensor | int, symmetric: bool, k_tail: int, n_per_row: int = 1,
+    total_bytes: int | None = None, pos_dtype: torch.dtype = torch.int16, write_widths: bool = False,
+) -> dict[str, torch.Tensor | None]:
+    """Fused quantize+pack of groups xg [M, G] at widths ``bits`` (int, or a tensor [M / n_per_row] of any int dtype).
 
-    The widths are validated (1..8, >= 2 when symmetric) in the same device-to-host read that
-    sizes the output: one sync per call.
+    One launch, no host sync. ``total_bytes`` (sum of widths * PB, when the caller knows it)
+    sizes ``data`` exactly; otherwise ``data`` is a worst-case buffer (8 planes per group) and
+    ``ws`` holds the device-side total (``packed_size``). Returns a dict: data, ws (or None),
+    scale, zero, out_val, out_pos, widths (uint8 per token when ``write_widths``).
     """
     xg = xg.contiguous()
     m, g = xg.shape
     pb = (g + 7) // 8
-    b = bits.to(torch.int64)
-    cs = torch.cumsum(b, 0)
-    off = (cs - b) * pb
-    total, n_bad = torch.stack([cs[-1], ((b < (2 if symmetric else 1)) | (b > 8)).sum()]).tolist() if m else (0, 0)
-    if n_bad:
-        raise ValueError(f"bits must lie in {2 if symmetric else 1}..8 (symmetric needs >= 2): {n_bad} groups outside")
-    total *= pb
+    lo = 2 if symmetric else 1
     dev = xg.device
-    data = torch.empty(total, dtype=torch.uint8, device=dev)
-    scale = torch.empty(m, dtype=torch.float16, device=dev)
-    zero = torch.empty(m, dtype=torch.float16, device=dev)
-    out_val = torch.empty(m, 2 * k_tail, dtype=torch.float16, device=dev)
-    out_pos = torch.empty(m, 2 * k_tail, dtype=torch.int16, device=dev)
+    bt, fixed = _bits_args(bits)
+    if fixed and not lo <= fixed <= 8:
+        raise ValueError(f"bits={fixed} must lie in {lo}..8")
+    if fixed:
+        total_bytes = m * fixed * pb
+    data = torch.empty(total_bytes if total_bytes is not None else m * 8 * pb, dtype=torch.uint8, device=dev)
+    bm = _block_m(g)
+    n_tiles = triton.cdiv(m, bm)
+    ws = None if fixed else torch.zeros(n_tiles + 2, dtype=torch.int64, device=dev)
+    out = {
+        "data": data, "ws": ws,
+        "scale": torch.empty(m, dtype=torch.float16, device=dev),
+        "zero": torch.empty(m, dtype=torch.float16, device=dev),
+        "out_val": torch.empty(m, 2 * k_tail, dtype=torch.float16, device=dev),
+        "out_pos": torch.empty(m, 2 * k_tail, dtype=pos_dtype, device=dev),
+        "widths": torch.empty(m // n_per_row if write_widths else 0, dtype=torch.uint8, device=dev),
+    }
     if m:
-        bm, bg = _blocks(g)
-        _pack_kernel[(triton.cdiv(m, bm),)](
-            xg, xg, bits.contiguous(), off, data, scale, zero, out_val, out_pos, m, g, pb,
-            FROM_X=True, SYMMETRIC=symmetric, K_TAIL=k_tail, BLOCK_M=bm, BLOCK_G=bg, num_warps=4,
+        _pack_kernel[(n_tiles,)](
+            xg, bt if bt is not None else data, ws if ws is not None else data, _units(data, g), out["widths"],
+            out["scale"], out["zero"], out["out_val"], out["out_pos"], m, n_per_row,
+            G=g, UNIT=_unit(g), FIXED=fixed, LO=lo, FROM_X=True, SYMMETRIC=symmetric, K_TAIL=k_tail,
+            WRITE_W=write_widths, BLOCK_M=bm, num_warps=TUNING["num_warps"],
             enable_fp_fusion=False,  # (x - zero) * inv + 0.5 rounded step by step, as in the torch twin
         )
-    return data, scale, zero, out_val, out_pos
+    return out
+
+
+def _exact(res: dict[str, torch.Tensor | None], g: int, lo: int) -> torch.Tensor:
+    data = res["data"]
+    return data if res["ws"] is None else data[: packed_size(res["ws"], g, lo)]
 
 
 def quantize_groups_triton(
     xg: torch.Tensor, bits: torch.Tensor, symmetric: bool, k_tail: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize groups (codes unpacked): fused quantize+pack, then unpack of the codes."""
-    data, scale, zero, out_val, out_pos = quantize_pack_triton(xg, bits, symmetric, k_tail)
+    res = quantize_pack_triton(xg, bits, symmetric, k_tail)
+    data = _exact(res, xg.shape[1], 2 if symmetric else 1)
     codes = unpack_codes_triton(data, bits, xg.shape[1])
-    return codes, scale, zero, out_val, out_pos
+    return codes, res["scale"], res["zero"], res["out_val"], res["out_pos"]
 
 
 def pack_codes_triton(codes: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    """Pack codes uint8 [M, G] at widths uint8 [M] into the planar byte stream."""
+    """Pack codes uint8 [M, G] at widths [M] into the planar byte stream (exact size: one host read)."""
     codes = codes.contiguous()
     m, g = codes.shape
-    pb = (g + 7) // 8
-    off, total = _offsets(bits, pb)
-    data = torch.empty(total, dtype=torch.uint8, device=codes.device)
+    bm = _block_m(g)
+    n_tiles = triton.cdiv(m, bm)
+    data = torch.empty(m * 8 * ((g + 7) // 8), dtype=torch.uint8, device=codes.device)
+    ws = torch.zeros(n_tiles + 2, dtype=torch.int64, device=codes.device)
     if m:
-        bm, bg = _blocks(g)
-        dummy = torch.empty(1, dtype=torch.float16, device=codes.device)
-        _pack_kernel[(triton.cdiv(m, bm),)](
-            dummy, codes, bits.contiguous(), off, data, dummy, dummy, dummy, dummy, m, g, pb,
-            FROM_X=False, SYMMETRIC=False, K_TAIL=0, BLOCK_M=bm, BLOCK_G=bg, num_warps=4,
+        _pack_kernel[(n_tiles,)](
+            codes, bits.contiguous(), ws, _units(data, g), data, data, data, data, data, m, 1,
+            G=g, UNIT=_unit(g), FIXED=0, LO=1, FROM_X=False, SYMMETRIC=False, K_TAIL=0, WRITE_W=False,
+            BLOCK_M=bm, num_warps=TUNING["num_warps"],
         )
-    return data
+        return data[: packed_size(ws, g, 1)]
+    return data[:0]
 
 
-def _unpack(data: torch.Tensor, bits: torch.Tensor, g: int, out: torch.Tensor, scale: torch.Tensor | None,
-            zero: torch.Tensor | None, out_val: torch.Tensor | None, out_pos: torch.Tensor | None,
-            centered: bool) -> torch.Tensor:
-    m = bits.shape[0]
-    pb = (g + 7) // 8
-    off, _ = _offsets(bits, pb, need_total=False)
+def _unpack(data: torch.Tensor, bits: torch.Tensor | int, m: int, g: int, n_per_row: int, out: torch.Tensor,
+            scale: torch.Tensor | None, zero: torch.Tensor | None, out_val: torch.Tensor | None,
+            out_pos: torch.Tensor | None, centered: bool) -> torch.Tensor:
     if m:
-        bm, bg = _blocks(g)
+        bm = _block_m(g)
+        n_tiles = triton.cdiv(m, bm)
+        bt, fixed = _bits_args(bits)
+        ws = None if fixed else torch.zeros(n_tiles + 2, dtype=torch.int64, device=data.device)
         to_x = scale is not None
-        dummy = torch.empty(1, dtype=torch.float16, device=data.device)
         n_out = out_val.shape[1] if to_x and out_val is not None else 0
-        _unpack_kernel[(triton.cdiv(m, bm),)](
-            data, bits.contiguous(), off,
-            scale if to_x else dummy, zero if to_x else dummy,
+        dummy = out
+        _unpack_kernel[(n_tiles,)](
+            _units(data, g), bt if bt is not None else dummy, ws if ws is not None else dummy,
+            scale if to_x else dummy, zero if to_x and zero is not None else dummy,
             out_val.contiguous() if n_out else dummy, out_pos.contiguous() if n_out else dummy, out,
-            m, g, pb, TO_X=to_x, CENTERED=centered, N_OUT=n_out, BLOCK_M=bm, BLOCK_G=bg, num_warps=4,
+            m, n_per_row, G=g, UNIT=_unit(g), FIXED=fixed, TO_X=to_x, CENTERED=centered, HAS_ZERO=zero is not None,
+            N_OUT=n_out,
+            BLOCK_M=bm, num_warps=TUNING["num_warps"],
         )
     return out
 
 
 def unpack_codes_triton(data: torch.Tensor, bits: torch.Tensor, g: int) -> torch.Tensor:
-    """Inverse of ``pack_codes_triton``: codes uint8 [M, G]."""
-    out = torch.empty(bits.shape[0], g, dtype=torch.uint8, device=data.device)
-    return _unpack(data, bits, g, out, None, None, None, None, False)
+    """Inverse of ``pack_codes_triton``: codes uint8 [M, G] from per-group widths [M]."""
+    m = bits.shape[0]
+    out = torch.empty(m, g, dtype=torch.uint8, device=data.device)
+    return _unpack(data, bits, m, g, 1, out, None, None, None, None, False)
 
 
 def unpack_dequantize_triton(
-    data: torch.Tensor, bits: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, out_val: torch.Tensor,
-    out_pos: torch.Tensor, g: int, centered: bool, dtype: torch.dtype,
+    data: torch.Tensor, bits: torch.Tensor | int, scale: torch.Tensor, zero: torch.Tensor | None, out_val: torch.Tensor,
+    out_pos: torch.Tensor, g: int, centered: bool, dtype: torch.dtype, n_per_row: int = 1,
 ) -> torch.Tensor:
-    """Fused unpack+dequantize (+ outliers written back): x_hat [M, G] in ``dtype``.
+    """Fused unpack+dequantize (+ outliers written back): x_hat [M, G] in ``dtype``, one launch.
 
-    bf16 is written as fp32 and cast by torch (the Triton interpreter does not round to bf16
-    the way the GPU and torch do); fp16 and fp32 are stored directly.
+    ``bits``: one int, or widths per token [M / n_per_row] (any int dtype); ``zero`` None: 0. bf16 is written as
+    fp32 and cast by torch (the Triton interpreter does not round to bf16 the way the GPU and
+    torch do); fp16 and fp32 are stored directly.
     """
+    m = scale.shape[0]
     kdt = dtype if dtype in (torch.float16, torch.float32) else torch.float32
-    out = torch.empty(bits.shape[0], g, dtype=kdt, device=data.device)
-    out = _unpack(data, bits, g, out, scale, zero, out_val, out_pos, centered)
+    out = torch.empty(m, g, dtype=kdt, device=data.device)
+    out = _unpack(data, bits, m, g, n_per_row, out, scale, zero, out_val, out_pos, centered)
     return out if kdt == dtype else out.to(dtype)
