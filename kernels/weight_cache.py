@@ -214,19 +214,22 @@ def _grid_sync(sync_ptr, n_prog, SPIN: tl.constexpr):
 
     sync_ptr[0] counts arrivals, sync_ptr[1] is the generation the last arrival bumps,
     sync_ptr[2] counts waits that gave up after SPIN polls (0 unless programs were starved).
-    The atomics are acq_rel, so every store made before the barrier is visible after it.
+    The atomics are acq_rel (gpu scope) and CTA barriers bracket them, so every store any
+    thread made before the barrier is visible to every thread after it.
     """
+    tl.debug_barrier()  # all threads' stores precede the (single-thread) release below
     gen = tl.atomic_add(sync_ptr + 1, 0)
     arrived = tl.atomic_add(sync_ptr, 1)
     if arrived == n_prog - 1:
         tl.atomic_xchg(sync_ptr, 0)
         tl.atomic_add(sync_ptr + 1, 1)
     else:
-        spins = 0
+        spins = gen * 0
         while (tl.atomic_add(sync_ptr + 1, 0) == gen) & (spins < SPIN):
             spins += 1
         if spins >= SPIN:
             tl.atomic_add(sync_ptr + 2, 1)
+    tl.debug_barrier()  # every thread's later loads follow the acquire
 
 
 @triton.jit
