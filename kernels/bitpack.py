@@ -59,7 +59,7 @@ def _tile_base(ws_ptr, tile, agg):
     """Sum of the widths of all tiles before ``tile`` (decoupled look-back; see the module docstring)."""
     st_ptr = ws_ptr + 2
     agg64 = agg.to(tl.int64)
-    tl.atomic_xchg(st_ptr + tile, (((tile == 0).to(tl.int64) + 1) << 32) | agg64)  # tile 0: inclusive at once
+    tl.atomic_xchg(st_ptr + tile, (((tile == 0).to(tl.int64) + 1) << 32) | agg64, sem="relaxed")  # tile 0: inclusive
     d = tl.arange(0, _LOOKBACK)
     acc = agg64 * 0
     base = tile - 1
@@ -75,7 +75,7 @@ def _tile_base(ws_ptr, tile, agg):
         acc += tl.where(ready, part, 0)
         base -= tl.where(ready, _LOOKBACK, 0)
         go = (~ready) | (first_inc == _LOOKBACK)
-    tl.atomic_xchg(st_ptr + tile, (acc + agg64) | _FLAG_INC)
+    tl.atomic_xchg(st_ptr + tile, (acc + agg64) | _FLAG_INC, sem="relaxed")
     return acc
 
 
@@ -89,11 +89,11 @@ def _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED: tl.constexpr, LO: tl.constexpr,
         first = rows.to(tl.int64) * FIXED
         braw = b
     else:
-        tile = tl.atomic_add(ws_ptr, 1)  # ticket: tiles start in order
+        tile = tl.atomic_add(ws_ptr, 1, sem="relaxed").to(tl.int32)  # ticket: tiles start in order
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         braw = tl.load(bits_ptr + rows // NPR, mask=rows < M, other=LO).to(tl.int32)
         bad = tl.sum(((braw < LO) | (braw > 8)).to(tl.int32))
-        tl.atomic_add(ws_ptr + 1, bad.to(tl.int64), mask=bad > 0)
+        tl.atomic_add(ws_ptr + 1, bad.to(tl.int64), mask=bad > 0, sem="relaxed")
         b = tl.minimum(tl.maximum(braw, LO), 8)
         b = tl.where(rows < M, b, 0)
         incl = tl.cumsum(b, 0)  # [BM]
@@ -127,31 +127,10 @@ def _transpose8(w0, w1, w2, w3, w4, w5, w6, w7):
 
 
 @triton.jit
-def _split8(v, BLOCK_M: tl.constexpr, PU2: tl.constexpr, UNIT: tl.constexpr):
-    """[BM, G2] -> 8 tensors [BM, PU2, UNIT]: value 8 * (UNIT * q + j) + k of each row goes to tensor k."""
-    v = tl.reshape(v, (BLOCK_M, PU2, UNIT, 2, 2, 2))
-    e, o = tl.split(v)  # k = 4a + 2b + c: the last axis is c
-    e0, e1 = tl.split(e)
-    o0, o1 = tl.split(o)
-    v0, v4 = tl.split(e0)
-    v2, v6 = tl.split(e1)
-    v1, v5 = tl.split(o0)
-    v3, v7 = tl.split(o1)
-    return v0, v1, v2, v3, v4, v5, v6, v7
-
-
-@triton.jit
 def _join8(v0, v1, v2, v3, v4, v5, v6, v7, BLOCK_M: tl.constexpr, G2: tl.constexpr):
     """Inverse of ``_split8``: 8 tensors [BM, PU2, UNIT] -> [BM, G2]."""
     a = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
     return tl.reshape(a, (BLOCK_M, G2))
-
-
-@triton.jit
-def _bytes_to_unit(c, UNIT: tl.constexpr):
-    """[BM, PU2, UNIT] codes (< 256) -> [BM, PU2] int32 with code j in byte j."""
-    j = tl.arange(0, UNIT)
-    return tl.sum(c << (8 * j)[None, None, :], axis=2)
 
 
 @triton.jit
@@ -177,14 +156,37 @@ def _load_plane(data_ptr, first, b, rows, q, P, M, UNIT: tl.constexpr, PU: tl.co
 
 
 @triton.jit
-def _quant(xk, zero, inv, lo, hi, c0m):
-    """Codes of one split tensor: floor(clip((x - zero) * inv + 0.5, lo, hi)) + c0, exact in fp32 ops only."""
-    t = (xk - zero[:, None, None]) * inv[:, None, None] + 0.5
-    t = tl.minimum(tl.maximum(t, lo[:, None, None]), hi[:, None, None])
-    r = t + _RMAGIC  # round to nearest integer (ulp 1 in [2^23, 2^24)): round(t) in the low mantissa bits
-    fl = (r - _RMAGIC) > t  # rounded up: floor is one less
-    u = (r + c0m[:, None, None]).to(tl.int32, bitcast=True)  # bits of 1.5 * 2^23 + round(t) + c0, exact
-    return (u - fl.to(tl.int32)) & 255
+def _lane(x_ptr, rows64, rmask, q, k, J: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr):
+    """Byte lane J of every plane unit: values 8 * (UNIT * q + J) + k, as [BM, PU2, 8] (8 contiguous per thread)."""
+    col = q[None, :, None] * (8 * UNIT) + 8 * J + k[None, None, :]  # [1, PU2, 8]
+    msk = rmask[:, None, None] & (col < G) & (J < UNIT)
+    return tl.load(x_ptr + rows64[:, None, None] * G + col, mask=msk, other=0), msk, col
+
+
+@triton.jit
+def _quant(x, zero, inv, lo, hi, c0, CLAMP_LO: tl.constexpr, SYMMETRIC: tl.constexpr):
+    """Codes (int32) of [BM, PU2, 8] values: floor(clip((x - zero) * inv + 0.5, -c0, L-1-c0)) + c0, as the twin.
+
+    Row parameters are [BM, 1, 1]. Without outliers a min-max grid never needs the lower clip (x >= zero).
+    """
+    t = (x - zero) * inv + 0.5
+    t = tl.minimum(t, hi)
+    if CLAMP_LO:
+        t = tl.maximum(t, lo)
+    r = tl.floor(t) + _RMAGIC  # exact: an integer below 2^22 in the low mantissa bits of 1.5 * 2^23
+    if SYMMETRIC:
+        r = r + c0
+    return r.to(tl.int32, bitcast=True) - 0x4B400000
+
+
+@triton.jit
+def _max_min(x, msk, CHECK: tl.constexpr):
+    """Row max and min [BM, 1, 1] of [BM, PU2, 8] values (only where ``msk`` when CHECK)."""
+    if CHECK:
+        return tl.max(tl.max(tl.where(msk, x, float("-inf")), axis=2, keep_dims=True), axis=1, keep_dims=True), \
+            tl.min(tl.min(tl.where(msk, x, float("inf")), axis=2, keep_dims=True), axis=1, keep_dims=True)
+    return tl.max(tl.max(x, axis=2, keep_dims=True), axis=1, keep_dims=True), \
+        tl.min(tl.min(x, axis=2, keep_dims=True), axis=1, keep_dims=True)
 
 
 @triton.jit
@@ -196,36 +198,48 @@ def _pack_kernel(
 ):
     PU: tl.constexpr = (G + 8 * UNIT - 1) // (8 * UNIT)  # units per plane
     PU2: tl.constexpr = triton.next_power_of_2(PU)
-    G2: tl.constexpr = PU2 * 8 * UNIT
     rows, b, braw, first = _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED, LO, BLOCK_M)
     rmask = rows < M
     rows64 = rows.to(tl.int64)
     if WRITE_W:
         tl.store(wout_ptr + rows // NPR, braw.to(tl.uint8), mask=rmask & (rows % NPR == 0))
-    col = tl.arange(0, G2)
-    valid = rmask[:, None] & (col < G)[None, :]  # [BM, G2]
-    ptr = rows64[:, None] * G + col[None, :]
+    q = tl.arange(0, PU2)
+    k = tl.arange(0, 8)
+    r3 = rows[:, None, None]  # per-row values stay [BM, 1, 1] in the tile's layout
+    rm3 = r3 < M
+    b3 = b[:, None, None]
+    # four byte lanes (only UNIT of them real): every thread holds whole plane units, no shuffles
+    x0, m0, col0 = _lane(x_ptr, rows64, rmask, q, k, 0, G, UNIT)
+    x1, m1, col1 = _lane(x_ptr, rows64, rmask, q, k, 1, G, UNIT)
+    x2, m2, col2 = _lane(x_ptr, rows64, rmask, q, k, 2, G, UNIT)
+    x3, m3, col3 = _lane(x_ptr, rows64, rmask, q, k, 3, G, UNIT)
     if FROM_X:
-        x = tl.load(x_ptr + ptr, mask=valid, other=0.0).to(tl.float32)  # [BM, G2]
-        if K_TAIL > 0:
-            taken = ~valid
-            for t in tl.static_range(2 * K_TAIL):  # K_TAIL largest, then K_TAIL smallest; first index on ties
+        x0, x1, x2, x3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
+        CHECK: tl.constexpr = (G % (32 * UNIT) != 0) or (UNIT < 4) or (K_TAIL > 0)
+        if K_TAIL > 0:  # K_TAIL largest, then K_TAIL smallest; first index on ties; taken = not an inlier
+            t0, t1, t2, t3 = ~m0, ~m1, ~m2, ~m3
+            for t in tl.static_range(2 * K_TAIL):
                 if t < K_TAIL:
-                    xm = tl.where(taken, float("-inf"), x)
-                    ext = tl.max(xm, axis=1)  # [BM]
+                    ext = tl.maximum(tl.maximum(_max_min(x0, ~t0, True)[0], _max_min(x1, ~t1, True)[0]),
+                                     tl.maximum(_max_min(x2, ~t2, True)[0], _max_min(x3, ~t3, True)[0]))
                 else:
-                    xm = tl.where(taken, float("inf"), x)
-                    ext = tl.min(xm, axis=1)
-                idx = tl.min(tl.where((xm == ext[:, None]) & (~taken), col[None, :], 1 << 30), axis=1)  # [BM]
-                taken = taken | (col[None, :] == idx[:, None])
-                tl.store(opos_ptr + rows64 * (2 * K_TAIL) + t, idx.to(opos_ptr.dtype.element_ty), mask=rmask)
-                tl.store(oval_ptr + rows64 * (2 * K_TAIL) + t, ext.to(tl.float16), mask=rmask)
-            mx = tl.max(tl.where(taken, float("-inf"), x), axis=1)  # [BM]
-            mn = tl.min(tl.where(taken, float("inf"), x), axis=1)
-        else:
-            mx = tl.max(tl.where(valid, x, float("-inf")), axis=1)
-            mn = tl.min(tl.where(valid, x, float("inf")), axis=1)
-        levels = (1 << b).to(tl.float32)
+                    ext = tl.minimum(tl.minimum(_max_min(x0, ~t0, True)[1], _max_min(x1, ~t1, True)[1]),
+                                     tl.minimum(_max_min(x2, ~t2, True)[1], _max_min(x3, ~t3, True)[1]))
+                e3 = ext
+                idx = tl.minimum(
+                    tl.minimum(_first(x0, e3, t0, col0), _first(x1, e3, t1, col1)),
+                    tl.minimum(_first(x2, e3, t2, col2), _first(x3, e3, t3, col3)))  # [BM]
+                t0, t1, t2, t3 = t0 | (col0 == idx), t1 | (col1 == idx), t2 | (col2 == idx), t3 | (col3 == idx)
+                tl.store(opos_ptr + r3 * (2 * K_TAIL) + t, idx.to(opos_ptr.dtype.element_ty), mask=rm3)
+                tl.store(oval_ptr + r3 * (2 * K_TAIL) + t, ext.to(tl.float16), mask=rm3)
+            m0, m1, m2, m3 = ~t0, ~t1, ~t2, ~t3
+        a0, i0 = _max_min(x0, m0, CHECK)
+        a1, i1 = _max_min(x1, m1, CHECK)
+        a2, i2 = _max_min(x2, m2, CHECK)
+        a3, i3_ = _max_min(x3, m3, CHECK)
+        mx = tl.maximum(tl.maximum(a0, a1), tl.maximum(a2, a3))  # [BM, 1, 1]
+        mn = tl.minimum(tl.minimum(i0, i1), tl.minimum(i2, i3_))
+        levels = (1 << b3).to(tl.float32)
         if SYMMETRIC:
             amax = tl.maximum(tl.abs(mx), tl.abs(mn))
             scale = _round_up_fp16(tl.math.div_rn(amax, levels * 0.5 - 1.0))
@@ -235,38 +249,29 @@ def _pack_kernel(
             scale = _round_up_fp16(tl.math.div_rn(mx - mn, levels - 1.0))
             zero = mn.to(tl.float16)
             c0 = tl.zeros_like(levels)
-        tl.store(scale_ptr + rows, scale, mask=rmask)
-        tl.store(zero_ptr + rows, zero, mask=rmask)
+        tl.store(scale_ptr + r3, scale, mask=rm3)
+        tl.store(zero_ptr + r3, zero, mask=rm3)
         s = scale.to(tl.float32)
         inv = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), tl.where(s > 0, s, 1.0))  # [BM]
         # codes = clip(floor(t), -c0, L-1-c0) + c0 = floor(clip(t, -c0, L-1-c0)) + c0; a zero scale gives c0
         lo = tl.where(s > 0, -c0, 0.0)
         hi = tl.where(s > 0, levels - 1.0 - c0, 0.0)
-        c0m = c0 + 0.0
         z = zero.to(tl.float32)
-        x0, x1, x2, x3, x4, x5, x6, x7 = _split8(x, BLOCK_M, PU2, UNIT)
-        c0_ = _bytes_to_unit(_quant(x0, z, inv, lo, hi, c0m), UNIT)
-        c1_ = _bytes_to_unit(_quant(x1, z, inv, lo, hi, c0m), UNIT)
-        c2_ = _bytes_to_unit(_quant(x2, z, inv, lo, hi, c0m), UNIT)
-        c3_ = _bytes_to_unit(_quant(x3, z, inv, lo, hi, c0m), UNIT)
-        c4_ = _bytes_to_unit(_quant(x4, z, inv, lo, hi, c0m), UNIT)
-        c5_ = _bytes_to_unit(_quant(x5, z, inv, lo, hi, c0m), UNIT)
-        c6_ = _bytes_to_unit(_quant(x6, z, inv, lo, hi, c0m), UNIT)
-        c7_ = _bytes_to_unit(_quant(x7, z, inv, lo, hi, c0m), UNIT)
+        CL: tl.constexpr = SYMMETRIC or (K_TAIL > 0)
+        w = _quant(x0, z, inv, lo, hi, c0, CL, SYMMETRIC) | (_quant(x1, z, inv, lo, hi, c0, CL, SYMMETRIC) << 8) | \
+            (_quant(x2, z, inv, lo, hi, c0, CL, SYMMETRIC) << 16) | (_quant(x3, z, inv, lo, hi, c0, CL, SYMMETRIC) << 24)
     else:
-        codes = tl.load(x_ptr + ptr, mask=valid, other=0).to(tl.int32)
-        x0, x1, x2, x3, x4, x5, x6, x7 = _split8(codes, BLOCK_M, PU2, UNIT)
-        c0_ = _bytes_to_unit(x0, UNIT)
-        c1_ = _bytes_to_unit(x1, UNIT)
-        c2_ = _bytes_to_unit(x2, UNIT)
-        c3_ = _bytes_to_unit(x3, UNIT)
-        c4_ = _bytes_to_unit(x4, UNIT)
-        c5_ = _bytes_to_unit(x5, UNIT)
-        c6_ = _bytes_to_unit(x6, UNIT)
-        c7_ = _bytes_to_unit(x7, UNIT)
-    # word k holds code (unit q, byte j, bit k) in byte j; transposed, word p holds plane p
+        w = x0.to(tl.int32) | (x1.to(tl.int32) << 8) | (x2.to(tl.int32) << 16) | (x3.to(tl.int32) << 24)
+    # w [BM, PU2, 8]: element k is word k (code (q, j, k) in byte j); transposed, word p holds plane p
+    w = tl.reshape(w, (BLOCK_M, PU2, 2, 2, 2))
+    e, o = tl.split(w)  # k = 4a + 2b + c: the last axis is c
+    e0, e1 = tl.split(e)
+    o0, o1 = tl.split(o)
+    c0_, c4_ = tl.split(e0)
+    c2_, c6_ = tl.split(e1)
+    c1_, c5_ = tl.split(o0)
+    c3_, c7_ = tl.split(o1)
     p0, p1, p2, p3, p4, p5, p6, p7 = _transpose8(c0_, c1_, c2_, c3_, c4_, c5_, c6_, c7_)
-    q = tl.arange(0, PU2)
     if G % (8 * UNIT) != 0:  # values past G in the last unit are padding: code 0, as in the twin
         n_valid = tl.minimum(tl.maximum(G - 8 * UNIT * q, 0), 8 * UNIT)  # bit 8j+k of a unit is its value 8j+k
         keep = tl.where(n_valid >= 32, -1, (1 << tl.minimum(n_valid, 31)) - 1)[None, :]  # [1, PU2]
@@ -280,6 +285,12 @@ def _pack_kernel(
     _store_plane(data_ptr, first, b, rows, q, 5, p5, M, PU, PU2)
     _store_plane(data_ptr, first, b, rows, q, 6, p6, M, PU, PU2)
     _store_plane(data_ptr, first, b, rows, q, 7, p7, M, PU, PU2)
+
+
+@triton.jit
+def _first(x, e3, taken, col):
+    """Lowest column [BM, 1, 1] of a not-yet-taken value equal to the row's extreme e3 [BM, 1, 1]."""
+    return tl.min(tl.min(tl.where((x == e3) & (~taken), col, 1 << 30), axis=2, keep_dims=True), axis=1, keep_dims=True)
 
 
 @triton.jit
