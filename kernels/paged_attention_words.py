@@ -169,25 +169,54 @@ def _interp_words(x, bad, data_ptr, scale_ptr, bt_ptr, t, tmask, lo, hi, h,
 
 
 @triton.jit
-def _operand(raw, scale, data_ptr, scale_ptr, bt_ptr, t, tm, srow, lo, hi, h,
-             stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, dtype: tl.constexpr,
-             BS: tl.constexpr, CODEC: tl.constexpr, DW: tl.constexpr, DWP: tl.constexpr, INTERP: tl.constexpr):  # fmt: skip
-    """One operand tile: (values [BLOCK_N, 8 DWP] in dtype, per-row multiplier [BLOCK_N] fp32, corrected, detected).
+def _attend_tile(q, kx, kmul, vx, vmul, tm, m_i, l_i, acc, qk_scale, dtype: tl.constexpr):
+    """Online-softmax step over one tile: values kx, vx [N, 8 DWP], per-row multipliers kmul, vmul [N] fp32."""
+    qk = tl.dot(q, tl.trans(kx))  # [GP, N] fp32
+    qk = tl.where(tm[None, :], qk * (kmul * qk_scale)[None, :], float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    pv = (p * vmul[None, :]).to(dtype)
+    acc = acc * alpha[:, None] + tl.dot(pv, vx)  # [GP, 8 DWP]
+    return m_new, l_i, acc
 
-    Normally the values are the unscaled codes and the multiplier the row scale; an interpolated
-    tile carries scaled values and multiplier 1.
+
+@triton.jit
+def _interp_operand(data_ptr, scale_ptr, bt_ptr, t, tm, lo, hi, h,
+                    stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, dtype: tl.constexpr,
+                    BS: tl.constexpr, CODEC: tl.constexpr, DW: tl.constexpr, DWP: tl.constexpr):  # fmt: skip
+    """Scaled values of the rows of tokens ``t`` with detected values interpolated: [N, 8 DWP] in dtype."""
+    row, srow = _rows(bt_ptr, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+    words, _c, det = _words_of(_raw_tile(data_ptr, row, tm, CODEC, DW, DWP), CODEC, DWP)
+    x = _scaled(words, scale_ptr, srow, tm, dtype, DWP)
+    if tl.max(tl.max(det, axis=1), axis=0) != 0:
+        x = _interp_words(x, _unpack_flags(det, DWP), data_ptr, scale_ptr, bt_ptr, t, tm, lo, hi, h,
+                          stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, dtype,
+                          BS, CODEC, DW, DWP)  # fmt: skip
+    return x
+
+
+@triton.jit
+def _interp_step(q, m_i, l_i, acc, kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt_ptr, t0, end, lo, hi, h,
+                 stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, qk_scale, dtype: tl.constexpr,
+                 BS: tl.constexpr, CODEC: tl.constexpr, DW: tl.constexpr, DWP: tl.constexpr,
+                 BLOCK_N: tl.constexpr, SUB: tl.constexpr):  # fmt: skip
+    """The tile at ``t0`` again, from memory, in sub-tiles of SUB tokens, with interpolation (rare path).
+
+    Sub-tiles keep this path's registers (neighbour rows, flags, fp32 means) small, so the
+    common path keeps its occupancy.
     """
-    words, corr, det = _words_of(raw, CODEC, DWP)
-    x = _unpack(words, dtype, DWP)
-    mul = scale.to(tl.float32)
-    if INTERP:
-        if tl.max(tl.max(det, axis=1), axis=0) != 0:
-            xs = _scaled(words, scale_ptr, srow, tm, dtype, DWP)
-            x = _interp_words(xs, _unpack_flags(det, DWP), data_ptr, scale_ptr, bt_ptr, t, tm, lo, hi, h,
-                              stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, dtype,
-                              BS, CODEC, DW, DWP)  # fmt: skip
-            mul = tl.where(tm, 1.0, 0.0)
-    return x, mul, _flag_count(corr), _flag_count(det)
+    for r0 in range(0, BLOCK_N, SUB):
+        t = t0 + r0 + tl.arange(0, SUB)
+        tm = t < end
+        kx = _interp_operand(kd_ptr, ks_ptr, bt_ptr, t, tm, lo, hi, h, stride_db, stride_dh, stride_dt,
+                             stride_sb, stride_sh, stride_st, dtype, BS, CODEC, DW, DWP)  # fmt: skip
+        vx = _interp_operand(vd_ptr, vs_ptr, bt_ptr, t, tm, lo, hi, h, stride_db, stride_dh, stride_dt,
+                             stride_sb, stride_sh, stride_st, dtype, BS, CODEC, DW, DWP)  # fmt: skip
+        one = tl.where(tm, 1.0, 0.0)
+        m_i, l_i, acc = _attend_tile(q, kx, one, vx, one, tm, m_i, l_i, acc, qk_scale, dtype)
+    return m_i, l_i, acc
 
 
 @triton.jit
@@ -262,27 +291,26 @@ def _paged_decode_words_kernel(
             vr = _raw_tile(vd_ptr, row, tm, CODEC, DW, DWP)
             ks = tl.load(ks_ptr + srow, mask=tm, other=0.0)
             vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
-        kx, kmul, kc_, kd_ = _operand(kr, ks, kd_ptr, ks_ptr, bt, t, tm, srow, tok_lo, hi, h, stride_db, stride_dh,
-                                      stride_dt, stride_sb, stride_sh, stride_st, dtype, BS, CODEC, DW, DWP, INTERP)  # fmt: skip
-        vx, vmul, vc_, vd_ = _operand(vr, vs, vd_ptr, vs_ptr, bt, t, tm, srow, tok_lo, hi, h, stride_db, stride_dh,
-                                      stride_dt, stride_sb, stride_sh, stride_st, dtype, BS, CODEC, DW, DWP, INTERP)  # fmt: skip
-        qk = tl.dot(q, tl.trans(kx))  # [GP, BLOCK_N] fp32
-        qk = tl.where(tm[None, :], qk * (kmul * qk_scale)[None, :], float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        m_i = m_new
-        pv = (p * vmul[None, :]).to(dtype)
-        acc = acc * alpha[:, None] + tl.dot(pv, vx)  # [GP, 8 DWP]
-        n_corr += kc_ + vc_
-        n_det += kd_ + vd_
+        kw, kcor, kdet = _words_of(kr, CODEC, DWP)
+        vw, vcor, vdet = _words_of(vr, CODEC, DWP)
+        n_corr += _flag_count(kcor) + _flag_count(vcor)
+        n_det += _flag_count(kdet) + _flag_count(vdet)
+        if INTERP:
+            if tl.max(tl.max(kdet | vdet, axis=1), axis=0) != 0:  # rare: a detected codeword in this tile
+                m_i, l_i, acc = _interp_step(q, m_i, l_i, acc, kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, t0, end, tok_lo, hi, h,
+                                             stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, qk_scale,
+                                             dtype, BS, CODEC, DW, DWP, BLOCK_N, 16)  # fmt: skip
+            else:
+                m_i, l_i, acc = _attend_tile(q, _unpack(kw, dtype, DWP), ks.to(tl.float32), _unpack(vw, dtype, DWP),
+                                             vs.to(tl.float32), tm, m_i, l_i, acc, qk_scale, dtype)  # fmt: skip
+        else:
+            m_i, l_i, acc = _attend_tile(q, _unpack(kw, dtype, DWP), ks.to(tl.float32), _unpack(vw, dtype, DWP),
+                                         vs.to(tl.float32), tm, m_i, l_i, acc, qk_scale, dtype)  # fmt: skip
         if PREFETCH:
             kr = krn
             vr = vrn
             ks = ksn
             vs = vsn
-            srow = srown
     if COUNT:
         tl.atomic_add(cnt_ptr, n_corr.to(tl.int64))
         tl.atomic_add(cnt_ptr + 1, n_det.to(tl.int64))
