@@ -338,6 +338,11 @@ def _dummy_counters(device: torch.device) -> torch.Tensor:
 _PREFETCH = {0: True, 1: True, 2: True, 3: True}
 
 
+def _word_aligned(kd: torch.Tensor, vd: torch.Tensor) -> bool:
+    """Whether byte rows can be read as aligned 32-bit words: contiguous views that start and end on a word."""
+    return all(x.is_contiguous() and x.data_ptr() % 4 == 0 and x.numel() % 4 == 0 for x in (kd, vd))
+
+
 def _geometry(codec: str | None, d: int) -> tuple[int, int, int]:
     """(codec id, R parts, units per row NU) of a codec at head dim d."""
     cid = CODEC_IDS[codec]
@@ -380,6 +385,7 @@ def paged_decode_attention(
     num_warps: int = 4,
     fast: bool = True,
     prefetch: bool | None = None,
+    words: bool | None = None,
 ) -> torch.Tensor:
     """Attention of ``q [B, HQ, D]`` over the paged cache; returns ``[B, HQ, D]`` in q's dtype.
 
@@ -393,7 +399,8 @@ def paged_decode_attention(
     codewords of this call are added. ``num_splits``: None picks enough to fill the GPU.
     ``fast``: use the specialised kernels where they apply (one scale per row; D % 8 == 0 for
     the packed-word one); False forces the per-value kernel. ``prefetch``: load the next tile
-    ahead in registers (None: the per-codec default).
+    ahead in registers (None: the per-codec default). ``words``: Golay rows read as aligned words
+    (None: when the storage allows it; False: byte loads).
     """
     if codec not in CODEC_IDS:
         raise ValueError(f"codec={codec!r} is not one of {list(CODEC_IDS)}")
@@ -406,7 +413,7 @@ def paged_decode_attention(
     if q.dtype == torch.float32:  # the dots run in fp16 (the cache holds INT4 x fp16 values); result back in fp32
         kw = dict(sm_scale=sm_scale, codec=codec, max_len=max_len, interpolate=interpolate, sink=sink,
                   sink_codec=sink_codec, sink_tokens=sink_tokens, counters=counters, num_splits=num_splits,
-                  block_n=block_n, num_warps=num_warps, fast=fast, prefetch=prefetch)  # fmt: skip
+                  block_n=block_n, num_warps=num_warps, fast=fast, prefetch=prefetch, words=words)  # fmt: skip
         args = (k_data, k_scale, v_data, v_scale, block_tables, lengths)
         return paged_decode_attention(q.to(torch.float16), *args, **kw).to(torch.float32)
     bsz, hq, d = q.shape
@@ -465,9 +472,13 @@ def paged_decode_attention(
             )  # fmt: skip
             continue
         if fast and ng == 1 and cid == 3:
+            nw = -(-nu // 4)
+            wds = _word_aligned(kd, vd) if words is None else words
+            ncp, nwp = max(16, triton.next_power_of_2(nu)), max(4, triton.next_power_of_2(nw))
             _paged_decode_golay_kernel[(bsz, hkv, splits)](
-                *common, gtab, qk_scale, lo, hi, part, off, s_total,
-                G=group, GP=gp, D=d, BS=bs, BLOCK_N=block_n, NC=nu, NCP=max(16, triton.next_power_of_2(nu)),
+                *common, gtab, qk_scale, lo, hi, part, off, s_total, kd.numel(),
+                G=group, GP=gp, D=d, BS=bs, BLOCK_N=block_n, NC=nu, NCP=ncp,
+                NW=nw, NWP=nwp, WORDS=wds, CP=4 * nwp if wds else ncp,
                 PARTIAL=partial, COUNT=counters is not None, PREFETCH=pre, num_warps=num_warps,
             )  # fmt: skip
             continue

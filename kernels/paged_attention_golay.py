@@ -64,7 +64,119 @@ def _golay_kv(k0, k1, k2, v0, v1, v2, gtab_ptr):
     return x, n_corr, n_det
 
 
-@triton.jit(do_not_specialize=["qk_scale", "tok_lo", "tok_hi", "part_tokens", "split_off", "S_TOTAL"])
+@triton.jit
+def _plane_words(data_ptr, start, tmask, limit, NW: tl.constexpr, NWP: tl.constexpr):
+    """Aligned words i and i + 1 around plane bytes ``start + 4i``: int32 [BLOCK_N, NWP, 2].
+
+    ``data_ptr`` is 4-byte aligned and the view ends on a word boundary (host check), so no load
+    leaves ``[0, limit)``; a word wholly past ``limit`` is never needed (and not loaded).
+    """
+    al = start - (start & 3)
+    i = tl.arange(0, NWP)[None, :, None]
+    k = tl.arange(0, 2)[None, None, :]
+    off = al[:, None, None] + 4 * (i + k)
+    m = tmask[:, None, None] & (i < NW) & (off + 4 <= limit)
+    return tl.load((data_ptr + off).to(tl.pointer_type(tl.int32)), mask=m, other=0)
+
+
+@triton.jit
+def _funnel(ab, start, NC: tl.constexpr, NWP: tl.constexpr):
+    """Word pairs of ``_plane_words`` -> the plane's bytes ``4i .. 4i + 3`` as uint32 [BLOCK_N, NWP].
+
+    Bytes past the plane (codewords >= NC) are zeroed: a zero codeword is clean.
+    """
+    a, b = tl.split(ab.to(tl.uint32, bitcast=True))
+    sh = ((start & 3) * 8).to(tl.uint32)[:, None]
+    nv = tl.minimum(tl.maximum(NC - 4 * tl.arange(0, NWP), 0), 4).to(tl.int64)  # valid bytes per word
+    keep = ((tl.full([NWP], 1, tl.int64) << (8 * nv)) - 1).to(tl.uint32)
+    return ((a >> sh) | ((b << (31 - sh)) << 1)) & keep[None, :]  # two shifts: no shift by 32 when aligned
+
+
+@triton.jit
+def _fix(x, syn, gtab_ptr):
+    """Correct the two codewords of each pair word through the syndrome table: (x, corrected, detected)."""
+    sa = syn & 0xFFF
+    sb = syn >> 16
+    ea = tl.load(gtab_ptr + sa, mask=sa != 0, other=0).to(tl.uint32)
+    eb = tl.load(gtab_ptr + sb, mask=sb != 0, other=0).to(tl.uint32)
+    sta = ea >> 12
+    stb = eb >> 12
+    n_corr = tl.sum(tl.sum((sta == 1).to(tl.int32) + (stb == 1).to(tl.int32), axis=1), axis=0)
+    n_det = tl.sum(tl.sum((sta == 2).to(tl.int32) + (stb == 2).to(tl.int32), axis=1), axis=0)
+    return x ^ ((ea & 0xFFF) | ((eb & 0xFFF) << 16)), n_corr, n_det
+
+
+@triton.jit
+def _pairs(p0, p1, p2):
+    """Plane words (byte lane e of word i = codeword 4i + e) -> data/parity pair words of codewords (4i, 4i+2), (4i+1, 4i+3)."""
+    x02 = (p0 & 0x00FF00FF) | ((p1 & 0x000F000F) << 8)
+    y02 = ((p1 >> 4) & 0x000F000F) | ((p2 & 0x00FF00FF) << 4)
+    x13 = ((p0 >> 8) & 0x00FF00FF) | (((p1 >> 8) & 0x000F000F) << 8)
+    y13 = ((p1 >> 12) & 0x000F000F) | (((p2 >> 8) & 0x00FF00FF) << 4)
+    return x02, y02, x13, y13
+
+
+@triton.jit
+def _golay_words_kv(k0, k1, k2, v0, v1, v2, row, gtab_ptr, NC: tl.constexpr, NWP: tl.constexpr):
+    """Word pairs of K's and V's planes -> fixed pair words (K 02, K 13, V 02, V 13) and the counts."""
+    kx02, ky02, kx13, ky13 = _pairs(_funnel(k0, row, NC, NWP), _funnel(k1, row + NC, NC, NWP),
+                                    _funnel(k2, row + 2 * NC, NC, NWP))  # fmt: skip
+    vx02, vy02, vx13, vy13 = _pairs(_funnel(v0, row, NC, NWP), _funnel(v1, row + NC, NC, NWP),
+                                    _funnel(v2, row + 2 * NC, NC, NWP))  # fmt: skip
+    ks02 = kc._golay_parity_pair(kx02) ^ ky02
+    ks13 = kc._golay_parity_pair(kx13) ^ ky13
+    vs02 = kc._golay_parity_pair(vx02) ^ vy02
+    vs13 = kc._golay_parity_pair(vx13) ^ vy13
+    n_corr = tl.zeros([], dtype=tl.int32)
+    n_det = tl.zeros([], dtype=tl.int32)
+    if tl.max(tl.max(ks02 | ks13 | vs02 | vs13, axis=1), axis=0) != 0:  # rare: table correction
+        kx02, c0, d0 = _fix(kx02, ks02, gtab_ptr)
+        kx13, c1, d1 = _fix(kx13, ks13, gtab_ptr)
+        vx02, c2, d2 = _fix(vx02, vs02, gtab_ptr)
+        vx13, c3, d3 = _fix(vx13, vs13, gtab_ptr)
+        n_corr = c0 + c1 + c2 + c3
+        n_det = d0 + d1 + d2 + d3
+    return kx02, kx13, vx02, vx13, n_corr, n_det
+
+
+@triton.jit
+def _part(x02, x13, J: tl.constexpr, dtype: tl.constexpr):
+    """Values 3c + J of codewords c = 4i + e as [BLOCK_N, 4 NWP], column 4i + 2 (e & 1) + (e >> 1)."""
+    e0 = _nib(x02, J, dtype)
+    e2 = _nib(x02, 4 + J, dtype)
+    e1 = _nib(x13, J, dtype)
+    e3 = _nib(x13, 4 + J, dtype)
+    j = tl.join(tl.join(e0, e1), tl.join(e2, e3))  # [BLOCK_N, NWP, 2, 2]: [i, b, a] holds e = 2a + b
+    return tl.reshape(j, [x02.shape[0], 4 * x02.shape[1]])
+
+
+@triton.jit
+def _raw(kd_ptr, vd_ptr, row, tm, limit, NC: tl.constexpr, NCP: tl.constexpr, NW: tl.constexpr,
+         NWP: tl.constexpr, WORDS: tl.constexpr):  # fmt: skip
+    """The loads of one tile: K's and V's three planes (bytes, or aligned word pairs with WORDS)."""
+    if WORDS:
+        k0 = _plane_words(kd_ptr, row, tm, limit, NW, NWP)
+        k1 = _plane_words(kd_ptr, row + NC, tm, limit, NW, NWP)
+        k2 = _plane_words(kd_ptr, row + 2 * NC, tm, limit, NW, NWP)
+        v0 = _plane_words(vd_ptr, row, tm, limit, NW, NWP)
+        v1 = _plane_words(vd_ptr, row + NC, tm, limit, NW, NWP)
+        v2 = _plane_words(vd_ptr, row + 2 * NC, tm, limit, NW, NWP)
+    else:
+        k0, k1, k2 = _planes(kd_ptr, row, tm, NC, NCP)
+        v0, v1, v2 = _planes(vd_ptr, row, tm, NC, NCP)
+    return k0, k1, k2, v0, v1, v2
+
+
+@triton.jit
+def _columns(CP: tl.constexpr, WORDS: tl.constexpr):
+    """Codeword index of each part column (the word path interleaves codewords 4i + e)."""
+    col = tl.arange(0, CP)
+    if WORDS:
+        col = (col & ~3) | ((col & 1) << 1) | ((col >> 1) & 1)
+    return col
+
+
+@triton.jit(do_not_specialize=["qk_scale", "tok_lo", "tok_hi", "part_tokens", "split_off", "S_TOTAL", "limit"])
 def _paged_decode_golay_kernel(
     q_ptr, stride_qb, stride_qh,
     kd_ptr, ks_ptr, vd_ptr, vs_ptr,
@@ -72,11 +184,16 @@ def _paged_decode_golay_kernel(
     bt_ptr, stride_bt, len_ptr,
     out_ptr, stride_ob, stride_oh,
     pacc_ptr, pml_ptr, cnt_ptr, gtab_ptr,
-    qk_scale, tok_lo, tok_hi, part_tokens, split_off, S_TOTAL,
+    qk_scale, tok_lo, tok_hi, part_tokens, split_off, S_TOTAL, limit,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
-    NC: tl.constexpr, NCP: tl.constexpr, PARTIAL: tl.constexpr, COUNT: tl.constexpr, PREFETCH: tl.constexpr,
+    NC: tl.constexpr, NCP: tl.constexpr, NW: tl.constexpr, NWP: tl.constexpr, WORDS: tl.constexpr, CP: tl.constexpr,
+    PARTIAL: tl.constexpr, COUNT: tl.constexpr, PREFETCH: tl.constexpr,
 ):  # fmt: skip
-    """Golay rows with one scale per row; same contract as ``kernels.paged_attention._paged_decode_kernel``."""
+    """Golay rows with one scale per row; same contract as ``kernels.paged_attention._paged_decode_kernel``.
+
+    ``WORDS``: planes read as aligned 32-bit words and realigned in registers (4 codewords per
+    word, ``limit`` = bytes of the K/V view); otherwise byte loads (any alignment).
+    """
     b = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.program_id(2)
@@ -87,18 +204,18 @@ def _paged_decode_golay_kernel(
     dtype = q_ptr.dtype.element_ty
     g = tl.arange(0, GP)
     gm = g < G
-    c = tl.arange(0, NCP)
-    d0 = 3 * c  # part i of the row holds head-dim columns 3c + i
-    cm = gm[:, None] & (c < NC)[None, :]
+    cw = _columns(CP, WORDS)  # codeword of each part column; part i holds head-dim columns 3 cw + i
+    d0 = 3 * cw
+    cm = gm[:, None] & (cw < NC)[None, :]
     qrow = q_ptr + b.to(tl.int64) * stride_qb + (h * G + g)[:, None] * stride_qh
-    q0 = tl.load(qrow + d0[None, :], mask=cm & (d0 < D)[None, :], other=0.0)  # [GP, NCP]
+    q0 = tl.load(qrow + d0[None, :], mask=cm & (d0 < D)[None, :], other=0.0)  # [GP, CP]
     q1 = tl.load(qrow + (d0 + 1)[None, :], mask=cm & (d0 + 1 < D)[None, :], other=0.0)
     q2 = tl.load(qrow + (d0 + 2)[None, :], mask=cm & (d0 + 2 < D)[None, :], other=0.0)
     m_i = tl.full([GP], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([GP], dtype=tl.float32)
-    acc0 = tl.zeros([GP, NCP], dtype=tl.float32)
-    acc1 = tl.zeros([GP, NCP], dtype=tl.float32)
-    acc2 = tl.zeros([GP, NCP], dtype=tl.float32)
+    acc0 = tl.zeros([GP, CP], dtype=tl.float32)
+    acc1 = tl.zeros([GP, CP], dtype=tl.float32)
+    acc2 = tl.zeros([GP, CP], dtype=tl.float32)
     n_corr = tl.zeros([], dtype=tl.int32)
     n_det = tl.zeros([], dtype=tl.int32)
     bt = bt_ptr + b.to(tl.int64) * stride_bt
@@ -106,8 +223,7 @@ def _paged_decode_golay_kernel(
         t = start + tl.arange(0, BLOCK_N)
         tm = t < end
         row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-        k0, k1, k2 = _planes(kd_ptr, row, tm, NC, NCP)
-        v0, v1, v2 = _planes(vd_ptr, row, tm, NC, NCP)
+        k0, k1, k2, v0, v1, v2 = _raw(kd_ptr, vd_ptr, row, tm, limit, NC, NCP, NW, NWP, WORDS)
         ks = tl.load(ks_ptr + srow, mask=tm, other=0.0)
         vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
     for t0 in range(start, end, BLOCK_N):
@@ -117,20 +233,24 @@ def _paged_decode_golay_kernel(
             tn = t0 + BLOCK_N + tl.arange(0, BLOCK_N)
             tmn = tn < end
             rown, srown = _rows(bt, tn, tmn, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-            k0n, k1n, k2n = _planes(kd_ptr, rown, tmn, NC, NCP)
-            v0n, v1n, v2n = _planes(vd_ptr, rown, tmn, NC, NCP)
+            k0n, k1n, k2n, v0n, v1n, v2n = _raw(kd_ptr, vd_ptr, rown, tmn, limit, NC, NCP, NW, NWP, WORDS)
             ksn = tl.load(ks_ptr + srown, mask=tmn, other=0.0)
             vsn = tl.load(vs_ptr + srown, mask=tmn, other=0.0)
         else:
             row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-            k0, k1, k2 = _planes(kd_ptr, row, tm, NC, NCP)
-            v0, v1, v2 = _planes(vd_ptr, row, tm, NC, NCP)
+            k0, k1, k2, v0, v1, v2 = _raw(kd_ptr, vd_ptr, row, tm, limit, NC, NCP, NW, NWP, WORDS)
             ks = tl.load(ks_ptr + srow, mask=tm, other=0.0)
             vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
-        x, nc_, nd_ = _golay_kv(k0, k1, k2, v0, v1, v2, gtab_ptr)
-        qk = tl.dot(q0, tl.trans(_nib(x, 0, dtype)))  # [GP, BLOCK_N] fp32
-        qk += tl.dot(q1, tl.trans(_nib(x, 1, dtype)))
-        qk += tl.dot(q2, tl.trans(_nib(x, 2, dtype)))
+        if WORDS:
+            kx02, kx13, vx02, vx13, nc_, nd_ = _golay_words_kv(k0, k1, k2, v0, v1, v2, row, gtab_ptr, NC, NWP)
+            qk = tl.dot(q0, tl.trans(_part(kx02, kx13, 0, dtype)))  # [GP, BLOCK_N] fp32
+            qk += tl.dot(q1, tl.trans(_part(kx02, kx13, 1, dtype)))
+            qk += tl.dot(q2, tl.trans(_part(kx02, kx13, 2, dtype)))
+        else:
+            x, nc_, nd_ = _golay_kv(k0, k1, k2, v0, v1, v2, gtab_ptr)
+            qk = tl.dot(q0, tl.trans(_nib(x, 0, dtype)))
+            qk += tl.dot(q1, tl.trans(_nib(x, 1, dtype)))
+            qk += tl.dot(q2, tl.trans(_nib(x, 2, dtype)))
         qk = tl.where(tm[None, :], qk * (ks.to(tl.float32) * qk_scale)[None, :], float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         alpha = tl.math.exp2(m_i - m_new)
@@ -138,9 +258,14 @@ def _paged_decode_golay_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
         pv = (p * vs.to(tl.float32)[None, :]).to(dtype)
-        acc0 = acc0 * alpha[:, None] + tl.dot(pv, _nib(x, 4, dtype))  # [GP, NCP]
-        acc1 = acc1 * alpha[:, None] + tl.dot(pv, _nib(x, 5, dtype))
-        acc2 = acc2 * alpha[:, None] + tl.dot(pv, _nib(x, 6, dtype))
+        if WORDS:
+            acc0 = acc0 * alpha[:, None] + tl.dot(pv, _part(vx02, vx13, 0, dtype))  # [GP, CP]
+            acc1 = acc1 * alpha[:, None] + tl.dot(pv, _part(vx02, vx13, 1, dtype))
+            acc2 = acc2 * alpha[:, None] + tl.dot(pv, _part(vx02, vx13, 2, dtype))
+        else:
+            acc0 = acc0 * alpha[:, None] + tl.dot(pv, _nib(x, 4, dtype))
+            acc1 = acc1 * alpha[:, None] + tl.dot(pv, _nib(x, 5, dtype))
+            acc2 = acc2 * alpha[:, None] + tl.dot(pv, _nib(x, 6, dtype))
         n_corr += nc_
         n_det += nd_
         if PREFETCH:
@@ -152,6 +277,7 @@ def _paged_decode_golay_kernel(
             v2 = v2n
             ks = ksn
             vs = vsn
+            row = rown
     if COUNT:
         tl.atomic_add(cnt_ptr, n_corr.to(tl.int64))
         tl.atomic_add(cnt_ptr + 1, n_det.to(tl.int64))

@@ -42,7 +42,7 @@ def _cache(mode: str, lens: list[int], device: str, *, hq_per_kv: int = 4, head_
 
 def _check(
     cache: PagedECCCache, hq: int, dtype: torch.dtype, num_splits: int | None, block_n: int = 16, fast: bool = True,
-    prefetch: bool | None = None,
+    prefetch: bool | None = None, words: bool | None = None,
 ) -> None:
     from kernels.paged_attention import paged_decode_attention
 
@@ -59,7 +59,7 @@ def _check(
         q, cache.k_data[0], cache.k_scale[0], cache.v_data[0], cache.v_scale[0], cache.block_tables, cache.lengths,
         sm_scale=c.head_dim**-0.5, codec=c.codec, interpolate=c.interpolate, sink=sink, sink_codec=c.sink_codec,
         sink_tokens=c.sink_tokens, counters=cnt, num_splits=num_splits, max_len=max(cache.host_lengths),
-        block_n=block_n, fast=fast, prefetch=prefetch,
+        block_n=block_n, fast=fast, prefetch=prefetch, words=words,
     )  # fmt: skip
     assert out.dtype == dtype and out.shape == q.shape
     assert_close_verbose(out, ref, dtype)
@@ -113,6 +113,13 @@ def test_specialised_kernels_awkward_dims(mode: str, head_dim: int, prefetch: bo
     if mode != "int4":
         assert int((st > 0).sum()) > 0, "the test must exercise the correction path"
     _check(cache, hq=4, dtype=torch.float16, num_splits=3, prefetch=prefetch)
+
+
+@pytest.mark.parametrize("head_dim, words, prefetch", [(40, False, True), (26, False, False), (64, True, False)])
+def test_golay_byte_and_word_loads(head_dim: int, words: bool, prefetch: bool, device: str) -> None:
+    # word loads realign each plane in registers (row starts at any byte); byte loads are the fallback
+    cache = _cache("int12-golay", [3, 21, 33], device, head_dim=head_dim, ber=0.02, seed=5)
+    _check(cache, hq=8, dtype=torch.float16, num_splits=2, prefetch=prefetch, words=words)
 
 
 @pytest.mark.parametrize("mode", ["adaptive", "int12-golay", "int4-hamming"])
