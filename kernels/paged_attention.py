@@ -400,7 +400,7 @@ def paged_decode_attention(
     ``fast``: use the specialised kernels where they apply (one scale per row; D % 8 == 0 for
     the packed-word one); False forces the per-value kernel. ``prefetch``: load the next tile
     ahead in registers (None: the per-codec default). ``words``: Golay rows read as aligned words
-    (None: when the storage allows it; False: byte loads).
+    (None: when the storage allows it), Hamming(7,4) rows as words when D % 32 == 0; False: byte loads.
     """
     if codec not in CODEC_IDS:
         raise ValueError(f"codec={codec!r} is not one of {list(CODEC_IDS)}")
@@ -464,10 +464,11 @@ def paged_decode_attention(
         gp = max(16, triton.next_power_of_2(group))
         pre = _PREFETCH[cid] if prefetch is None else prefetch
         if fast and ng == 1 and cid in (0, 1, 2) and d % 8 == 0 and (not interpolate or cid in (1, 2)):
+            wcodec = 3 if cid == 2 and d % 32 == 0 and words is not False and _word_aligned(kd, vd) else cid  # Hamming(7,4) on aligned words
             _paged_decode_words_kernel[(bsz, hkv, splits)](
                 *common, qk_scale, lo, hi, part, off, s_total,
                 G=group, GP=gp, D=d, BS=bs, BLOCK_N=block_n,
-                CODEC=cid, DW=d // 8, DWP=max(2, triton.next_power_of_2(d // 8)),  # dots need 8 DWP >= 16
+                CODEC=wcodec, DW=d // 8, DWP=max(2, triton.next_power_of_2(d // 8)),  # dots need 8 DWP >= 16
                 PARTIAL=partial, COUNT=counters is not None, INTERP=interpolate, PREFETCH=pre, num_warps=num_warps,
             )  # fmt: skip
             continue

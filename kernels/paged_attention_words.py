@@ -57,9 +57,10 @@ def _nib(w, J: tl.constexpr, dtype: tl.constexpr):
 def _raw_tile(data_ptr, row, tmask, CODEC: tl.constexpr, DW: tl.constexpr, DWP: tl.constexpr):
     """Raw loads of the rows at byte offsets ``row``, issued ahead of their decode.
 
-    INT4: int32 ``[BLOCK_N, DWP]``; Hamming(8,4): int32 ``[BLOCK_N, 2 DWP]`` (one contiguous,
-    vectorizable load, split in registers later); Hamming(7,4): uint8 ``[BLOCK_N, DWP, 8]``
-    (byte ``7g + j``, ``j = 7`` reads nothing).
+    CODEC 0 (INT4): int32 ``[BLOCK_N, DWP]``; 1 (Hamming(8,4)): int32 ``[BLOCK_N, 2 DWP]`` (one
+    contiguous, vectorizable load, split in registers later); 2 (Hamming(7,4), any D % 8 == 0):
+    uint8 ``[BLOCK_N, DWP, 8]`` (byte ``7g + j``, ``j = 7`` reads nothing); 3 (Hamming(7,4),
+    D % 32 == 0): int32 ``[BLOCK_N, DWP / 4, 8]``, the 7 words of each 4-group supergroup.
     """
     if CODEC == 0:
         base = (data_ptr + row[:, None]).to(tl.pointer_type(tl.int32))
@@ -69,12 +70,38 @@ def _raw_tile(data_ptr, row, tmask, CODEC: tl.constexpr, DW: tl.constexpr, DWP: 
         base = (data_ptr + row[:, None]).to(tl.pointer_type(tl.int32))
         w2 = tl.arange(0, 2 * DWP)[None, :]
         raw = tl.load(base + w2, mask=tmask[:, None] & (w2 < 2 * DW), other=0)
-    else:
+    elif CODEC == 2:
         g = tl.arange(0, DWP)[None, :, None]
         j = tl.arange(0, 8)[None, None, :]
         m = tmask[:, None, None] & (g < DW) & (j < 7)
         raw = tl.load(data_ptr + row[:, None, None] + 7 * g + j, mask=m, other=0)
+    else:  # Hamming(7,4), D % 32 == 0: 4 groups (28 bytes) = 7 aligned words per supergroup
+        sg = tl.arange(0, DWP // 4)[None, :, None]
+        w = tl.arange(0, 8)[None, None, :]
+        base = (data_ptr + row[:, None, None]).to(tl.pointer_type(tl.int32))
+        raw = tl.load(base + 7 * sg + w, mask=tmask[:, None, None] & (sg < DW // 4) & (w < 7), other=0)
     return raw
+
+
+@triton.jit
+def _h74_group(lo, hi):
+    """Bytes 0-3 (lo) and 4-6 (hi, low 3 bytes) of one Hamming(7,4) group -> (packed data word, corrected flags)."""
+    hi = hi & 0x00FFFFFF
+    d = kc._compact16(lo) | (kc._compact16(hi) << 16)  # data nibbles of codewords 0..6
+    p = (kc._compact16(lo >> 4) | (kc._compact16(hi >> 4) << 16)) & 0x07777777  # their parity triples
+    t = ((((lo >> 7) & 0x01010101) * 0x01020408) >> 24) & 15  # bit 7 of bytes 0-3 -> bits 0-3 of codeword 7
+    t = t | ((((((hi >> 7) & 0x00010101) * 0x01020408) >> 24) & 7) << 4)
+    d = d | ((t & 15) << 28)
+    p = p | ((t >> 4) << 28)
+    s = kc._h_parity_swar(d) ^ p
+    return d ^ kc._h_flip_swar(s), kc._nonzero_swar(s)
+
+
+@triton.jit
+def _join4(a, b, c, d):
+    """Four [N, M] tensors -> [N, 4M], column 4i + 2 (k & 1) + (k >> 1) holding tensor k's column i."""
+    j = tl.join(tl.join(a, b), tl.join(c, d))  # [N, M, 2, 2]: [i, y, x] holds tensor 2x + y
+    return tl.reshape(j, [a.shape[0], 4 * a.shape[1]])
 
 
 @triton.jit
@@ -97,7 +124,7 @@ def _words_of(raw, CODEC: tl.constexpr, DWP: tl.constexpr):
         words = w ^ (kc._h_flip_swar(s) & (odd * 15))
         corr = odd
         det = kc._nonzero_swar(s) & (odd ^ 0x11111111)
-    else:
+    elif CODEC == 2:
         b = raw.to(tl.uint32)  # [BLOCK_N, DWP, 8]
         j = tl.arange(0, 8).to(tl.uint32)[None, None, :]
         d = tl.sum((b & 15) << (4 * j), axis=2)  # disjoint fields: the sum is an OR
@@ -108,6 +135,22 @@ def _words_of(raw, CODEC: tl.constexpr, DWP: tl.constexpr):
         s = kc._h_parity_swar(d) ^ p
         words = d ^ kc._h_flip_swar(s)
         corr = kc._nonzero_swar(s)
+        det = tl.zeros(words.shape, dtype=tl.uint32)
+    else:
+        x = tl.reshape(raw.to(tl.uint32, bitcast=True), [raw.shape[0], raw.shape[1], 2, 2, 2])
+        x0, x1 = tl.split(x)  # word w = 4a + 2b + c: c = 0 / 1
+        x00, x01 = tl.split(x0)
+        x10, x11 = tl.split(x1)
+        w0, w4 = tl.split(x00)
+        w2, w6 = tl.split(x01)
+        w1, w5 = tl.split(x10)
+        w3, _w7 = tl.split(x11)
+        g0, f0 = _h74_group(w0, w1)  # group bytes 0-6
+        g1, f1 = _h74_group((w1 >> 24) | (w2 << 8), (w2 >> 24) | (w3 << 8))  # bytes 7-13
+        g2, f2 = _h74_group((w3 >> 16) | (w4 << 16), (w4 >> 16) | (w5 << 16))  # bytes 14-20
+        g3, f3 = _h74_group((w5 >> 8) | (w6 << 24), w6 >> 8)  # bytes 21-27
+        words = _join4(g0, g1, g2, g3)  # word 4 sg + 2 (k & 1) + (k >> 1) = group 4 sg + k
+        corr = _join4(f0, f1, f2, f3)
         det = tl.zeros(words.shape, dtype=tl.uint32)
     return words, corr, det
 
@@ -225,6 +268,9 @@ def _columns(DWP: tl.constexpr, CODEC: tl.constexpr):
     dd = tl.arange(0, 8 * DWP)
     if CODEC == 1:
         dd = (dd & ~7) | ((dd & 7) >> 1) | ((dd & 1) << 2)
+    if CODEC == 3:  # word w holds group (w & ~3) | (w & 1) << 1 | (w >> 1) & 1 (see _join4)
+        w = dd >> 3
+        dd = 8 * ((w & ~3) | ((w & 1) << 1) | ((w >> 1) & 1)) + (dd & 7)
     return dd
 
 

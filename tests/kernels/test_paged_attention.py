@@ -122,6 +122,13 @@ def test_golay_byte_and_word_loads(head_dim: int, words: bool, prefetch: bool, d
     _check(cache, hq=8, dtype=torch.float16, num_splits=2, prefetch=prefetch, words=words)
 
 
+@pytest.mark.parametrize("head_dim, words", [(96, True), (32, False)])
+def test_hamming74_word_and_byte_loads(head_dim: int, words: bool, device: str) -> None:
+    # D % 32 == 0: supergroups of 4 groups in 7 aligned words (96: a padded supergroup); byte gather otherwise
+    cache = _cache("int4-hamming", [5, 27], device, head_dim=head_dim, ber=0.02, seed=6)
+    _check(cache, hq=4, dtype=torch.float16, num_splits=2, words=words)
+
+
 @pytest.mark.parametrize("mode", ["adaptive", "int12-golay", "int4-hamming"])
 def test_block_n_128(mode: str, device: str) -> None:
     # adaptive's Golay sink pool used to run out of shared memory at 128-token tiles (per-value kernel)
