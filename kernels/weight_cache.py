@@ -208,28 +208,52 @@ def plan_and_commit(
                        BLOCK=block, num_warps=8)
 
 
+SYNC_WORDS = 65  # barrier state: arrivals [0], generation [32], timeouts [64] (own 128-byte lines)
+
+
 @triton.jit
 def _grid_sync(sync_ptr, n_prog, SPIN: tl.constexpr):
     """Sense-reversing barrier over the whole grid (all programs must be resident at once).
 
-    sync_ptr[0] counts arrivals, sync_ptr[1] is the generation the last arrival bumps,
-    sync_ptr[2] counts waits that gave up after SPIN polls (0 unless programs were starved).
-    The atomics are acq_rel (gpu scope) and CTA barriers bracket them, so every store any
-    thread made before the barrier is visible to every thread after it.
+    sync_ptr[0] counts arrivals; sync_ptr[32], on its own cache line so that the polls do
+    not slow the arrivals down, is the generation the last arrival bumps; sync_ptr[64]
+    counts waits that gave up after SPIN polls (0 unless programs were starved of SMs).
+    Arrival and release are acq_rel atomics (gpu scope) bracketed by CTA barriers, and the
+    waiters poll with volatile loads then acquire once, so every store any thread made
+    before the barrier is visible to every thread after it.
     """
     tl.debug_barrier()  # all threads' stores precede the (single-thread) release below
-    gen = tl.atomic_add(sync_ptr + 1, 0)
+    gen_ptr = sync_ptr + 32
+    gen = tl.atomic_add(gen_ptr, 0)
     arrived = tl.atomic_add(sync_ptr, 1)
     if arrived == n_prog - 1:
         tl.atomic_xchg(sync_ptr, 0)
-        tl.atomic_add(sync_ptr + 1, 1)
+        tl.atomic_add(gen_ptr, 1)
     else:
         spins = gen * 0
-        while (tl.atomic_add(sync_ptr + 1, 0) == gen) & (spins < SPIN):
+        while (tl.load(gen_ptr, volatile=True) == gen) & (spins < SPIN):
             spins += 1
         if spins >= SPIN:
-            tl.atomic_add(sync_ptr + 2, 1)
+            tl.atomic_add(sync_ptr + 64, 1)
+        tl.atomic_add(gen_ptr, 0)  # acquire
     tl.debug_barrier()  # every thread's later loads follow the acquire
+
+
+@triton.jit
+def _slot_block(s, ok, mine, nid, occ, stays, m_new, n_add, n_hole, n_climb, dst_ptr, src_ptr, moved_ptr, n2s_ptr):
+    """Ranks of one block of slots: holes below the new size (destinations, slot order) and
+    stayers in the vacated tail (buffer sources after the added); removed neurons leave n2s.
+    Stores only where ``mine``; returns the running (holes, climbers) counts."""
+    below = s < m_new
+    hole = (ok & below & (stays == 0)).to(tl.int32)
+    climb = (ok & stays & (below == 0)).to(tl.int32)
+    hr = n_hole + tl.cumsum(hole, axis=0) - 1
+    tl.store(dst_ptr + hr, s, mask=mine & (hole != 0))
+    cr = n_add + n_climb + tl.cumsum(climb, axis=0) - 1
+    tl.store(src_ptr + cr, s, mask=mine & (climb != 0))
+    tl.store(moved_ptr + cr, nid, mask=mine & (climb != 0))
+    tl.store(n2s_ptr + tl.maximum(nid, 0), -1, mask=mine & ok & occ & (stays == 0))  # removed neurons
+    return n_hole + tl.sum(hole, axis=0), n_climb + tl.sum(climb, axis=0)
 
 
 @triton.jit
@@ -243,7 +267,7 @@ def _plan_move_kernel(
     src_ptr,  # int32 [CAP] scratch: pool neuron (j < added) or tail slot of move j
     moved_ptr,  # int32 [CAP] scratch: the neuron landing in dst[j]
     part_ptr,  # int32 [n_prog] scratch: added neurons per program's neuron chunk
-    sync_ptr,  # int32 [3]: grid barrier state
+    sync_ptr,  # int32 [SYNC_WORDS]: grid barrier state
     stats_ptr,  # int32 [4] out: (added, removed, moves, new size)
     hstats_ptr,  # int32 [4] out (HOST_STATS): the same, in pinned host memory
     N,
@@ -253,9 +277,11 @@ def _plan_move_kernel(
     NB: tl.constexpr,  # neurons per program (power of two)
     SB: tl.constexpr,  # slots per block (power of two)
     PB: tl.constexpr,  # power of two >= n_prog
+    MB: tl.constexpr,  # moves per program per copy step
     COLS: tl.constexpr,  # row elements per copy step
     SPIN: tl.constexpr,
     HOST_STATS: tl.constexpr,
+    ONE: tl.constexpr,  # CAP <= SB: the slot block stays in registers from phase 1 to phase 2
 ):
     pid = tl.program_id(0)
     zero = tl.sum(tl.zeros([SB], dtype=tl.int32), axis=0)
@@ -267,16 +293,24 @@ def _plan_move_kernel(
     add = (iok & (nw != 0) & (sl < 0)).to(tl.int32)  # [NB]
     tl.store(part_ptr + pid, tl.sum(add, axis=0))
     offs = tl.arange(0, SB)
-    n_stay = zero
-    n_old = zero
-    for start in range(0, CAP, SB):
-        s = start + offs
-        ok = s < CAP
-        nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
-        occ = nid >= 0
-        w = tl.load(new_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0)
-        n_stay += tl.sum((occ & (w != 0)).to(tl.int32), axis=0)
-        n_old += tl.sum(occ.to(tl.int32), axis=0)
+    if ONE:
+        ok1 = offs < CAP
+        nid1 = tl.load(s2n_ptr + offs, mask=ok1, other=-1)
+        occ1 = nid1 >= 0
+        stays1 = occ1 & (tl.load(new_ptr + tl.maximum(nid1, 0), mask=ok1 & occ1, other=0) != 0)
+        n_stay = tl.sum(stays1.to(tl.int32), axis=0)
+        n_old = tl.sum(occ1.to(tl.int32), axis=0)
+    else:
+        n_stay = zero
+        n_old = zero
+        for start in range(0, CAP, SB):
+            s = start + offs
+            ok = s < CAP
+            nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
+            occ = nid >= 0
+            w = tl.load(new_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0)
+            n_stay += tl.sum((occ & (w != 0)).to(tl.int32), axis=0)
+            n_old += tl.sum(occ.to(tl.int32), axis=0)
     _grid_sync(sync_ptr, n_prog, SPIN)
     # phase 2: ranks. Added neurons in id order take moves 0..A-1 (program offsets from the
     # per-chunk counts); holes below the new size in slot order are the destinations; stayers
@@ -286,53 +320,50 @@ def _plan_move_kernel(
     n_add = tl.sum(parts, axis=0)
     before = tl.sum(tl.where(p < pid, parts, 0), axis=0)
     m_new = n_stay + n_add
-    fits = m_new <= CAP
+    lim = tl.where(m_new <= CAP, CAP, 0)  # overflow: nothing is written
     rank = before + tl.cumsum(add, axis=0) - 1
-    lim = tl.where(fits, CAP, 0)  # overflow: no slot is touched
     wa = (add != 0) & (rank < lim)
     tl.store(src_ptr + rank, i, mask=wa)
     tl.store(moved_ptr + rank, i, mask=wa)
-    n_hole = zero
-    n_climb = zero
-    for start in range(0, CAP, SB):
-        s = start + offs
-        ok = s < lim
-        owner = (start // SB) % n_prog
-        mine = ok & ((offs * 0 + owner) == pid)  # [SB]: this program writes block start // SB
-        nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
-        occ = nid >= 0
-        w = tl.load(new_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0)
-        stays = occ & (w != 0)
-        below = s < m_new
-        hole = (ok & below & (stays == 0)).to(tl.int32)
-        climb = (ok & stays & (below == 0)).to(tl.int32)
-        hr = n_hole + tl.cumsum(hole, axis=0) - 1
-        tl.store(dst_ptr + hr, s, mask=mine & (hole != 0))
-        cr = n_add + n_climb + tl.cumsum(climb, axis=0) - 1
-        tl.store(src_ptr + cr, s, mask=mine & (climb != 0))
-        tl.store(moved_ptr + cr, nid, mask=mine & (climb != 0))
-        tl.store(n2s_ptr + tl.maximum(nid, 0), -1, mask=mine & occ & (stays == 0))  # removed neurons
-        n_hole += tl.sum(hole, axis=0)
-        n_climb += tl.sum(climb, axis=0)
+    if ONE:
+        ok = offs < lim
+        n_hole, n_climb = _slot_block(offs, ok, ok & ((offs * 0 + pid) == 0), nid1, occ1, stays1, m_new, n_add,
+                                      zero, zero, dst_ptr, src_ptr, moved_ptr, n2s_ptr)
+    else:
+        n_hole = zero
+        n_climb = zero
+        for start in range(0, CAP, SB):
+            s = start + offs
+            ok = s < lim
+            owner = (start // SB) % n_prog
+            nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
+            occ = nid >= 0
+            stays = occ & (tl.load(new_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0) != 0)
+            n_hole, n_climb = _slot_block(s, ok, ok & ((offs * 0 + owner) == pid), nid, occ, stays, m_new, n_add,
+                                          n_hole, n_climb, dst_ptr, src_ptr, moved_ptr, n2s_ptr)
     _grid_sync(sync_ptr, n_prog, SPIN)
-    # phase 3: move j runs on program j % n_prog; sources never overlap destinations
+    # phase 3: moves j = t + pid + r * n_prog (r < MB) form one [MB, COLS] tile per copy step,
+    # so a program has all its rows in flight at once; sources never overlap destinations
+    rows = tl.arange(0, MB)
     cols0 = tl.arange(0, COLS)
-    for j in range(pid, n_hole, n_prog):
-        d = tl.load(dst_ptr + j, cache_modifier=".cg")
-        sj = tl.load(src_ptr + j, cache_modifier=".cg")
-        v = tl.load(moved_ptr + j, cache_modifier=".cg")
-        d64 = d.to(tl.int64) * row_len
-        s64 = sj.to(tl.int64) * row_len
+    for t in range(0, n_hole, n_prog * MB):
+        j = t + pid + rows * n_prog  # [MB]
+        okj = j < n_hole
+        d = tl.load(dst_ptr + j, mask=okj, other=0, cache_modifier=".cg")
+        sj = tl.load(src_ptr + j, mask=okj, other=0, cache_modifier=".cg")
+        v = tl.load(moved_ptr + j, mask=okj, other=0, cache_modifier=".cg")
+        fp = (okj & (j < n_add))[:, None]  # [MB, 1] from the pool
+        fb = (okj & (j >= n_add))[:, None]  # [MB, 1] from the buffer tail
+        d2 = (d.to(tl.int64) * row_len)[:, None]
+        s2 = (sj.to(tl.int64) * row_len)[:, None]
         for c0 in range(0, row_len, COLS):
-            cols = c0 + cols0
+            cols = (c0 + cols0)[None, :]  # [1, COLS]
             okc = cols < row_len
-            if j < n_add:
-                x = tl.load(pool_ptr + s64 + cols, mask=okc)
-            else:
-                x = tl.load(buf_ptr + s64 + cols, mask=okc)
-            tl.store(buf_ptr + d64 + cols, x, mask=okc)
-        tl.store(s2n_ptr + d, v)
-        tl.store(n2s_ptr + v, d)
+            x = tl.load(pool_ptr + s2 + cols, mask=fp & okc, other=0)
+            y = tl.load(buf_ptr + s2 + cols, mask=fb & okc, other=0)
+            tl.store(buf_ptr + d2 + cols, tl.where(fp, x, y), mask=okj[:, None] & okc)
+        tl.store(s2n_ptr + d, v, mask=okj)
+        tl.store(n2s_ptr + v, d, mask=okj)
     for start in range(pid * SB, CAP, n_prog * SB):  # the vacated tail empties
         s = start + offs
         tl.store(s2n_ptr + s, -1, mask=(s < lim) & (s >= m_new))
@@ -349,6 +380,7 @@ def _plan_move_kernel(
 
 
 SPIN_LIMIT = 1 << 22  # barrier polls before a program gives up (seconds; only when starved of SMs)
+TILE_BYTES = 32768  # bytes of one [MB, COLS] copy tile (in registers: 128 B per thread at 8 warps)
 
 
 def _programs(n: int, cap: int, device: torch.device) -> int:
@@ -375,13 +407,14 @@ def plan_and_move(
 
     new: bool [N]; n2s: int32 [N]; s2n: int32 [cap] (updated in place unless the new set
     exceeds cap, which changes nothing); buf: [cap, R], pool: [N, R] contiguous, one dtype;
-    scratch: int32 [3 * cap + P + 3] from :func:`fused_scratch` (zeroed once, reused: it
-    holds the grid barrier's state); stats: int32 [4] = (added, removed, moves, new size),
-    also written to ``host_stats`` (pinned host memory, read after a stream sync without a
-    device-to-host copy) when given. No host sync: capturable in a CUDA graph.
+    scratch: int32 from :func:`fused_scratch` (zeroed once, reused: it holds the grid
+    barrier's state); stats: int32 [4] = (added, removed, moves, new size), also written to
+    ``host_stats`` (pinned host memory, read after a stream sync without a device-to-host
+    copy) when given. No host sync: capturable in a CUDA graph.
 
-    The grid has one program per SM; a grid barrier (atomics, all programs resident)
-    separates counting, ranking and moving, so the scan over N is split across programs.
+    The grid has one program per SM; two grid barriers (atomics, all programs resident)
+    separate counting, ranking and moving, so the scan over N is split across programs and
+    the row copies spread over the whole GPU.
     """
     if new.dtype != torch.bool or new.dim() != 1:
         raise TypeError(f"new must be a 1-D bool mask, got {new.dtype} {tuple(new.shape)}")
@@ -395,25 +428,26 @@ def plan_and_move(
     if new.numel() != n or pool.shape[0] != n or buf.shape[0] != cap or buf.shape[1] != pool.shape[1]:
         raise ValueError(f"sizes disagree: new {new.numel()}, n2s {n}, s2n {cap}, buf {tuple(buf.shape)}, "
                          f"pool {tuple(pool.shape)}")
-    if scratch.numel() < 3 * cap + progs + 3:
-        raise ValueError(f"scratch must hold >= {3 * cap + progs + 3} int32, got {scratch.numel()}")
-    row_len = buf.shape[1]
-    nb = triton.next_power_of_2(triton.cdiv(n, progs))
+    if scratch.numel() != 3 * cap + progs + SYNC_WORDS:
+        raise ValueError(f"scratch must hold {3 * cap + progs + SYNC_WORDS} int32 (fused_scratch), got {scratch.numel()}")
+    row_len, es = buf.shape[1], buf.element_size()
     sb = min(2048, triton.next_power_of_2(cap))
-    cols = min(triton.next_power_of_2(row_len), 16384 // buf.element_size())
+    cols = min(triton.next_power_of_2(row_len), 4096 // es)
+    mb = max(1, min(64, TILE_BYTES // (cols * es)))
     dst, src, moved = scratch[:cap], scratch[cap : 2 * cap], scratch[2 * cap : 3 * cap]
-    part, sync = scratch[3 * cap : 3 * cap + progs], scratch[3 * cap + progs : 3 * cap + progs + 3]
+    part, sync = scratch[3 * cap : 3 * cap + progs], scratch[3 * cap + progs :]
     hs = stats if host_stats is None else host_stats
     _plan_move_kernel[(progs,)](
         new.view(torch.uint8), n2s, s2n, buf, pool, dst, src, moved, part, sync, stats, hs,
-        n, cap, row_len, progs, NB=nb, SB=sb, PB=triton.next_power_of_2(progs), COLS=cols,
-        SPIN=SPIN_LIMIT, HOST_STATS=host_stats is not None, num_warps=8)
+        n, cap, row_len, progs, NB=triton.next_power_of_2(triton.cdiv(n, progs)), SB=sb,
+        PB=triton.next_power_of_2(progs), MB=mb, COLS=cols, SPIN=SPIN_LIMIT, HOST_STATS=host_stats is not None,
+        ONE=cap <= sb, num_warps=8)
 
 
 def fused_scratch(n: int, cap: int, device: torch.device | str) -> torch.Tensor:
     """Zeroed int32 scratch for :func:`plan_and_move`: move lists, chunk counts, barrier state."""
     device = torch.device(device)
-    return torch.zeros(3 * cap + _programs(n, cap, device) + 3, dtype=torch.int32, device=device)
+    return torch.zeros(3 * cap + _programs(n, cap, device) + SYNC_WORDS, dtype=torch.int32, device=device)
 
 
 def barrier_timeouts(scratch: torch.Tensor) -> int:

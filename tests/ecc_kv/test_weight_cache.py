@@ -62,7 +62,8 @@ def _run_sequence(cache: PairedWeightCache, masks: torch.Tensor, x: torch.Tensor
         a, r = int((mask & ~old).sum()), int((old & ~mask).sum())
         written = cache.update(mask.to(cache.neuron_to_slot.device))
         cache.check()  # buffer == pool[active], maps consistent, tail empty
-        assert written <= max(a, r), f"step {t}: wrote {written} rows, A={a}, R={r}"
+        bound = cache.last["size"] if cache.last["rebuilt"] else max(a, r)  # a hybrid rebuild writes all m'
+        assert written <= bound, f"step {t}: wrote {written} rows, A={a}, R={r}, last={cache.last}"
         assert sorted(cache.active.tolist()) == mask.nonzero().squeeze(1).tolist(), f"step {t}"
         y = mlp_forward(x, cache.gate, cache.up, cache.down).float()
         ref = masked_mlp_reference(x, gate, up, down, mask)

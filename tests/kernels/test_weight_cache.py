@@ -117,7 +117,9 @@ def test_fused_planner_matches_plan_moves(n: int, cap: int, device: str) -> None
         s2n, n2s = a, b
 
 
-@pytest.mark.parametrize(("n", "cap", "r"), [(40, 12, 5), (300, 150, 7), (2500, 300, 3)])
+# (N, capacity, row length): one slot block kept in registers, or several (cap > 2048); a
+# row longer than one copy step (1500 fp32 > 1024 columns)
+@pytest.mark.parametrize(("n", "cap", "r"), [(40, 12, 5), (300, 150, 1500), (2500, 300, 3), (5000, 2500, 3)])
 def test_plan_and_move_matches_plan_moves(n: int, cap: int, r: int, device: str) -> None:
     """plan_and_move (one launch: plan, moves, map commit): plan_moves' maps and counts, and
     the buffer equals the pool at the new slots; on overflow nothing changes. On a GPU the
