@@ -380,7 +380,7 @@ def _plan_move_kernel(
 
 
 SPIN_LIMIT = 1 << 22  # barrier polls before a program gives up (seconds; only when starved of SMs)
-TILE_BYTES = 32768  # bytes of one [MB, COLS] copy tile (in registers: 128 B per thread at 8 warps)
+TILE_BYTES = 16384  # bytes of one [MB, COLS] copy tile (two masked loads of it in registers: 128 B a thread at 8 warps)
 
 
 def _programs(n: int, cap: int, device: torch.device) -> int:
