@@ -1,26 +1,32 @@
-"""Triton bit-error injection: a Philox flip-mask device function and an in-place inject launcher.
+"""Triton bit-error injection: a flip-mask device function and an in-place inject launcher.
 
-Stream: the random numbers for a word depend only on (seed, global word index, stream id, call number),
-never on the launch grid or the tile, so every kernel that calls ``flip_mask`` with the same global word
-index sees the same faults (fused inject+decode, KV round trip, paged cache).
+Stream: the random numbers of a word depend only on (seed, stream, global word index, draw number),
+never on the launch grid or the tile, so every kernel that calls ``flip_mask`` with the same global
+word index sees the same faults (fused inject+decode, KV round trip, paged cache).
+
+Generator: SplitMix64 as a counter-based generator: draw c of word w is
+``mix64(key + (64 w + c + 1) * GAMMA)`` with ``key = mix64(mix64(seed + GAMMA) + (stream + 1) * GAMMA)``
+(``mix64`` is SplitMix64's finaliser; its output sequence passes BigCrush). It replaced Philox-4x32-10
+here because one Philox call costs ~100 integer instructions, two to three times the memory time
+of a 32-bit word on an H100, while a SplitMix64 draw costs ~25 (docs/error_model.md).
 
 Sampling (integer only, so interpreted and compiled runs agree bit for bit), per n-bit word with
-independent Bernoulli(p) events, in one of two plans chosen on the host from (p, n) by ``fault_plan``
-(the same for every caller, since the plan travels in the table from ``event_thresholds``):
+independent Bernoulli(p) events, from the plan ``fault_plan(p, n)`` that the host packs into the table
+of ``event_thresholds`` (the same for every caller):
 
-- sparse (small p): Philox call 0 gives r0..r3. The event count k ~ Binomial(n, p) comes from the 64-bit
-  uniform (r0, r1) compared with ``C_j = floor(2^64 P(Binomial(n, p) <= j))``, j < K; then the events
-  are the first k distinct valid values among ``ceil(log2 n)``-bit chunks of r2, r3 (and of E more
-  calls): a uniform k-subset, i.e. exactly the Bernoulli(p)^n pattern. K and E are the smallest values
-  whose neglected mass (more than K events, or fewer than k distinct chunks) is below
-  ``TAIL_BOUND = 2^-40`` per word (computed exactly on the host). 32-bit words at ber 1e-3: one call.
-- dense (large p, where the sparse plan would cost more): bit j flips when draw j (call j // 4) is
-  below ``floor(2^32 p)``: ceil(n / 4) calls.
+- the event count k ~ Binomial(n, p) is the number of thresholds ``C_j = floor(2^64 P(Binomial(n, p) <= j))``,
+  j < K, at or below the word's first 64-bit draw u; K is the smallest count whose tail P(k > K) is
+  below ``TAIL_BOUND / 2``;
+- the events are the first k distinct valid ``ceil(log2 n)``-bit chunks of, in order, the low 16 bits
+  of the residual ``u - C_{k-1}`` (uniform on the interval of u that selected k, so nearly independent
+  of k: total variation at most K * 2^-49 per word) and then of further draws c = 1, 2, ... taken
+  only while some word of the tile still lacks events (a tile-level loop, almost never entered at
+  small p). This is the Bernoulli(p)^n pattern up to a mass below ``TAIL_BOUND = 2^-40`` per word.
 
-No data-dependent control flow and no cross-lane reduction: the loops run a per-launch count read from
-the table. BSC: an event flips its bit. Burst: an event at bit b starts a burst flipping bits
-b .. b + burst_len - 1 (clipped at the top of the word, overlapping bursts merge); the start
-probability is ber / burst_len (see docs/error_model.md for the resulting flip rate).
+Loops run to tile-level bounds (the largest count in the tile), never to per-lane ones, so the cost
+follows the events actually present. BSC: an event flips its bit. Burst: an event at bit b starts a
+burst flipping bits b .. b + burst_len - 1 (clipped at the top of the word, overlapping bursts merge);
+the start probability is ber / burst_len (see docs/error_model.md for the resulting flip rate).
 """
 
 from __future__ import annotations
@@ -34,11 +40,11 @@ import triton
 import triton.language as tl
 
 WORD_DTYPES = {torch.uint8: 8, torch.int16: 16, torch.int32: 32}
-TAIL_BOUND = 2.0**-40  # per-word probability that the sparse plan's pattern differs from the exact law
-ROW = 40  # entries per word width: [dense, K, M_r2, M_r3, E, floor(2^32 p), C_0 .. C_{K-1}] (K <= 32)
+TAIL_BOUND = 2.0**-40  # per-word total variation between the sampled pattern and the exact law
+ROW = 40  # table entries per word width: [K, 0, C_0 .. C_{K-1}] (K <= 32)
 MAX_BITS = 32
-_MAX_EXTRA = 4  # at most this many extra Philox calls for sparse positions
-_COST_CALL, _COST_CHUNK, _COST_CMP = 60, 9, 3  # rough instruction counts, to pick the cheaper plan
+RESIDUAL_BITS = 16  # bits of the count draw's residual used for positions (bias <= 2^(16-64-1) per count)
+MAX_DRAWS = 63  # position draws per word after the first; not finishing has probability < 2^-200
 
 
 def event_probability(ber: float, model: str, burst_len: int) -> float:
@@ -51,67 +57,34 @@ def chunk_bits(n: int) -> int:
     return max(1, (n - 1).bit_length())
 
 
-def _miss_probability(n: int, draws: int, k: int) -> float:
-    """P(fewer than k distinct values < n among ``draws`` uniform chunks of ``chunk_bits(n)`` bits)."""
-    span = 2 ** chunk_bits(n)
-    dist = [1.0] + [0.0] * n  # dist[d]: probability of d distinct so far
-    for _ in range(draws):
-        nxt = [0.0] * (n + 1)
-        for d, pr in enumerate(dist):
-            if pr:
-                new = (n - d) / span
-                nxt[d] += pr * (1.0 - new)
-                if d < n:
-                    nxt[d + 1] += pr * new
-        dist = nxt
-    return sum(dist[:k])
-
-
 @functools.lru_cache(maxsize=256)
-def fault_plan(p: float, n: int) -> tuple[bool, int, int, int, tuple[int, ...]]:
-    """(dense, K, M, E, C) for n-bit words at event probability p; C_j = floor(2^64 P(Binomial(n, p) <= j)), j < K.
+def fault_plan(p: float, n: int) -> tuple[int, tuple[int, ...]]:
+    """(K, C) for n-bit words at event probability p: C_j = floor(2^64 P(Binomial(n, p) <= j)), j < K.
 
-    Sparse: K count thresholds, M chunks of (r2, r3) and E extra Philox calls (all their chunks), the
-    cheapest with neglected mass < TAIL_BOUND; dense when the sparse plan would cost more.
+    K is the smallest count with P(Binomial(n, p) > K) < TAIL_BOUND / 2 (at least 1 when p > 0, so even
+    a tiny p keeps its single events; K = n when p = 1). The positions' bias adds at most K * 2^-49.
     """
     if not 1 <= n <= MAX_BITS:
         raise ValueError(f"bits_per_word={n} must be in 1..{MAX_BITS}")
     if p <= 0.0:
-        return False, 0, 0, 0, ()
-    if p >= 1.0:
-        return True, 0, 0, 0, ()
-    pf, qf = Fraction(p), 1 - Fraction(p)
-    pmf = [math.comb(n, j) * pf**j * qf ** (n - j) for j in range(n + 1)]
+        return 0, ()
+    pf = Fraction(min(p, 1.0))
+    qf = 1 - pf
     cdf, acc = [], Fraction(0)
     for j in range(n + 1):
-        acc += pmf[j]
+        acc += math.comb(n, j) * pf**j * qf ** (n - j)
         cdf.append(acc)
     budget = Fraction(TAIL_BOUND) / 2
-    # more than K events: mass < 2^-41; K >= 1 so that even a tiny p keeps its (2^-64-resolved) single events
     k_max = max(1, next(k for k in range(n + 1) if 1 - cdf[k] < budget))
-    first, per_call = 2 * (32 // chunk_bits(n)), 4 * (32 // chunk_bits(n))
-    dense_cost = _COST_CALL * ((n + 3) // 4) + _COST_CMP * n
-    for extra in range(_MAX_EXTRA + 1):
-        for m in range(1, first + 1) if extra == 0 else [first]:
-            draws = m + per_call * extra
-            miss = sum(float(pmf[k]) * _miss_probability(n, draws, k) for k in range(1, k_max + 1))
-            if miss < TAIL_BOUND / 2:
-                cost = _COST_CALL * (1 + extra) + _COST_CMP * k_max + _COST_CHUNK * draws
-                if cost > dense_cost:
-                    return True, 0, 0, 0, ()
-                c = tuple(min(2**64 - 1, math.floor(cdf[j] * 2**64)) for j in range(k_max))
-                return False, k_max, m, extra, c
-    return True, 0, 0, 0, ()
+    return k_max, tuple(min(2**64 - 1, math.floor(cdf[j] * 2**64)) for j in range(k_max))
 
 
 @functools.lru_cache(maxsize=64)
 def _table_values(p: float) -> tuple[int, ...]:
     vals = [0] * (ROW * (MAX_BITS + 1))
     for n in range(1, MAX_BITS + 1):
-        dense, k, m, e, c = fault_plan(p, n)
-        thr32 = min(2**32, math.floor(p * 2**32)) if p > 0 else 0
-        m2 = min(m, 32 // chunk_bits(n))  # chunks taken from r2, the rest from r3
-        row = [int(dense), k, m2, m - m2, e, thr32] + [v - 2**64 if v >= 2**63 else v for v in c]
+        k, c = fault_plan(p, n)
+        row = [k, 0] + [v - 2**64 if v >= 2**63 else v for v in c]
         vals[ROW * n : ROW * n + len(row)] = row
     return tuple(vals)
 
@@ -145,73 +118,76 @@ def popcount32(x):
 
 
 @triton.jit
-def _take(s, cnt, k, b, N_BITS: tl.constexpr, CB: tl.constexpr):
+def mix64(z):
+    """SplitMix64's finaliser (uint64 -> uint64, a bijection with full avalanche)."""
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+
+@triton.jit
+def _draw(key, ctr, c):
+    """64-bit draw number ``c`` of the words whose counters (64 * word index, uint64) are ``ctr``."""
+    return mix64(key + (ctr + (c + 1)) * 0x9E3779B97F4A7C15)
+
+
+@triton.jit
+def _take(s, cnt, k, b, N_BITS: tl.constexpr):
     # add position b (uint32 chunk) to the event set s unless it is taken, invalid, or s is full
     bit = tl.full(b.shape, 1, tl.uint32) << b
     take = ((s & bit) == 0) & (cnt < k)
-    if (1 << CB) != N_BITS:
+    if (1 << (1 + (N_BITS > 2) + (N_BITS > 4) + (N_BITS > 8) + (N_BITS > 16))) != N_BITS:
         take = take & (b < N_BITS)
     return tl.where(take, s | bit, s), cnt + take.to(tl.int32)
 
 
 @triton.jit
-def _place(s, cnt, k, r, N_BITS: tl.constexpr, CB: tl.constexpr):
-    # all chunks of the uint32 draw r
-    for i in tl.static_range(32 // CB):
-        s, cnt = _take(s, cnt, k, (r >> (i * CB)) & ((1 << CB) - 1), N_BITS, CB)
-    return s, cnt
-
-
-@triton.jit
 def flip_mask(seed, word_index, stream, thr_ptr, N_BITS: tl.constexpr, BURST_LEN: tl.constexpr):
-    """XOR mask (int32, low N_BITS bits) for each global ``word_index`` (int64 tile of any shape).
+    """XOR mask (int32, low N_BITS bits) for each global ``word_index`` (int tile of any shape).
 
     seed: int scalar; stream: int scalar separating independent channels (values, scales, ...);
     thr_ptr: int64 table from ``event_thresholds`` (any width); BURST_LEN = 1 is the BSC.
-    Call c draws Philox(seed; lo, hi, c, stream). The plan (dense or sparse, K, E) is read from the
-    table row of N_BITS: the same for every lane and program, so a word's mask is a pure function of
-    (seed, word_index, stream) whatever the tile.
+    A word's mask is a pure function of (seed, stream, word_index): the tile only sets loop bounds.
     """
+    CB: tl.constexpr = 1 + (N_BITS > 2) + (N_BITS > 4) + (N_BITS > 8) + (N_BITS > 16)  # chunk_bits
+    RCH: tl.constexpr = 16 // CB  # chunks in the residual's low RESIDUAL_BITS
+    DCH: tl.constexpr = 64 // CB  # chunks per further draw
     row = thr_ptr + N_BITS * 40  # ROW
-    dense = tl.load(row)
-    n_cmp = tl.load(row + 1).to(tl.int32)
-    n_chunks2 = tl.load(row + 2).to(tl.int32)
-    n_chunks3 = tl.load(row + 3).to(tl.int32)
-    n_extra = tl.load(row + 4).to(tl.int32)
-    lo = (word_index & 0xFFFFFFFF).to(tl.uint32)
-    hi = ((word_index >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    zero = lo * 0
-    st = zero + stream
+    n_thr = tl.load(row).to(tl.int32)
+    zero = tl.zeros(word_index.shape, tl.uint64)
+    z0 = tl.full([], 0, tl.uint64)  # the key is a scalar: computed once per thread, not per word
+    key = mix64(mix64(z0 + seed + 0x9E3779B97F4A7C15) + (z0 + stream + 1) * 0x9E3779B97F4A7C15)
+    ctr = word_index.to(tl.uint64) * 64
+    u = _draw(key, ctr, 0)
+    umax = tl.max(u)  # counts above the tile's largest draw occur nowhere in it: loop only to there
+    k_tile = tl.full([], 0, tl.int32)
+    for jt in range(n_thr):
+        k_tile += (umax >= tl.load(row + 2 + jt).to(tl.uint64, bitcast=True)).to(tl.int32)
+    k = tl.zeros(word_index.shape, tl.int32)
+    base = zero  # C_{k-1}: the bottom of the interval of u that selected k
+    for j in range(k_tile):
+        cj = tl.load(row + 2 + j).to(tl.uint64, bitcast=True)
+        hit = u >= cj
+        k += hit.to(tl.int32)
+        base = tl.where(hit, cj, base)
     s = tl.zeros(word_index.shape, tl.uint32)
-    if dense != 0:
-        thr = tl.load(row + 5)
-        for c in tl.static_range((N_BITS + 3) // 4):
-            r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero + c, st)
-            s |= (r0.to(tl.int64) < thr).to(tl.uint32) << (4 * c)
-            if 4 * c + 1 < N_BITS:
-                s |= (r1.to(tl.int64) < thr).to(tl.uint32) << (4 * c + 1)
-            if 4 * c + 2 < N_BITS:
-                s |= (r2.to(tl.int64) < thr).to(tl.uint32) << (4 * c + 2)
-            if 4 * c + 3 < N_BITS:
-                s |= (r3.to(tl.int64) < thr).to(tl.uint32) << (4 * c + 3)
-    else:
-        CB: tl.constexpr = 1 + (N_BITS > 2) + (N_BITS > 4) + (N_BITS > 8) + (N_BITS > 16)  # chunk_bits
-        r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero, st)
-        u = (r0.to(tl.uint64) << 32) | r1.to(tl.uint64)
-        k = tl.zeros(word_index.shape, tl.int32)
-        for j in range(n_cmp):  # event count: k = #{j < K: u >= C_j}
-            k += (u >= tl.load(row + 6 + j).to(tl.uint64, bitcast=True)).to(tl.int32)
-        cnt = tl.zeros(word_index.shape, tl.int32)
-        for i in range(n_chunks2):  # positions: the first k distinct valid chunks of r2, r3, ...
-            s, cnt = _take(s, cnt, k, (r2 >> (i * CB)) & ((1 << CB) - 1), N_BITS, CB)
-        for i in range(n_chunks3):
-            s, cnt = _take(s, cnt, k, (r3 >> (i * CB)) & ((1 << CB) - 1), N_BITS, CB)
-        for c in range(1, 1 + n_extra):
-            r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero + c, st)
-            s, cnt = _place(s, cnt, k, r0, N_BITS, CB)
-            s, cnt = _place(s, cnt, k, r1, N_BITS, CB)
-            s, cnt = _place(s, cnt, k, r2, N_BITS, CB)
-            s, cnt = _place(s, cnt, k, r3, N_BITS, CB)
+    cnt = tl.zeros(word_index.shape, tl.int32)
+    res = ((u - base) & 0xFFFF).to(tl.uint32)
+    n_res = tl.minimum(k_tile, RCH)
+    for ir in range(n_res):  # positions from the residual's low bits
+        s, cnt = _take(s, cnt, k, (res >> (ir * CB)) & ((1 << CB) - 1), N_BITS)
+    short = tl.max((cnt < k).to(tl.int32))
+    while (short > 0) & (n_res < RCH):  # rare: duplicates; every short word scans all RCH residual chunks
+        s, cnt = _take(s, cnt, k, (res >> (n_res * CB)) & ((1 << CB) - 1), N_BITS)
+        n_res += 1
+        short = tl.max((cnt < k).to(tl.int32))
+    c = tl.full([], 1, tl.int32)
+    while short > 0:  # rare: a word of the tile needs more chunks (duplicates, or more than RCH events)
+        v = _draw(key, ctr, c)
+        for i in tl.static_range(DCH):
+            s, cnt = _take(s, cnt, k, ((v >> (i * CB)) & ((1 << CB) - 1)).to(tl.uint32), N_BITS)
+        c += 1
+        short = tl.max((cnt < k).to(tl.int32)) * (c <= 63)  # MAX_DRAWS
     m = s
     for i in tl.static_range(1, BURST_LEN):  # a start at b flips b .. b + BURST_LEN - 1
         m |= s << i
