@@ -89,13 +89,15 @@ class PairedWeightCache:
     offload: how pool rows reach the GPU when offloaded: ``"staged"`` gathers them on the
         host into a pinned staging block and sends it in one asynchronous copy;
         ``"direct"`` (triton backend) lets the move kernel read the pinned pool itself
-        through unified addressing, so the rows cross PCIe once with no host gather.
+        through unified addressing, so the rows cross PCIe once with no host gather
+        (default when the buffer is on CUDA and the backend is triton).
     planner: ``"torch"`` (fixed-shape torch ops on the GPU, numpy on the host),
         ``"triton"`` (``kernels.weight_cache.plan_and_commit``: the whole plan and the map
         updates in one single-program launch, then the move launch) or ``"fused"``
         (``kernels.weight_cache.plan_and_move``: plan, moves and map commit in ONE
-        multi-program launch; the counts come back through pinned host memory). cpu/gpu
-        placements; an offloaded cache plans on the host.
+        multi-program launch; the counts come back through pinned host memory; default for
+        the gpu placement with the triton backend). cpu/gpu placements; an offloaded cache
+        plans on the host.
     """
 
     def __init__(
@@ -109,8 +111,8 @@ class PairedWeightCache:
         backend: str | None = None,
         rebuild_tau: float | None = None,
         device: str | torch.device | None = None,
-        offload: str = "staged",
-        planner: str = "torch",
+        offload: str | None = None,
+        planner: str | None = None,
     ) -> None:
         if up.dim() != 2:
             raise ValueError(f"up must be [N, H], got shape {tuple(up.shape)}")
@@ -142,6 +144,9 @@ class PairedWeightCache:
         backend = backend or ("triton" if buf_dev.type == "cuda" or planner == "fused" else "torch")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        gpu_triton = backend == "triton" and buf_dev.type == "cuda"  # the fast paths need a GPU and Triton
+        planner = planner or ("fused" if gpu_triton and placement == "gpu" else "torch")
+        offload = offload or ("direct" if gpu_triton else "staged")
         if planner not in PLANNERS:
             raise ValueError(f"planner must be one of {PLANNERS}, got {planner!r}")
         if planner != "torch" and placement == "offloaded":
