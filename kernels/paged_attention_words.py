@@ -57,8 +57,8 @@ def _nib(w, J: tl.constexpr, dtype: tl.constexpr):
 def _raw_tile(data_ptr, row, tmask, CODEC: tl.constexpr, DW: tl.constexpr, DWP: tl.constexpr):
     """Raw loads of the rows at byte offsets ``row``, issued ahead of their decode.
 
-    CODEC 0 (INT4): int32 ``[BLOCK_N, DWP]``; 1 (Hamming(8,4)): int32 ``[BLOCK_N, 2 DWP]`` (one
-    contiguous, vectorizable load, split in registers later); 2 (Hamming(7,4), any D % 8 == 0):
+    CODEC 0 (INT4): int32 ``[BLOCK_N, DWP]``; 1 (Hamming(8,4)): int64 ``[BLOCK_N, DWP]`` (8 codeword
+    bytes each); 2 (Hamming(7,4), any D % 8 == 0):
     uint8 ``[BLOCK_N, DWP, 8]`` (byte ``7g + j``, ``j = 7`` reads nothing); 3 (Hamming(7,4),
     D % 32 == 0): int32 ``[BLOCK_N, DWP / 4, 8]``, the 7 words of each 4-group supergroup.
     """
@@ -66,10 +66,10 @@ def _raw_tile(data_ptr, row, tmask, CODEC: tl.constexpr, DW: tl.constexpr, DWP: 
         base = (data_ptr + row[:, None]).to(tl.pointer_type(tl.int32))
         w = tl.arange(0, DWP)[None, :]
         raw = tl.load(base + w, mask=tmask[:, None] & (w < DW), other=-2004318072)  # 0x88888888: zeros
-    elif CODEC == 1:
-        base = (data_ptr + row[:, None]).to(tl.pointer_type(tl.int32))
-        w2 = tl.arange(0, 2 * DWP)[None, :]
-        raw = tl.load(base + w2, mask=tmask[:, None] & (w2 < 2 * DW), other=0)
+    elif CODEC == 1:  # one 64-bit load per 8 codewords: the two words split without a reshape
+        base = (data_ptr + row[:, None]).to(tl.pointer_type(tl.int64))
+        w = tl.arange(0, DWP)[None, :]
+        raw = tl.load(base + w, mask=tmask[:, None] & (w < DW), other=0)
     elif CODEC == 2:
         g = tl.arange(0, DWP)[None, :, None]
         j = tl.arange(0, 8)[None, None, :]
@@ -115,8 +115,9 @@ def _words_of(raw, CODEC: tl.constexpr, DWP: tl.constexpr):
         corr = tl.zeros(words.shape, dtype=tl.uint32)
         det = corr
     elif CODEC == 1:
-        both = raw.to(tl.uint32, bitcast=True)
-        lo, hi = tl.split(tl.reshape(both, [both.shape[0], DWP, 2]))
+        both = raw.to(tl.uint64, bitcast=True)
+        lo = both.to(tl.uint32)  # words 2m (values 8m..8m+3) and 2m + 1 (8m+4..8m+7), little-endian
+        hi = (both >> 32).to(tl.uint32)
         w = (lo & 0x0F0F0F0F) | ((hi & 0x0F0F0F0F) << 4)  # data nibbles: v0 v4 v1 v5 v2 v6 v3 v7
         p = ((lo >> 4) & 0x0F0F0F0F) | (hi & 0xF0F0F0F0)  # their parity nibbles (bit 3: overall)
         s = kc._h_parity_swar(w) ^ (p & 0x77777777)
@@ -156,26 +157,25 @@ def _words_of(raw, CODEC: tl.constexpr, DWP: tl.constexpr):
 
 
 @triton.jit
-def _flag_count(flags):
-    """Number of set nibble flags in a tile of flag words."""
-    return tl.sum(tl.sum(kc._count_swar(flags).to(tl.int32), axis=1), axis=0)
-
-
-@triton.jit
 def _unpack(words, dtype: tl.constexpr, DWP: tl.constexpr):
-    """Packed words [BLOCK_N, DWP] -> signed INT4 values [BLOCK_N, 8 DWP] in ``dtype`` (column 8w + n = nibble n of w)."""
-    sh = 4 * tl.arange(0, 8).to(tl.uint32)
-    x = (words[:, :, None] >> sh[None, None, :]) & 15  # [BLOCK_N, DWP, 8]
-    h = (x | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)  # 1024 + code, exact
-    return tl.reshape((h - 1032.0).to(dtype), [words.shape[0], 8 * DWP])
+    """Packed words [BLOCK_N, DWP] -> signed INT4 values [BLOCK_N, 8 DWP] in ``dtype`` (column 8w + n = nibble n of w).
+
+    Built with joins (the new axis stays inside the thread that holds the word) rather than a
+    broadcast against a nibble axis, which let the compiler replicate the whole decode chain
+    across the threads holding the nibbles of one word.
+    """
+    a = tl.join(tl.join(_nib(words, 0, dtype), _nib(words, 4, dtype)), tl.join(_nib(words, 2, dtype), _nib(words, 6, dtype)))
+    b = tl.join(tl.join(_nib(words, 1, dtype), _nib(words, 5, dtype)), tl.join(_nib(words, 3, dtype), _nib(words, 7, dtype)))
+    return tl.reshape(tl.join(a, b), [words.shape[0], 8 * DWP])  # [.., c, b, a] = nibble a + 2b + 4c = column
 
 
 @triton.jit
 def _unpack_flags(flags, DWP: tl.constexpr):
     """Nibble flags [BLOCK_N, DWP] -> bool [BLOCK_N, 8 DWP] in ``_unpack``'s column order."""
-    sh = 4 * tl.arange(0, 8).to(tl.uint32)
-    x = (flags[:, :, None] >> sh[None, None, :]) & 1
-    return tl.reshape(x != 0, [flags.shape[0], 8 * DWP])
+    f = flags & 0x11111111
+    a = tl.join(tl.join(f & 1, (f >> 16) & 1), tl.join((f >> 8) & 1, (f >> 24) & 1))
+    b = tl.join(tl.join((f >> 4) & 1, (f >> 20) & 1), tl.join((f >> 12) & 1, (f >> 28) & 1))
+    return tl.reshape(tl.join(a, b), [flags.shape[0], 8 * DWP]) != 0
 
 
 @triton.jit
@@ -309,8 +309,8 @@ def _paged_decode_words_kernel(
     m_i = tl.full([GP], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([GP], dtype=tl.float32)
     acc = tl.zeros([GP, 8 * DWP], dtype=tl.float32)
-    n_corr = tl.zeros([], dtype=tl.int32)
-    n_det = tl.zeros([], dtype=tl.int32)
+    n_corr = tl.zeros([BLOCK_N, DWP], dtype=tl.int32)
+    n_det = tl.zeros([BLOCK_N, DWP], dtype=tl.int32)
     bt = bt_ptr + b.to(tl.int64) * stride_bt
     if PREFETCH:  # prologue: raw words and scales of the first tile
         t = start + tl.arange(0, BLOCK_N)
@@ -339,8 +339,9 @@ def _paged_decode_words_kernel(
             vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
         kw, kcor, kdet = _words_of(kr, CODEC, DWP)
         vw, vcor, vdet = _words_of(vr, CODEC, DWP)
-        n_corr += _flag_count(kcor) + _flag_count(vcor)
-        n_det += _flag_count(kdet) + _flag_count(vdet)
+        if COUNT:  # per-element running counts: no cross-thread reduction inside the loop
+            n_corr += (kc._count_swar(kcor) + kc._count_swar(vcor)).to(tl.int32)
+            n_det += (kc._count_swar(kdet) + kc._count_swar(vdet)).to(tl.int32)
         if INTERP:
             if tl.max(tl.max(kdet | vdet, axis=1), axis=0) != 0:  # rare: a detected codeword in this tile
                 m_i, l_i, acc = _interp_step(q, m_i, l_i, acc, kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, t0, end, tok_lo, hi, h,
@@ -358,8 +359,8 @@ def _paged_decode_words_kernel(
             ks = ksn
             vs = vsn
     if COUNT:
-        tl.atomic_add(cnt_ptr, n_corr.to(tl.int64))
-        tl.atomic_add(cnt_ptr + 1, n_det.to(tl.int64))
+        tl.atomic_add(cnt_ptr, tl.sum(tl.sum(n_corr, axis=1), axis=0).to(tl.int64))
+        tl.atomic_add(cnt_ptr + 1, tl.sum(tl.sum(n_det, axis=1), axis=0).to(tl.int64))
     hq = h * G + g
     if PARTIAL:
         base = (b.to(tl.int64) * (G * tl.num_programs(1)) + hq) * S_TOTAL + split_off + s  # [GP]
