@@ -48,6 +48,9 @@ def test_run_and_summarize(tmp_path: Path) -> None:
         ({"m": 10_000}, "m=10000"),
         ({"placement": "offloaded", "methods": ["masking"]}, "masking"),
         ({"methods": ["paired_graph"]}, "paired_graph"),
+        ({"methods": ["paired_async"]}, "paired_async"),
+        ({"planner": "magic"}, "planner"),
+        ({"offload": "teleport"}, "offload"),
         ({"colour": 1}, "unknown parameter"),
         ({"dtype": "fp64"}, "dtype"),
     ],
@@ -62,3 +65,14 @@ def test_churn_int_is_a_count_float_a_fraction() -> None:
     assert bench._config({**TINY, "churn": 1.0})["churn_k"] == 32  # 100% churn
     assert bench._config({**TINY, "churn": 0.25})["churn_k"] == 8
     assert bench._config({**TINY, "churn": 500})["churn_k"] == 32  # capped at m (and N - m)
+
+
+def test_fused_planner_and_same_bytes_references(tmp_path: Path) -> None:
+    """The one-launch planner runs through the task kind (one program under the
+    interpreter) and stays exact; the copy reference moves the same k rows."""
+    raw = bench.run({**TINY, "planner": "fused", "methods": ["paired", "rebuild"], "steps": 4},
+                    RunContext.for_tests(tmp_path))
+    assert raw["methods"]["paired"]["rows_written"] == [8] * 4 and raw["methods"]["paired"]["consistent"] == 1
+    assert raw["copy_graph_gbps"] is None and raw["h2d_gbps"] is None  # CPU: no graph, no PCIe
+    s = bench.summarize(raw)
+    assert s["paired_bytes_vs_bound"] == 1.0 and s["copy_gbps"] > 0
