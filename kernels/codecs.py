@@ -206,12 +206,7 @@ def golay_decode(cw, table_ptr, ALGEBRAIC: tl.constexpr = False):
     """24-bit Golay codeword (bits 0-23 used) -> (12 data bits, status). ``table_ptr``: ``golay_tables`` on device."""
     c = cw.to(tl.uint32, bitcast=True) & 0xFFFFFF
     d = c & 0xFFF
-    if ALGEBRAIC:
-        s = (_golay_parity_pair(d) & 0xFFF) ^ (c >> 12)
-    else:
-        t = table_ptr + GOLAY_NIBBLE_OFFSET
-        p = tl.load(t + (d & 15)) ^ tl.load(t + 16 + ((d >> 4) & 15)) ^ tl.load(t + 32 + (d >> 8))
-        s = p.to(tl.uint32) ^ (c >> 12)
+    s = (_golay_parity_pair(d) & 0xFFF) ^ (c >> 12)
     corr, status = _golay_correct(s, table_ptr, ALGEBRAIC)
     return d ^ corr, status
 
@@ -305,23 +300,8 @@ def golay_encode_group(w0, w1, w2):
 
 
 @triton.jit
-def _golay_parity_lut(x, table_ptr):
-    """``_golay_parity_pair`` by lookups: three 16-entry nibble tables per 12-bit word (L1 hits).
-
-    Six loads instead of ~48 integer operations per pair: the decoders are instruction-bound.
-    """
-    t = table_ptr + GOLAY_NIBBLE_OFFSET
-    pa = tl.load(t + (x & 15)) ^ tl.load(t + 16 + ((x >> 4) & 15)) ^ tl.load(t + 32 + ((x >> 8) & 15))
-    pb = tl.load(t + ((x >> 16) & 15)) ^ tl.load(t + 16 + ((x >> 20) & 15)) ^ tl.load(t + 32 + ((x >> 24) & 15))
-    return (pa | (pb << 16)).to(tl.uint32)
-
-
-@triton.jit
 def _golay_fix_pair(x, y, table_ptr, ALGEBRAIC: tl.constexpr):
-    if ALGEBRAIC:
-        s = _golay_parity_pair(x) ^ y  # two syndromes, 16 bits apart
-    else:
-        s = _golay_parity_lut(x, table_ptr) ^ y
+    s = _golay_parity_pair(x) ^ y  # two syndromes, 16 bits apart
     ca, sa = _golay_correct(s & 0xFFF, table_ptr, ALGEBRAIC)
     cb, sb = _golay_correct(s >> 16, table_ptr, ALGEBRAIC)
     return x ^ (ca | (cb << 16)), sa | (sb << 8)
@@ -351,7 +331,6 @@ def status_counts(st_a, st_b):
 
 
 GOLAY_B_ROWS = (0xA3B, 0xD1D, 0xE8E, 0xB47, 0xDA3, 0xED1, 0xF68, 0xBB4, 0x9DA, 0x8ED, 0xC76, 0x7FF)
-GOLAY_NIBBLE_OFFSET: tl.constexpr = tl.constexpr(4096 + 12)  # in ``golay_tables``: parity of nibble n at bits 4i..4i+3, entry 16 i + n
 _GOLAY_TABLES: dict[torch.device, torch.Tensor] = {}
 
 
@@ -370,13 +349,11 @@ def _golay_table_values() -> list[int]:
         for bits in itertools.combinations(range(24), weight):
             e = sum(1 << b for b in bits)
             table[parity(e & 0xFFF) ^ (e >> 12)] = (e & 0xFFF) | ((1 if weight else 0) << 12)
-    nibbles = [parity(n << (4 * i)) for i in range(3) for n in range(16)]
-    return table + list(GOLAY_B_ROWS) + nibbles
+    return table + list(GOLAY_B_ROWS)
 
 
 def golay_tables(device: torch.device | str) -> torch.Tensor:
-    """int32 [4096 + 12 + 48] on ``device``: the syndrome table (bits 0-11 data correction, 12-13 status), B's
-    rows, then the parity of each nibble value at each of the three nibble positions (``_golay_parity_lut``)."""
+    """int32 [4096 + 12] on ``device``: the syndrome table (bits 0-11 data correction, 12-13 status), then B's rows."""
     dev = torch.device(device)
     if dev not in _GOLAY_TABLES:
         _GOLAY_TABLES[dev] = torch.tensor(_golay_table_values(), dtype=torch.int32, device=dev)
