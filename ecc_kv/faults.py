@@ -12,7 +12,7 @@ Hamming(7,4) codeword, 8 per SECDED byte or packed INT4 pair, 24 per Golay word,
 
 Backends are each deterministic for a seed but draw different streams: the torch path samples the
 number of events (binomial) and their positions (uniform without replacement) on a CPU generator,
-never one random number per bit unless ber is large; the Triton path (``kernels.faults``) draws Philox
+never one random number per bit unless ber is large; the Triton path (``kernels.faults``) draws SplitMix64
 numbers keyed by (seed, global word index), independent of the launch grid, with a per-word plan chosen
 on the host (exact up to a neglected mass below 2^-40 per word, docs/error_model.md). ``n_flips`` counts
 flipped bits (after merging overlapping bursts).
@@ -122,7 +122,7 @@ def inject(
 ) -> tuple[torch.Tensor, int]:
     """Flip the stored bits of ``words`` (uint8 / int16 / int32, any shape) -> (new words, bits flipped).
 
-    ``word_offset`` and ``stream`` key the Triton Philox stream (global word index, channel); the torch
+    ``word_offset`` and ``stream`` key the Triton SplitMix64 stream (global word index, channel); the torch
     path mixes them into its seed.
     """
     check_backend(backend)

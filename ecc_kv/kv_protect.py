@@ -28,7 +28,7 @@ and group) are stored raw beside the words; faults touch them only with ``scale_
 the plain INT4 round trip; the fp16 mode returns x unchanged for fp16/bf16 input (fp32 input is
 rounded to fp16 once).
 
-Fault streams: Triton keys Philox by (seed, global word index = token row * D + word index in the
+Fault streams: Triton keys its generator (SplitMix64) by (seed, global word index = token row * D + word index in the
 row), so the result does not depend on the launch grid; the torch path samples positions per stored
 tensor (``ecc_kv.faults``). The two backends agree bit for bit at ``ber=0`` and for the same explicit
 fault pattern (``flip_masks``); with ``ber>0`` each is deterministic for a seed.
