@@ -368,6 +368,11 @@ def _bits_args(bits: torch.Tensor | int) -> tuple[torch.Tensor | None, int]:
     return bits.contiguous(), 0
 
 
+def workspace_bytes(m: int, g: int) -> int:
+    """Bytes of the look-back workspace of a call on ``m`` groups of ``g`` values (0 past the fixed-width path)."""
+    return 8 * (triton.cdiv(m, _block_m(g)) + 2)
+
+
 def packed_size(ws: torch.Tensor, g: int, lo: int) -> int:
     """Bytes written by a pack whose widths were summed on the device (one device-to-host read).
 

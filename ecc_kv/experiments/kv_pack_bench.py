@@ -3,11 +3,15 @@
 One run = one (size, width distribution, outliers, backend) point. The tensor is a K cache
 ``[1, heads, T, head_dim]`` in fp16 with ``values`` elements; every token gets its own width
 (uniform over ``bits_lo..bits_hi``, as QAQ produces) or one fixed width. Timed with
-``ecc_kv.timing`` (CUDA events, warm-up excluded, L2 flushed): the fused quantize+pack
-(prefix sum of the widths included) and the fused unpack+dequantize, and in the same run a
-device-to-device copy of the fp16 tensor. Effective bandwidth counts the bytes each op
-must touch: fp16 values, packed codes, widths, offsets, scales, zeros and outliers, read
-plus written. Target (issue 7, H100, >= 16M values): both ops >= 50% of copy bandwidth.
+``ecc_kv.timing`` (CUDA events, warm-up excluded, L2 flushed): the whole ``quantize_pack``
+call (one launch: offsets summed on the device, no host sync) and the whole
+``unpack_dequantize`` call, and in the same run a device-to-device copy of the fp16 tensor.
+Effective bandwidth counts every byte each call reads plus writes: pack reads the fp16
+values and the widths as given (int64 per token, as QAQ allocates them) and writes codes,
+uint8 widths, scales, zeros and outliers (``byte_report``'s real bytes); unpack reads those
+real bytes and writes the fp16 values; both also touch the look-back workspace (8 bytes per
+program, zeroed, then written and read). Target (issue 7, H100, >= 16M values): both ops
+>= 50% of copy bandwidth. Torch and Triton are compared byte for byte in the same run.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     dev = ctx.device
     if dev != "cuda":  # the Triton kernels run interpreted; the flag must be set before they are imported
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    from kernels.bitpack import workspace_bytes  # after TRITON_INTERPRET is settled
+
     t = p["values"] // (p["heads"] * p["head_dim"])
     g = torch.Generator(device="cpu").manual_seed(p["seed"])
     x = torch.randn(1, p["heads"], t, p["head_dim"], generator=g).to(dev, torch.float16)  # [1, H, T, D]
@@ -58,16 +64,20 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     kw = {"scheme": p["scheme"], "outliers": p["outliers"], "adaptive": True, "backend": p["backend"]}
     packed = quantize_pack(x, bits, **kw)
     rep = byte_report(packed)
-    n_tok = p["heads"] * t
-    offsets = 8 * n_tok  # int64 prefix sum, written then read
-    bytes_q = 2 * x.numel() + rep["bytes_real"] + n_tok + offsets  # read x + widths, write packed + offsets
-    bytes_dq = rep["bytes_real"] + offsets + 2 * x.numel()  # read packed + offsets, write x
+    ws = workspace_bytes(x.numel() // p["head_dim"], p["head_dim"])  # zeroed, written, read
+    bytes_q = 2 * x.numel() + bits.numel() * bits.element_size() + rep["bytes_real"] + 3 * ws
+    bytes_dq = rep["bytes_real"] + 2 * x.numel() + 3 * ws
     tq = time_fn(lambda: quantize_pack(x, bits, **kw), device=dev, warmup=p["warmup"], repeats=p["repeats"],
                  flush_l2=p["flush_l2"])
     tdq = time_fn(lambda: unpack_dequantize(packed, torch.float16, p["backend"]), device=dev, warmup=p["warmup"],
                   repeats=p["repeats"], flush_l2=p["flush_l2"])
     copy = copy_bandwidth_gbps(2 * x.numel(), device=dev)
-    ok = torch.equal(unpack_dequantize(packed, torch.float16, "torch"), unpack_dequantize(packed, torch.float16, p["backend"]))
+    ref = quantize_pack(x, bits, **{**kw, "backend": "torch"})
+    ok = all(torch.equal(getattr(ref, f), getattr(packed, f)) for f in ("data", "widths", "scale", "zero", "out_val"))
+    ok = ok and torch.equal(ref.out_pos, packed.out_pos)
+    ok = ok and torch.equal(unpack_dequantize(packed, torch.float16, "torch"),
+                            unpack_dequantize(packed, torch.float16, p["backend"]))
+    del ref
     return {"times_quant_pack_ms": tq, "times_unpack_dequant_ms": tdq, "copy_gbps": copy, "bytes_quant_pack": bytes_q,
             "bytes_unpack_dequant": bytes_dq, "storage": rep, "bit_exact_vs_torch": bool(ok), "values": x.numel(),
             "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+import kernels.bitpack as kb
 from ecc_kv.bitpack import pack, quantize_pack, unpack, unpack_dequantize
 from ecc_kv.uniform_quant import quantize
+from kernels.bitpack import packed_size, quantize_pack_triton
 
 
 def _assert_equal(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
@@ -15,7 +17,7 @@ def _assert_equal(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
         raise AssertionError(f"{what}: {int((a != b).sum())} mismatches, first at {bad}")
 
 
-@pytest.mark.parametrize("shape,group", [((1, 2, 5, 24), None), ((2, 1, 9, 41), None), ((1, 3, 4, 64), 16)])
+@pytest.mark.parametrize("shape,group", [((1, 2, 5, 24), None), ((2, 1, 9, 41), None), ((1, 3, 4, 64), 16), ((1, 2, 7, 136), None)])
 @pytest.mark.parametrize("scheme,outliers", [("minmax", 0.0), ("minmax", 0.05), ("symmetric", 0.05)])
 def test_quantize_pack_matches_torch(shape: tuple, group: int | None, scheme: str, outliers: float, device: str) -> None:
     torch.manual_seed(sum(shape))
@@ -56,6 +58,48 @@ def test_fp32_input_and_bf16_output(device: str) -> None:
 def test_triton_rejects_bad_widths(device: str) -> None:
     x = torch.randn(2, 3, 16, device=device)
     with pytest.raises(ValueError, match="1..8"):
-        quantize_pack(x, torch.full((2, 3), 9, device=device), backend="triton")
+        _ = quantize_pack(x, torch.full((2, 3), 9, device=device), backend="triton").data  # GPU widths: on read
     with pytest.raises(ValueError, match="2..8"):
-        quantize_pack(x, torch.ones(2, 3, dtype=torch.long, device=device), scheme="symmetric", backend="triton")
+        _ = quantize_pack(x, torch.ones(2, 3, dtype=torch.long, device=device), scheme="symmetric", backend="triton").data
+    with pytest.raises(TypeError, match="integer"):
+        quantize_pack(x, torch.full((2, 3), 4.0, device=device), backend="triton")
+
+
+def test_device_sized_pack_reports_bad_widths_on_read(device: str) -> None:
+    """The no-sync path sums and checks the widths in the kernel (the launcher's own path, any device)."""
+    x = torch.randn(70, 16, device=device)
+    bits = torch.randint(1, 9, (70,), device=device)
+    bits[37] = 0
+    res = quantize_pack_triton(x, bits, False, 0)
+    assert res["ws"] is not None and res["data"].numel() == 70 * 8 * 2  # worst case until asked
+    with pytest.raises(ValueError, match="1 groups outside"):
+        packed_size(res["ws"], 16, 1)
+    bits[37] = 3
+    res = quantize_pack_triton(x, bits, False, 0)
+    assert packed_size(res["ws"], 16, 1) == int(bits.sum()) * 2
+
+
+@pytest.mark.parametrize("g,n_tok,vpp", [(128, 67, 256), (64, 41, 64), (40, 45, 64)])
+def test_lookback_over_many_tiles(g: int, n_tok: int, vpp: int, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small tiles: offsets summed over many programs (on a GPU, over several 32-tile look-back windows)."""
+    monkeypatch.setitem(kb.TUNING, "values_per_program", vpp)
+    torch.manual_seed(g + n_tok)
+    x = torch.randn(1, 1, n_tok, g, device=device, dtype=torch.float16)
+    bits = torch.randint(1, 9, (1, 1, n_tok), device=device, dtype=torch.uint8)
+    p_ref = quantize_pack(x, bits, adaptive=True, backend="torch")
+    p_tri = quantize_pack(x, bits, adaptive=True, backend="triton")
+    _assert_equal(p_tri.data, p_ref.data, "data")
+    _assert_equal(p_tri.widths, p_ref.widths, "widths")
+    _assert_equal(unpack_dequantize(p_ref, backend="triton"), unpack_dequantize(p_ref, backend="torch"), "dequant")
+
+
+@pytest.mark.parametrize("bits", [1, 5, 8])
+def test_fixed_width_groups(bits: int, device: str) -> None:
+    """An int width takes the fixed-offset path (no workspace); several groups per token (group_size)."""
+    x = torch.randn(2, 3, 9, 96, device=device)
+    p_ref = quantize_pack(x, bits, group_size=32, outliers=0.05, backend="torch")
+    p_tri = quantize_pack(x, bits, group_size=32, outliers=0.05, backend="triton")
+    assert p_tri.widths is None and p_tri.fixed_bits == bits
+    for name in ("data", "scale", "zero", "out_val", "out_pos"):
+        _assert_equal(getattr(p_tri, name), getattr(p_ref, name), name)
+    _assert_equal(unpack_dequantize(p_tri, backend="triton"), unpack_dequantize(p_ref, backend="torch"), "dequant")
