@@ -12,20 +12,23 @@ stored whole (32-bit words when ``UNIT = 4``, a group's planes are contiguous), 
 planes a group has.
 
 Offsets without a host round trip: a tile's byte offset is the sum of the widths of all tiles
-before it, found by *decoupled look-back* (Merrill and Garland, 2016): each program takes a
-ticket (an atomic counter, so tiles are started in order and the look-back cannot deadlock),
-publishes its tile's width sum at once, then sums its predecessors' published values back to
-the nearest one that already holds its inclusive prefix, and publishes its own inclusive
-prefix. The workspace ``ws`` (int64, zeroed per call) holds ``[ticket, bad-width count,
-status of tile 0, ...]``; the last status is the total, so the host learns the packed size
-only when it asks (``packed_size``), one read that also reports invalid widths.
+before it, found by *decoupled look-back* (Merrill and Garland, 2016), as CUB's scans do:
+program ``t`` (blocks are dispatched in index order, so waiting on lower tiles cannot
+deadlock) publishes its tile's width sum at once, loads its data, then sums its predecessors'
+published values (128 per step) back to the nearest one that already holds its inclusive
+prefix, and publishes its own inclusive prefix. The workspace ``ws`` (int64, zeroed per call)
+holds ``[bad-width count, status of tile 0, ...]``; the last status is the total, so the host
+learns the packed size only when it asks (``packed_size``), one read that also reports
+invalid widths (their planes are clamped to 1..8 in the kernel, so nothing is written out of
+bounds).
 
 Bit-exactness: the same fp32 operations as the twin (correctly rounded division, ``floor(v +
-0.5)``, scales rounded up to fp16, first-index argmax/argmin for outliers). ``floor`` and the
-float-to-int conversion use the 2^23 trick (exact for |v| < 2^22), dequantization adds the code
-to 2^23 by bit ops, so no conversion-unit instructions are needed per value;
+0.5)``, scales rounded up to fp16, first-index argmax/argmin for outliers). Codes are
+``floor(clip(t))`` moved into an integer by adding 1.5 * 2^23 (exact for |t| < 2^22);
+dequantization ors the code into the bits of 2^23 (no int-to-float conversion);
 ``(code - c0) * scale + zero`` has an exact product, so a fused multiply-add rounds the same
-as the twin's separate multiply and add.
+as the twin's separate multiply and add. Pack tiles are ``[BLOCK_M, PU2, 8]`` per byte lane of
+a unit, so a thread holds whole units (no shuffles) and row values stay in the tile's layout.
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ _MAGIC = tl.constexpr(8388608.0)  # 2^23: x + 2^23 has x's integer part in its l
 _MAGIC_BITS = tl.constexpr(0x4B000000)  # bits of 2^23 as fp32
 _RMAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: t + _RMAGIC rounds t to an integer for |t| < 2^22
 _FLAG_INC = tl.constexpr(2 << 32)  # status word (flag << 32 | sum): 1 tile sum published, 2 inclusive prefix
-_LOOKBACK = tl.constexpr(32)  # predecessors read per look-back step
+_LOOKBACK = tl.constexpr(128)  # predecessors read per look-back step
 
-# Launch shape per group size (tuned on the H100 by the kv_pack_bench task): rows per program, warps.
-TUNING: dict[str, int] = {"values_per_program": 4096, "num_warps": 4}
+# Launch shape (H100 sweep, 16M and 256M values: 4096 values a program best at 16M, 8192 at 256M; 4 warps).
+TUNING: dict[str, int] = {"values_per_program": 4096, "big_values": 1 << 26, "num_warps": 4}
 
 
 @triton.jit
@@ -55,13 +58,14 @@ def _round_up_fp16(s32):
 
 
 @triton.jit
-def _tile_base(ws_ptr, tile, agg):
-    """Sum of the widths of all tiles before ``tile`` (decoupled look-back; see the module docstring)."""
-    st_ptr = ws_ptr + 2
-    agg64 = agg.to(tl.int64)
-    tl.atomic_xchg(st_ptr + tile, (((tile == 0).to(tl.int64) + 1) << 32) | agg64, sem="relaxed")  # tile 0: inclusive
+def _lookback(ws_ptr, tile, agg):
+    """Sum of the widths of all tiles before ``tile`` (decoupled look-back; see the module docstring).
+
+    The tile's own sum ``agg`` was published by ``_tile_setup``; this publishes its inclusive prefix.
+    """
+    st_ptr = ws_ptr + 1
     d = tl.arange(0, _LOOKBACK)
-    acc = agg64 * 0
+    acc = agg.to(tl.int64) * 0
     base = tile - 1
     go = tile > 0
     while go:
@@ -75,30 +79,41 @@ def _tile_base(ws_ptr, tile, agg):
         acc += tl.where(ready, part, 0)
         base -= tl.where(ready, _LOOKBACK, 0)
         go = (~ready) | (first_inc == _LOOKBACK)
-    tl.atomic_xchg(st_ptr + tile, (acc + agg64) | _FLAG_INC, sem="relaxed")
+    tl.atomic_xchg(st_ptr + tile, (acc + agg.to(tl.int64)) | _FLAG_INC, sem="relaxed")
     return acc
 
 
 @triton.jit
 def _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED: tl.constexpr, LO: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Tile rows, their widths (clamped to LO..8 for memory safety) and the plane index of each row's first plane."""
+    """Tile index, rows and widths (``b`` clamped to LO..8 for memory safety, ``braw`` as given).
+
+    With per-row widths this publishes the tile's width sum at once, so that later tiles'
+    look-back never waits for this tile's data loads.
+    """
     if FIXED > 0:
         tile = tl.program_id(0)
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
         b = tl.full((BLOCK_M,), FIXED, tl.int32)
-        first = rows.to(tl.int64) * FIXED
         braw = b
     else:
-        tile = tl.atomic_add(ws_ptr, 1, sem="relaxed").to(tl.int32)  # ticket: tiles start in order
+        tile = tl.program_id(0)  # blocks are dispatched in index order (as CUB's scans assume): no deadlock
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         braw = tl.load(bits_ptr + rows // NPR, mask=rows < M, other=LO).to(tl.int32)
         bad = tl.sum(((braw < LO) | (braw > 8)).to(tl.int32))
-        tl.atomic_add(ws_ptr + 1, bad.to(tl.int64), mask=bad > 0, sem="relaxed")
+        tl.atomic_add(ws_ptr, bad.to(tl.int64), mask=bad > 0, sem="relaxed")
         b = tl.minimum(tl.maximum(braw, LO), 8)
         b = tl.where(rows < M, b, 0)
-        incl = tl.cumsum(b, 0)  # [BM]
-        first = _tile_base(ws_ptr, tile, tl.sum(b)) + (incl - b).to(tl.int64)
-    return rows, b, braw, first
+        agg = tl.sum(b).to(tl.int64)
+        tl.atomic_xchg(ws_ptr + 1 + tile, (((tile == 0).to(tl.int64) + 1) << 32) | agg, sem="relaxed")  # 0: inclusive
+    return tile, rows, b, braw
+
+
+@triton.jit
+def _tile_first(ws_ptr, tile, rows, b, FIXED: tl.constexpr):
+    """Plane index [BM] (int64) of each row's first plane: fixed stride, or the look-back prefix plus the tile's own."""
+    if FIXED > 0:
+        return rows.to(tl.int64) * FIXED
+    return _lookback(ws_ptr, tile, tl.sum(b)) + (tl.cumsum(b, 0) - b).to(tl.int64)
 
 
 @triton.jit
@@ -198,7 +213,7 @@ def _pack_kernel(
 ):
     PU: tl.constexpr = (G + 8 * UNIT - 1) // (8 * UNIT)  # units per plane
     PU2: tl.constexpr = triton.next_power_of_2(PU)
-    rows, b, braw, first = _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED, LO, BLOCK_M)
+    tile, rows, b, braw = _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED, LO, BLOCK_M)
     rmask = rows < M
     rows64 = rows.to(tl.int64)
     if WRITE_W:
@@ -272,6 +287,7 @@ def _pack_kernel(
     c1_, c5_ = tl.split(o0)
     c3_, c7_ = tl.split(o1)
     p0, p1, p2, p3, p4, p5, p6, p7 = _transpose8(c0_, c1_, c2_, c3_, c4_, c5_, c6_, c7_)
+    first = _tile_first(ws_ptr, tile, rows, b, FIXED)  # after the loads: their latency hides the look-back
     if G % (8 * UNIT) != 0:  # values past G in the last unit are padding: code 0, as in the twin
         n_valid = tl.minimum(tl.maximum(G - 8 * UNIT * q, 0), 8 * UNIT)  # bit 8j+k of a unit is its value 8j+k
         keep = tl.where(n_valid >= 32, -1, (1 << tl.minimum(n_valid, 31)) - 1)[None, :]  # [1, PU2]
@@ -303,9 +319,16 @@ def _unpack_kernel(
     PU: tl.constexpr = (G + 8 * UNIT - 1) // (8 * UNIT)
     PU2: tl.constexpr = triton.next_power_of_2(PU)
     G2: tl.constexpr = PU2 * 8 * UNIT
-    rows, b, braw, first = _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED, 1, BLOCK_M)
+    tile, rows, b, braw = _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED, 1, BLOCK_M)
     rmask = rows < M
     rows64 = rows.to(tl.int64)
+    if TO_X:  # issued before the look-back
+        s = tl.load(scale_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        if HAS_ZERO:
+            z = tl.load(zero_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        else:
+            z = tl.zeros_like(s)
+    first = _tile_first(ws_ptr, tile, rows, b, FIXED)
     q = tl.arange(0, PU2)
     w0 = _load_plane(data_ptr, first, b, rows, q, 0, M, UNIT, PU)  # [BM, PU2]
     w1 = _load_plane(data_ptr, first, b, rows, q, 1, M, UNIT, PU)
@@ -323,11 +346,6 @@ def _unpack_kernel(
     valid = rmask[:, None] & (col < G)[None, :]
     ptr = rows64[:, None] * G + col[None, :]
     if TO_X:
-        s = tl.load(scale_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-        if HAS_ZERO:
-            z = tl.load(zero_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-        else:
-            z = tl.zeros_like(s)
         if CENTERED:
             base = ((1 << b) // 2).to(tl.float32) + _MAGIC
         else:
@@ -352,9 +370,11 @@ def _unit(g: int) -> int:
     return 4 if pb % 4 == 0 else 2 if pb % 2 == 0 else 1
 
 
-def _block_m(g: int) -> int:
+def _block_m(g: int, m: int = 0) -> int:
+    """Groups per program: ~``values_per_program`` values, twice that for big tensors (fewer look-back steps)."""
     g2 = triton.next_power_of_2(max(g, 8 * _unit(g)))
-    return max(1, triton.next_power_of_2(TUNING["values_per_program"]) // g2)
+    vpp = TUNING["values_per_program"] * (2 if m * g >= TUNING["big_values"] else 1)
+    return max(1, triton.next_power_of_2(vpp) // g2)
 
 
 def _units(buf: torch.Tensor, g: int) -> torch.Tensor:
@@ -370,7 +390,7 @@ def _bits_args(bits: torch.Tensor | int) -> tuple[torch.Tensor | None, int]:
 
 def workspace_bytes(m: int, g: int) -> int:
     """Bytes of the look-back workspace of a call on ``m`` groups of ``g`` values (0 past the fixed-width path)."""
-    return 8 * (triton.cdiv(m, _block_m(g)) + 2)
+    return 8 * (triton.cdiv(m, _block_m(g, m)) + 1)
 
 
 def packed_size(ws: torch.Tensor, g: int, lo: int) -> int:
@@ -378,7 +398,7 @@ def packed_size(ws: torch.Tensor, g: int, lo: int) -> int:
 
     Raises ValueError when the kernel saw widths outside ``lo..8`` (their planes were clamped).
     """
-    n_bad, total = torch.stack([ws[1], ws[-1] & 0xFFFFFFFF]).tolist()
+    n_bad, total = torch.stack([ws[0], ws[-1] & 0xFFFFFFFF]).tolist()
     if n_bad:
         raise ValueError(f"bits must lie in {lo}..8{' (symmetric needs >= 2)' if lo == 2 else ''}: "
                          f"{n_bad} groups outside")
@@ -407,9 +427,9 @@ def quantize_pack_triton(
     if fixed:
         total_bytes = m * fixed * pb
     data = torch.empty(total_bytes if total_bytes is not None else m * 8 * pb, dtype=torch.uint8, device=dev)
-    bm = _block_m(g)
+    bm = _block_m(g, m)
     n_tiles = triton.cdiv(m, bm)
-    ws = None if fixed else torch.zeros(n_tiles + 2, dtype=torch.int64, device=dev)
+    ws = None if fixed else torch.zeros(n_tiles + 1, dtype=torch.int64, device=dev)
     out = {
         "data": data, "ws": ws,
         "scale": torch.empty(m, dtype=torch.float16, device=dev),
@@ -448,10 +468,10 @@ def pack_codes_triton(codes: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """Pack codes uint8 [M, G] at widths [M] into the planar byte stream (exact size: one host read)."""
     codes = codes.contiguous()
     m, g = codes.shape
-    bm = _block_m(g)
+    bm = _block_m(g, m)
     n_tiles = triton.cdiv(m, bm)
     data = torch.empty(m * 8 * ((g + 7) // 8), dtype=torch.uint8, device=codes.device)
-    ws = torch.zeros(n_tiles + 2, dtype=torch.int64, device=codes.device)
+    ws = torch.zeros(n_tiles + 1, dtype=torch.int64, device=codes.device)
     if m:
         _pack_kernel[(n_tiles,)](
             codes, bits.contiguous(), ws, _units(data, g), data, data, data, data, data, m, 1,
@@ -466,10 +486,10 @@ def _unpack(data: torch.Tensor, bits: torch.Tensor | int, m: int, g: int, n_per_
             scale: torch.Tensor | None, zero: torch.Tensor | None, out_val: torch.Tensor | None,
             out_pos: torch.Tensor | None, centered: bool) -> torch.Tensor:
     if m:
-        bm = _block_m(g)
+        bm = _block_m(g, m)
         n_tiles = triton.cdiv(m, bm)
         bt, fixed = _bits_args(bits)
-        ws = None if fixed else torch.zeros(n_tiles + 2, dtype=torch.int64, device=data.device)
+        ws = None if fixed else torch.zeros(n_tiles + 1, dtype=torch.int64, device=data.device)
         to_x = scale is not None
         n_out = out_val.shape[1] if to_x and out_val is not None else 0
         dummy = out
