@@ -230,8 +230,29 @@ def _pack_kernel(
     x3, m3, col3 = _lane(x_ptr, rows64, rmask, q, k, 3, G, UNIT)
     if FROM_X:
         x0, x1, x2, x3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
-        CHECK: tl.constexpr = (G % (32 * UNIT) != 0) or (UNIT < 4) or (K_TAIL > 0)
-        if K_TAIL > 0:  # K_TAIL largest, then K_TAIL smallest; first index on ties; taken = not an inlier
+        PAD: tl.constexpr = (G % (32 * UNIT) != 0) or (UNIT < 4)  # some lanes hold padding
+        CHECK: tl.constexpr = PAD or (K_TAIL > 0)
+        if K_TAIL == 1:  # one per tail in closed form: the max (first index), then the min of the rest
+            a0, i0 = _max_min(x0, m0, PAD)
+            a1, i1 = _max_min(x1, m1, PAD)
+            a2, i2 = _max_min(x2, m2, PAD)
+            a3, i3_ = _max_min(x3, m3, PAD)
+            top = tl.maximum(tl.maximum(a0, a1), tl.maximum(a2, a3))  # [BM, 1, 1]
+            bot = tl.minimum(tl.minimum(i0, i1), tl.minimum(i2, i3_))
+            j_top = tl.minimum(tl.minimum(_first(x0, top, m0, col0, PAD), _first(x1, top, m1, col1, PAD)),
+                               tl.minimum(_first(x2, top, m2, col2, PAD), _first(x3, top, m3, col3, PAD)))
+            j_bot = tl.minimum(tl.minimum(_first(x0, bot, m0, col0, PAD), _first(x1, bot, m1, col1, PAD)),
+                               tl.minimum(_first(x2, bot, m2, col2, PAD), _first(x3, bot, m3, col3, PAD)))
+            j_bot = tl.where(top == bot, 1, j_bot)  # all equal: the max took column 0, the min is column 1
+            tl.store(opos_ptr + r3 * 2, j_top.to(opos_ptr.dtype.element_ty), mask=rm3)
+            tl.store(oval_ptr + r3 * 2, top.to(tl.float16), mask=rm3)
+            tl.store(opos_ptr + r3 * 2 + 1, j_bot.to(opos_ptr.dtype.element_ty), mask=rm3)
+            tl.store(oval_ptr + r3 * 2 + 1, bot.to(tl.float16), mask=rm3)
+            m0 = m0 & (col0 != j_top) & (col0 != j_bot)
+            m1 = m1 & (col1 != j_top) & (col1 != j_bot)
+            m2 = m2 & (col2 != j_top) & (col2 != j_bot)
+            m3 = m3 & (col3 != j_top) & (col3 != j_bot)
+        elif K_TAIL > 0:  # K_TAIL largest, then K_TAIL smallest; first index on ties; taken = not an inlier
             t0, t1, t2, t3 = ~m0, ~m1, ~m2, ~m3
             for t in tl.static_range(2 * K_TAIL):
                 if t < K_TAIL:
@@ -242,8 +263,8 @@ def _pack_kernel(
                                      tl.minimum(_max_min(x2, ~t2, True)[1], _max_min(x3, ~t3, True)[1]))
                 e3 = ext
                 idx = tl.minimum(
-                    tl.minimum(_first(x0, e3, t0, col0), _first(x1, e3, t1, col1)),
-                    tl.minimum(_first(x2, e3, t2, col2), _first(x3, e3, t3, col3)))  # [BM]
+                    tl.minimum(_first(x0, e3, ~t0, col0, True), _first(x1, e3, ~t1, col1, True)),
+                    tl.minimum(_first(x2, e3, ~t2, col2, True), _first(x3, e3, ~t3, col3, True)))  # [BM, 1, 1]
                 t0, t1, t2, t3 = t0 | (col0 == idx), t1 | (col1 == idx), t2 | (col2 == idx), t3 | (col3 == idx)
                 tl.store(opos_ptr + r3 * (2 * K_TAIL) + t, idx.to(opos_ptr.dtype.element_ty), mask=rm3)
                 tl.store(oval_ptr + r3 * (2 * K_TAIL) + t, ext.to(tl.float16), mask=rm3)
@@ -304,9 +325,10 @@ def _pack_kernel(
 
 
 @triton.jit
-def _first(x, e3, taken, col):
-    """Lowest column [BM, 1, 1] of a not-yet-taken value equal to the row's extreme e3 [BM, 1, 1]."""
-    return tl.min(tl.min(tl.where((x == e3) & (~taken), col, 1 << 30), axis=2, keep_dims=True), axis=1, keep_dims=True)
+def _first(x, e3, msk, col, CHECK: tl.constexpr):
+    """Lowest column [BM, 1, 1] of a value equal to the row's extreme e3 [BM, 1, 1] (among ``msk`` when CHECK)."""
+    hit = (x == e3) & msk if CHECK else x == e3
+    return tl.min(tl.min(tl.where(hit, col, 1 << 30), axis=2, keep_dims=True), axis=1, keep_dims=True)
 
 
 @triton.jit

@@ -103,3 +103,19 @@ def test_fixed_width_groups(bits: int, device: str) -> None:
     for name in ("data", "scale", "zero", "out_val", "out_pos"):
         _assert_equal(getattr(p_tri, name), getattr(p_ref, name), name)
     _assert_equal(unpack_dequantize(p_tri, backend="triton"), unpack_dequantize(p_ref, backend="torch"), "dequant")
+
+
+@pytest.mark.parametrize("g,scheme", [(128, "minmax"), (64, "symmetric"), (24, "minmax")])
+def test_outliers_with_ties_and_constant_rows(g: int, scheme: str, device: str) -> None:
+    """One outlier per tail (the closed-form path): repeated extremes and all-equal rows pick the twin's columns."""
+    torch.manual_seed(g)
+    x = torch.randint(-3, 4, (1, 2, 6, g), device=device).to(torch.float16)
+    x[0, 0, 1] = 2.0  # constant row: max at column 0, min at column 1
+    x[0, 1, 2, ::5] = 7.0  # the max repeated: first index wins
+    bits = torch.randint(2, 9, (1, 2, 6), device=device)
+    p_ref = quantize_pack(x, bits, scheme=scheme, outliers=0.01, backend="torch")
+    p_tri = quantize_pack(x, bits, scheme=scheme, outliers=0.01, backend="triton")
+    assert p_ref.out_val.shape[1] == 2
+    for name in ("data", "scale", "out_val", "out_pos"):
+        _assert_equal(getattr(p_tri, name), getattr(p_ref, name), name)
+    _assert_equal(unpack_dequantize(p_tri, backend="triton"), unpack_dequantize(p_ref, backend="torch"), "dequant")
