@@ -45,6 +45,9 @@ from kernels.faults import event_probability, event_thresholds, flip_mask
 # (docs/codecs.md): encoders with strided parity stores like small programs, decoders large ones.
 TUNING_ENCODE: dict[int, tuple[int, int]] = {0: (128, 4), 1: (1024, 4), 2: (128, 4)}
 TUNING_DECODE: dict[int, tuple[int, int]] = {0: (512, 4), 1: (2048, 4), 2: (512, 4)}
+# with fused fault injection the flip mask's registers matter: Hamming(8,4) at 2048 groups spills (255
+# registers); these are the best of a (block, warps) sweep at 64M values, BER 1e-3 (docs/codecs.md)
+TUNING_INJECT_DECODE: dict[int, tuple[int, int]] = {0: (256, 4), 1: (1024, 4), 2: (256, 4)}
 
 
 @triton.jit
@@ -256,7 +259,8 @@ def decode_packed(
     fault injection into the read: every stored int32 word (all 32 bits are stored bits in these
     layouts) is XORed with ``kernels.faults.flip_mask(seed, word index, stream)`` before decoding,
     the same faults as ``inject_triton(stored.view(int32), 32, ber, seed, model, burst_len)``; the
-    stored buffer itself is not modified. ``config``: (groups per program, warps), default ``TUNING_DECODE``.
+    stored buffer itself is not modified. ``config``: (groups per program, warps), default ``TUNING_DECODE``
+    (``TUNING_INJECT_DECODE`` with injection).
     """
     _check_row(name, n, stored.shape[-1], stored_nbytes(name, n), "stored")
     if stored.dtype != torch.uint8:
@@ -276,9 +280,9 @@ def decode_packed(
     gpr = n // GROUP_VALUES[name]
     ng = rows * gpr
     if ng:
-        block, warps = config or TUNING_DECODE[cid]
-        st = status.view(-1).view(torch.int32) if status is not None else counts
         inject = ber > 0
+        block, warps = config or (TUNING_INJECT_DECODE if inject else TUNING_DECODE)[cid]
+        st = status.view(-1).view(torch.int32) if status is not None else counts
         blen = 1 if model == "bsc" else burst_len
         thr = event_thresholds(event_probability(ber, model, burst_len), 32, dev) if inject else counts
         _decode_packed_kernel[(triton.cdiv(ng, block),)](
