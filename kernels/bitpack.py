@@ -12,15 +12,14 @@ stored whole (32-bit words when ``UNIT = 4``, a group's planes are contiguous), 
 planes a group has.
 
 Offsets without a host round trip: a tile's byte offset is the sum of the widths of all tiles
-before it, found by *decoupled look-back* (Merrill and Garland, 2016), as CUB's scans do:
-program ``t`` (blocks are dispatched in index order, so waiting on lower tiles cannot
-deadlock) publishes its tile's width sum at once, loads its data, then sums its predecessors'
-published values (128 per step) back to the nearest one that already holds its inclusive
-prefix, and publishes its own inclusive prefix. The workspace ``ws`` (int64, zeroed per call)
-holds ``[bad-width count, status of tile 0, ...]``; the last status is the total, so the host
-learns the packed size only when it asks (``packed_size``), one read that also reports
-invalid widths (their planes are clamped to 1..8 in the kernel, so nothing is written out of
-bounds).
+before it, found by *decoupled look-back* (Merrill and Garland, 2016): each program takes a
+ticket (an atomic counter, so tiles start in order and the look-back cannot deadlock),
+publishes its tile's width sum, then sums its predecessors' published values (32 per step)
+back to the nearest one that already holds its inclusive prefix, and publishes its own
+inclusive prefix. The workspace ``ws`` (int64, zeroed per call) holds ``[ticket, bad-width
+count, status of tile 0, ...]``; the last status is the total, so the host learns the packed
+size only when it asks (``packed_size``), one read that also reports invalid widths (their
+planes are clamped to 1..8 in the kernel, so nothing is written out of bounds).
 
 Bit-exactness: the same fp32 operations as the twin (correctly rounded division, ``floor(v +
 0.5)``, scales rounded up to fp16, first-index argmax/argmin for outliers). Codes are
@@ -42,7 +41,7 @@ _MAGIC = tl.constexpr(8388608.0)  # 2^23: x + 2^23 has x's integer part in its l
 _MAGIC_BITS = tl.constexpr(0x4B000000)  # bits of 2^23 as fp32
 _RMAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: t + _RMAGIC rounds t to an integer for |t| < 2^22
 _FLAG_INC = tl.constexpr(2 << 32)  # status word (flag << 32 | sum): 1 tile sum published, 2 inclusive prefix
-_LOOKBACK = tl.constexpr(128)  # predecessors read per look-back step
+_LOOKBACK = tl.constexpr(32)  # predecessors read per look-back step (one warp's worth: no block-wide reductions)
 
 # Launch shape (H100 sweep, 16M and 256M values: 4096 values a program best at 16M, 8192 at 256M; 4 warps).
 TUNING: dict[str, int] = {"values_per_program": 4096, "big_values": 1 << 26, "num_warps": 4}
@@ -63,7 +62,7 @@ def _lookback(ws_ptr, tile, agg):
 
     The tile's own sum ``agg`` was published by ``_tile_setup``; this publishes its inclusive prefix.
     """
-    st_ptr = ws_ptr + 1
+    st_ptr = ws_ptr + 2
     d = tl.arange(0, _LOOKBACK)
     acc = agg.to(tl.int64) * 0
     base = tile - 1
@@ -87,8 +86,7 @@ def _lookback(ws_ptr, tile, agg):
 def _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED: tl.constexpr, LO: tl.constexpr, BLOCK_M: tl.constexpr):
     """Tile index, rows and widths (``b`` clamped to LO..8 for memory safety, ``braw`` as given).
 
-    With per-row widths this publishes the tile's width sum at once, so that later tiles'
-    look-back never waits for this tile's data loads.
+    With per-row widths this takes a ticket (the tile index) and publishes the tile's width sum.
     """
     if FIXED > 0:
         tile = tl.program_id(0)
@@ -96,24 +94,26 @@ def _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED: tl.constexpr, LO: tl.constexpr,
         b = tl.full((BLOCK_M,), FIXED, tl.int32)
         braw = b
     else:
-        tile = tl.program_id(0)  # blocks are dispatched in index order (as CUB's scans assume): no deadlock
+        tile = tl.atomic_add(ws_ptr, 1, sem="relaxed").to(tl.int32)  # ticket: tiles start in order, no deadlock
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         braw = tl.load(bits_ptr + rows // NPR, mask=rows < M, other=LO).to(tl.int32)
         bad = tl.sum(((braw < LO) | (braw > 8)).to(tl.int32))
-        tl.atomic_add(ws_ptr, bad.to(tl.int64), mask=bad > 0, sem="relaxed")
+        tl.atomic_add(ws_ptr + 1, bad.to(tl.int64), mask=bad > 0, sem="relaxed")
         b = tl.minimum(tl.maximum(braw, LO), 8)
         b = tl.where(rows < M, b, 0)
         agg = tl.sum(b).to(tl.int64)
-        tl.atomic_xchg(ws_ptr + 1 + tile, (((tile == 0).to(tl.int64) + 1) << 32) | agg, sem="relaxed")  # 0: inclusive
+        tl.atomic_xchg(ws_ptr + 2 + tile, (((tile == 0).to(tl.int64) + 1) << 32) | agg, sem="relaxed")  # 0: inclusive
     return tile, rows, b, braw
 
 
 @triton.jit
 def _tile_first(ws_ptr, tile, rows, b, FIXED: tl.constexpr):
     """Plane index [BM] (int64) of each row's first plane: fixed stride, or the look-back prefix plus the tile's own."""
-    if FIXED > 0:
-        return rows.to(tl.int64) * FIXED
-    return _lookback(ws_ptr, tile, tl.sum(b)) + (tl.cumsum(b, 0) - b).to(tl.int64)
+    if FIXED > 0:  # one return: the compiler would still build the look-back after an early one
+        first = rows.to(tl.int64) * FIXED
+    else:
+        first = _lookback(ws_ptr, tile, tl.sum(b)) + (tl.cumsum(b, 0) - b).to(tl.int64)
+    return first
 
 
 @triton.jit
@@ -202,6 +202,7 @@ def _pack_kernel(
     PU: tl.constexpr = (G + 8 * UNIT - 1) // (8 * UNIT)  # units per plane
     PU2: tl.constexpr = triton.next_power_of_2(PU)
     tile, rows, b, braw = _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED, LO, BLOCK_M)
+    first = _tile_first(ws_ptr, tile, rows, b, FIXED)  # resolved first (the order measured best on the H100)
     rmask = rows < M
     rows64 = rows.to(tl.int64)
     if WRITE_W:
@@ -296,7 +297,6 @@ def _pack_kernel(
     c1_, c5_ = tl.split(o0)
     c3_, c7_ = tl.split(o1)
     p0, p1, p2, p3, p4, p5, p6, p7 = _transpose8(c0_, c1_, c2_, c3_, c4_, c5_, c6_, c7_)
-    first = _tile_first(ws_ptr, tile, rows, b, FIXED)  # after the loads: their latency hides the look-back
     if G % (8 * UNIT) != 0:  # values past G in the last unit are padding: code 0, as in the twin
         n_valid = tl.minimum(tl.maximum(G - 8 * UNIT * q, 0), 8 * UNIT)  # bit 8j+k of a unit is its value 8j+k
         keep = tl.where(n_valid >= 32, -1, (1 << tl.minimum(n_valid, 31)) - 1)[None, :]  # [1, PU2]
@@ -405,7 +405,7 @@ def _bits_args(bits: torch.Tensor | int) -> tuple[torch.Tensor | None, int]:
 
 def workspace_bytes(m: int, g: int) -> int:
     """Bytes of the look-back workspace of a call on ``m`` groups of ``g`` values (0 past the fixed-width path)."""
-    return 8 * (triton.cdiv(m, _block_m(g, m)) + 1)
+    return 8 * (triton.cdiv(m, _block_m(g, m)) + 2)
 
 
 def packed_size(ws: torch.Tensor, g: int, lo: int) -> int:
@@ -413,7 +413,7 @@ def packed_size(ws: torch.Tensor, g: int, lo: int) -> int:
 
     Raises ValueError when the kernel saw widths outside ``lo..8`` (their planes were clamped).
     """
-    n_bad, total = torch.stack([ws[0], ws[-1] & 0xFFFFFFFF]).tolist()
+    n_bad, total = torch.stack([ws[1], ws[-1] & 0xFFFFFFFF]).tolist()
     if n_bad:
         raise ValueError(f"bits must lie in {lo}..8{' (symmetric needs >= 2)' if lo == 2 else ''}: "
                          f"{n_bad} groups outside")
@@ -444,7 +444,7 @@ def quantize_pack_triton(
     data = torch.empty(total_bytes if total_bytes is not None else m * 8 * pb, dtype=torch.uint8, device=dev)
     bm = _block_m(g, m)
     n_tiles = triton.cdiv(m, bm)
-    ws = None if fixed else torch.zeros(n_tiles + 1, dtype=torch.int64, device=dev)
+    ws = None if fixed else torch.zeros(n_tiles + 2, dtype=torch.int64, device=dev)
     out = {
         "data": data, "ws": ws,
         "scale": torch.empty(m, dtype=torch.float16, device=dev),
@@ -486,7 +486,7 @@ def pack_codes_triton(codes: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     bm = _block_m(g, m)
     n_tiles = triton.cdiv(m, bm)
     data = torch.empty(m * 8 * ((g + 7) // 8), dtype=torch.uint8, device=codes.device)
-    ws = torch.zeros(n_tiles + 1, dtype=torch.int64, device=codes.device)
+    ws = torch.zeros(n_tiles + 2, dtype=torch.int64, device=codes.device)
     if m:
         _pack_kernel[(n_tiles,)](
             codes, bits.contiguous(), ws, _units(data, g), data, data, data, data, data, m, 1,
@@ -504,7 +504,7 @@ def _unpack(data: torch.Tensor, bits: torch.Tensor | int, m: int, g: int, n_per_
         bm = _block_m(g, m)
         n_tiles = triton.cdiv(m, bm)
         bt, fixed = _bits_args(bits)
-        ws = None if fixed else torch.zeros(n_tiles + 1, dtype=torch.int64, device=data.device)
+        ws = None if fixed else torch.zeros(n_tiles + 2, dtype=torch.int64, device=data.device)
         to_x = scale is not None
         n_out = out_val.shape[1] if to_x and out_val is not None else 0
         dummy = out
