@@ -17,6 +17,8 @@ decode (this triples the work of the -interp mode).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -264,6 +266,12 @@ def _fp16_kernel(x_ptr, out_ptr, stats_ptr, thr_ptr, flip_ptr, N, seed, faults,
     tl.atomic_add(stats_ptr, tl.sum(tl.where(ok, popcount32(m), 0).to(tl.int64)))
 
 
+@functools.lru_cache(maxsize=16)
+def _dummy(device: str) -> torch.Tensor:
+    """A never-read int32 placeholder for the flip-mask pointer (cached: no allocation per call)."""
+    return torch.zeros(1, dtype=torch.int32, device=device)
+
+
 def roundtrip_triton(
     x: torch.Tensor, kind: str, sink_kind: str | None, ber: float, seed: int, model: str, burst_len: int,
     sink_tokens: int, group_size: int, scale_faults: bool, interpolate: bool, window: int,
@@ -281,7 +289,7 @@ def roundtrip_triton(
     thr = event_thresholds(event_probability(ber, model, burst_len), 32, x.device)
     blen = 1 if model == "bsc" else burst_len
     explicit = flip_masks is not None
-    fm = flip_masks.contiguous() if explicit else torch.zeros(1, dtype=torch.int32, device=x.device)  # dummy
+    fm = flip_masks.contiguous() if explicit else _dummy(str(x.device))
     faults = 2 if explicit else (1 if ber > 0 else 0)
     if kind == "fp16":
         n = xc.numel()
