@@ -142,17 +142,29 @@ def _transpose8(w0, w1, w2, w3, w4, w5, w6, w7):
 
 
 @triton.jit
+def _join8(v0, v1, v2, v3, v4, v5, v6, v7, BLOCK_M: tl.constexpr, G2: tl.constexpr):
+    """Inverse of ``_split8``: 8 tensors [BM, PU2, UNIT] -> [BM, G2]."""
+    a = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
+    return tl.reshape(a, (BLOCK_M, G2))
+
+
+@triton.jit
+def _unit_to_bytes(w, UNIT: tl.constexpr):
+    """[BM, PU2] int32 -> [BM, PU2, UNIT]: byte j, or'ed into the bits of 2^23 (fp32 2^23 + byte)."""
+    j = tl.arange(0, UNIT)
+    return ((w[:, :, None] >> (8 * j)[None, None, :]) & 255) | _MAGIC_BITS
+
+
+@triton.jit
 def _store_plane(data_ptr, first, b, rows, q, P, val, M, PU: tl.constexpr, PU2: tl.constexpr):
     msk = ((rows < M) & (P < b))[:, None] & (q < PU)[None, :]
-    offs = tl.max_contiguous((first * PU + P * PU)[:, None] + q[None, :], [1, 1])  # keep the compute layout
-    tl.store(data_ptr + offs, val.to(data_ptr.dtype.element_ty), mask=msk)
+    tl.store(data_ptr + (first * PU + P * PU)[:, None] + q[None, :], val.to(data_ptr.dtype.element_ty), mask=msk)
 
 
 @triton.jit
 def _load_plane(data_ptr, first, b, rows, q, P, M, UNIT: tl.constexpr, PU: tl.constexpr):
     msk = ((rows < M) & (P < b))[:, None] & (q < PU)[None, :]
-    offs = tl.max_contiguous((first * PU + P * PU)[:, None] + q[None, :], [1, 1])  # one unit a thread
-    w = tl.load(data_ptr + offs, mask=msk, other=0).to(tl.int32)
+    w = tl.load(data_ptr + (first * PU + P * PU)[:, None] + q[None, :], mask=msk, other=0).to(tl.int32)
     if UNIT == 2:
         w = w & 0xFFFF  # int16 units sign-extend
     return w
@@ -328,6 +340,7 @@ def _unpack_kernel(
 ):
     PU: tl.constexpr = (G + 8 * UNIT - 1) // (8 * UNIT)
     PU2: tl.constexpr = triton.next_power_of_2(PU)
+    G2: tl.constexpr = PU2 * 8 * UNIT
     tile, rows, b, braw = _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED, 1, BLOCK_M)
     rmask = rows < M
     rows64 = rows.to(tl.int64)
@@ -348,33 +361,27 @@ def _unpack_kernel(
     w6 = _load_plane(data_ptr, first, b, rows, q, 6, M, UNIT, PU)
     w7 = _load_plane(data_ptr, first, b, rows, q, 7, M, UNIT, PU)
     w0, w1, w2, w3, w4, w5, w6, w7 = _transpose8(w0, w1, w2, w3, w4, w5, w6, w7)  # word k: code (q, j, k) in byte j
-    w = tl.join(tl.join(tl.join(w0, w4), tl.join(w2, w6)), tl.join(tl.join(w1, w5), tl.join(w3, w7)))
-    w = tl.reshape(w, (BLOCK_M, PU2, 8))  # [BM, PU2, 8]: element k is word k, in-thread
-    k = tl.arange(0, 8)
-    r3 = rows64[:, None, None]
-    rm3 = rmask[:, None, None]
+    mag = _join8(_unit_to_bytes(w0, UNIT), _unit_to_bytes(w1, UNIT), _unit_to_bytes(w2, UNIT),
+                 _unit_to_bytes(w3, UNIT), _unit_to_bytes(w4, UNIT), _unit_to_bytes(w5, UNIT),
+                 _unit_to_bytes(w6, UNIT), _unit_to_bytes(w7, UNIT), BLOCK_M, G2)  # [BM, G2] bits of 2^23 + code
+    col = tl.arange(0, G2)
+    valid = rmask[:, None] & (col < G)[None, :]
+    ptr = rows64[:, None] * G + col[None, :]
     if TO_X:
-        s3 = s[:, None, None]
-        z3 = z[:, None, None]
         if CENTERED:
-            base = (((1 << b) // 2).to(tl.float32) + _MAGIC)[:, None, None]
+            base = ((1 << b) // 2).to(tl.float32) + _MAGIC
         else:
-            base = tl.full((BLOCK_M, 1, 1), _MAGIC, tl.float32)
-    for j in tl.static_range(UNIT):  # byte lane j of every unit: values 8 * (UNIT * q + j) + k
-        col = q[None, :, None] * (8 * UNIT) + 8 * j + k[None, None, :]  # [1, PU2, 8]
-        msk = rm3 & (col < G)
-        code = (w >> (8 * j)) & 255
-        if TO_X:
-            x = ((code | _MAGIC_BITS).to(tl.float32, bitcast=True) - base) * s3 + z3  # (code - c0) exact
-            tl.store(out_ptr + r3 * G + col, x.to(out_ptr.dtype.element_ty), mask=msk)
-        else:
-            tl.store(out_ptr + r3 * G + col, code.to(tl.uint8), mask=msk)
-    if TO_X and N_OUT > 0:
-        tl.debug_barrier()  # the tile's stores above come first; outliers overwrite them
-        for i in tl.static_range(N_OUT):
-            pos = tl.load(opos_ptr + rows64 * N_OUT + i, mask=rmask, other=0).to(tl.int64)
-            val = tl.load(oval_ptr + rows64 * N_OUT + i, mask=rmask, other=0.0)
-            tl.store(out_ptr + rows64 * G + pos, val.to(out_ptr.dtype.element_ty), mask=rmask)
+            base = tl.full((BLOCK_M,), _MAGIC, tl.float32)
+        x = (mag.to(tl.float32, bitcast=True) - base[:, None]) * s[:, None] + z[:, None]  # (code - c0) exact
+        tl.store(out_ptr + ptr, x.to(out_ptr.dtype.element_ty), mask=valid)
+        if N_OUT > 0:
+            tl.debug_barrier()  # the tile's stores above come first; outliers overwrite them
+            for i in tl.static_range(N_OUT):
+                pos = tl.load(opos_ptr + rows64 * N_OUT + i, mask=rmask, other=0).to(tl.int64)
+                val = tl.load(oval_ptr + rows64 * N_OUT + i, mask=rmask, other=0.0)
+                tl.store(out_ptr + rows64 * G + pos, val.to(out_ptr.dtype.element_ty), mask=rmask)
+    else:
+        tl.store(out_ptr + ptr, (mag & 255).to(tl.uint8), mask=valid)
 
 
 # ----------------------------------------------------------------------------- launchers
