@@ -9,7 +9,9 @@ by an ECC codec (``ecc_kv.codecs``) applied to them as 4-bit symbols (low nibble
 Integration: an attention function registered with transformers' ``AttentionInterface``
 (name ``ecc_kv_quant``) that, in every layer, replaces K and V by their
 quantize -> pack -> (fault) -> unpack -> dequantize round trip before SDPA, with the layer's
-queries at hand (QAQ needs them). ``quantized_kv(model, cfg)`` switches a model to it.
+queries at hand (QAQ needs them). ``quantized_kv(model, cfg)`` switches a model to it. For
+generation, ``ecc_kv.kv_quant_cache.QuantKVCache`` stores the tokens as they arrive (real
+packed chunks, faults persistent) and this function completes each of its writes.
 In ``capture`` mode the layer attends with the exact K/V (a prefill whose own logits are
 clean) and keeps the round-tripped K/V, which ``write_captured(cache)`` then puts into the
 ``DynamicCache``: the "question cache quantized" setting of the multiple-choice evaluation.
@@ -52,6 +54,7 @@ class KVQuantConfig:
     seed: int = 0
     backend: str = "torch"
     attn_rows: int = 16
+    requant_every: int = 0  # QAQ generation (QuantKVCache): re-allocate all bits every this many steps
 
     def __post_init__(self) -> None:
         if self.mode not in FIXED_MODES:
@@ -61,6 +64,8 @@ class KVQuantConfig:
             raise ValueError(f"error_model={self.error_model!r} is not one of {ERROR_MODELS}")
         if not isinstance(self.ber, (int, float)) or not 0.0 <= self.ber <= 0.5:
             raise ValueError(f"ber={self.ber!r} must be a number in [0, 0.5]")
+        if isinstance(self.requant_every, bool) or not isinstance(self.requant_every, int) or self.requant_every < 0:
+            raise ValueError(f"requant_every={self.requant_every!r} must be an int >= 0")
         if self.codec is not None:
             from ecc_kv.codecs import canonical_name
 
@@ -250,10 +255,15 @@ def _kvq_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: t
                    attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if _STATE:
+    from ecc_kv.kv_quant_cache import PENDING
+
+    layer = int(getattr(module, "layer_idx", 0) or 0)
+    scaling = kwargs.get("scaling") or getattr(module, "scaling", None) or query.shape[-1] ** -0.5
+    pending = PENDING.pop(layer, None)
+    if pending is not None and pending[0] is key:  # generation with a QuantKVCache: finish its write
+        key, value = pending[1].append(query, key, value, float(scaling))
+    elif _STATE:
         st = _STATE[-1]
-        scaling = kwargs.get("scaling") or getattr(module, "scaling", None) or query.shape[-1] ** -0.5
-        layer = int(getattr(module, "layer_idx", 0) or 0)
         seed = st.cfg.seed * 1_000_003 + st.calls * 1009 + 2 * layer
         st.calls += 1
         k_hat, v_hat = roundtrip_layer(query, key, value, float(scaling), st.cfg, st.stats, seed)
