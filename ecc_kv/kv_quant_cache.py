@@ -28,9 +28,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache
 
 from ecc_kv.bitpack import PackedTensor, quantize_pack, unpack_dequantize
+from ecc_kv.hf.cache import AppendOnlyLayer
 from ecc_kv.kivi import KiviLayer
 from ecc_kv.kv_quant_modes import KVQuantConfig, KVStats, corrupt_packed
 from ecc_kv.qaq import QAQLayer
@@ -39,14 +40,14 @@ from ecc_kv.qaq import QAQLayer
 PENDING: dict[int, tuple[torch.Tensor, QuantKVLayer]] = {}
 
 
-class QuantKVLayer(DynamicLayer):
+class QuantKVLayer(AppendOnlyLayer):
     """One model layer of a :class:`QuantKVCache` (the module docstring says what it stores)."""
 
+    WHAT = "QuantKVCache"
+
     def __init__(self, owner: QuantKVCache, layer_idx: int) -> None:
-        super().__init__()
+        super().__init__(layer_idx)
         self.owner = owner
-        self.layer_idx = layer_idx
-        self.length = 0
         self.writes = 0
         self.store: Any = None
         self.chunks: list[tuple[PackedTensor, PackedTensor]] = []  # uniform modes
@@ -133,28 +134,12 @@ class QuantKVLayer(DynamicLayer):
             extra = 2 * (self.keys.numel() + self.values.numel())
         return int(sum(p.nbytes()["total"] for p in parts)) + extra
 
-    def get_seq_length(self) -> int:
-        return self.length
-
     def reset(self) -> None:
-        self.length = 0
         self.writes = 0
         self.store = None
         self.chunks = []
         self._written = set()
         super().reset()
-
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("QuantKVCache cannot crop: packed chunks are append-only")
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise NotImplementedError("QuantKVCache does not support beam search")
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        raise NotImplementedError("QuantKVCache does not support batch expansion; build it for the final batch size")
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        raise NotImplementedError("QuantKVCache does not support selecting batch rows")
 
 
 class QuantKVCache(Cache):

@@ -30,7 +30,7 @@ import triton.language as tl
 from kernels import codecs as kc
 from kernels.cache_write import CODEC_IDS
 from kernels.paged_attention_golay import _paged_decode_golay_kernel
-from kernels.paged_attention_words import _nib, _paged_decode_words_kernel, _rows
+from kernels.paged_attention_words import _nib, _output_rows, _paged_decode_words_kernel, _rows, _split_bounds
 from kernels.quant import int4_dequantize
 
 
@@ -196,10 +196,7 @@ def _paged_decode_kernel(
     b = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.program_id(2)
-    seq_len = tl.load(len_ptr + b)
-    hi = tl.minimum(seq_len, tok_hi)
-    start = tok_lo + s * part_tokens
-    end = tl.minimum(start + part_tokens, hi)
+    seq_len, hi, start, end = _split_bounds(len_ptr, b, s, tok_lo, tok_hi, part_tokens)
     dtype = q_ptr.dtype.element_ty
     g = tl.arange(0, GP)
     gm = g < G
@@ -273,18 +270,11 @@ def _paged_decode_kernel(
     if COUNT:
         tl.atomic_add(cnt_ptr, n_corr.to(tl.int64))
         tl.atomic_add(cnt_ptr + 1, n_det.to(tl.int64))
-    hq = h * G + g
-    if PARTIAL:
-        base = (b.to(tl.int64) * (G * tl.num_programs(1)) + hq) * S_TOTAL + split_off + s  # [GP]
-        ptr = pacc_ptr + base[:, None] * D
-        tl.store(pml_ptr + base * 2, m_i, mask=gm)
-        tl.store(pml_ptr + base * 2 + 1, l_i, mask=gm)
-    else:
-        inv = tl.where(l_i > 0, 1.0 / l_i, 0.0)[:, None]
-        acc0 = acc0 * inv
-        acc1 = acc1 * inv
-        acc2 = acc2 * inv
-        ptr = out_ptr + b.to(tl.int64) * stride_ob + hq[:, None] * stride_oh
+    ptr, fac = _output_rows(b, h, s, g, gm, m_i, l_i, pacc_ptr, pml_ptr, out_ptr, stride_ob, stride_oh,
+                            split_off, S_TOTAL, D, G, PARTIAL)
+    acc0 = acc0 * fac
+    acc1 = acc1 * fac
+    acc2 = acc2 * fac
     om = gm[:, None] & (c < NU)[None, :]
     tl.store(ptr + d0[None, :], acc0.to(ptr.dtype.element_ty), mask=om & (d0 < D)[None, :])
     if R > 1:

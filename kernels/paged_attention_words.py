@@ -263,6 +263,37 @@ def _interp_step(q, m_i, l_i, acc, kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt_ptr, t0, e
 
 
 @triton.jit
+def _split_bounds(len_ptr, b, s, tok_lo, tok_hi, part_tokens):
+    """(sequence length, end of the token range, first token, end token) of split ``s`` of sequence ``b``."""
+    seq_len = tl.load(len_ptr + b)
+    hi = tl.minimum(seq_len, tok_hi)
+    start = tok_lo + s * part_tokens
+    return seq_len, hi, start, tl.minimum(start + part_tokens, hi)
+
+
+@triton.jit
+def _output_rows(b, h, s, g, gm, m_i, l_i, pacc_ptr, pml_ptr, out_ptr, stride_ob, stride_oh, split_off, S_TOTAL, D,
+                 G: tl.constexpr, PARTIAL: tl.constexpr):
+    """(row pointers [GP, 1], factor [GP, 1]) for the accumulators of query heads ``h * G + g``.
+
+    A split of a split-KV launch (``PARTIAL``) stores its running max and sum for the reduce
+    kernel and writes its accumulators unnormalised (factor 1) to the scratch rows; a single
+    split writes the normalised output (factor 1 / l) straight to ``out``.
+    """
+    hq = h * G + g
+    if PARTIAL:
+        base = (b.to(tl.int64) * (G * tl.num_programs(1)) + hq) * S_TOTAL + split_off + s  # [GP]
+        tl.store(pml_ptr + base * 2, m_i, mask=gm)
+        tl.store(pml_ptr + base * 2 + 1, l_i, mask=gm)
+        ptr = pacc_ptr + base[:, None] * D
+        fac = tl.full(l_i.shape, 1.0, tl.float32)[:, None]
+    else:
+        ptr = out_ptr + b.to(tl.int64) * stride_ob + hq[:, None] * stride_oh
+        fac = tl.where(l_i > 0, 1.0 / l_i, 0.0)[:, None]
+    return ptr, fac
+
+
+@triton.jit
 def _columns(DWP: tl.constexpr, CODEC: tl.constexpr):
     """Head-dim index of each unpacked column (Hamming(8,4) words interleave the two codeword words)."""
     dd = tl.arange(0, 8 * DWP)
@@ -295,10 +326,7 @@ def _paged_decode_words_kernel(
     b = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.program_id(2)
-    seq_len = tl.load(len_ptr + b)
-    hi = tl.minimum(seq_len, tok_hi)
-    start = tok_lo + s * part_tokens
-    end = tl.minimum(start + part_tokens, hi)
+    seq_len, hi, start, end = _split_bounds(len_ptr, b, s, tok_lo, tok_hi, part_tokens)
     dtype = q_ptr.dtype.element_ty
     g = tl.arange(0, GP)
     gm = g < G
@@ -361,13 +389,7 @@ def _paged_decode_words_kernel(
     if COUNT:
         tl.atomic_add(cnt_ptr, tl.sum(tl.sum(n_corr, axis=1), axis=0).to(tl.int64))
         tl.atomic_add(cnt_ptr + 1, tl.sum(tl.sum(n_det, axis=1), axis=0).to(tl.int64))
-    hq = h * G + g
-    if PARTIAL:
-        base = (b.to(tl.int64) * (G * tl.num_programs(1)) + hq) * S_TOTAL + split_off + s  # [GP]
-        ptr = pacc_ptr + base[:, None] * D + col[None, :]
-        tl.store(pml_ptr + base * 2, m_i, mask=gm)
-        tl.store(pml_ptr + base * 2 + 1, l_i, mask=gm)
-    else:
-        acc = acc * tl.where(l_i > 0, 1.0 / l_i, 0.0)[:, None]
-        ptr = out_ptr + b.to(tl.int64) * stride_ob + hq[:, None] * stride_oh + col[None, :]
-    tl.store(ptr, acc.to(ptr.dtype.element_ty), mask=qm)
+    ptr, fac = _output_rows(b, h, s, g, gm, m_i, l_i, pacc_ptr, pml_ptr, out_ptr, stride_ob, stride_oh,
+                            split_off, S_TOTAL, D, G, PARTIAL)
+    ptr = ptr + col[None, :]
+    tl.store(ptr, (acc * fac).to(ptr.dtype.element_ty), mask=qm)

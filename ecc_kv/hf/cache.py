@@ -79,14 +79,47 @@ def read_paged(paged: Any, layer: int, dtype: torch.dtype) -> tuple[torch.Tensor
     return torch.stack(ks), torch.stack(vs), counts
 
 
-class ECCLayer(DynamicLayer):
-    """One model layer of an :class:`ECCCache` (see the module docstring for the storage)."""
+class AppendOnlyLayer(DynamicLayer):
+    """A cache layer whose storage only grows: it counts its tokens and refuses crop, beam and batch edits.
 
-    def __init__(self, owner: ECCCache, layer_idx: int) -> None:
+    Shared by :class:`ECCLayer` and ``ecc_kv.kv_quant_cache.QuantKVLayer``; ``WHAT`` names the cache in errors.
+    """
+
+    WHAT = "this cache"
+
+    def __init__(self, layer_idx: int) -> None:
         super().__init__()
-        self.owner = owner
         self.layer_idx = layer_idx
         self.length = 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def reset(self) -> None:
+        self.length = 0
+        super().reset()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError(f"{self.WHAT} cannot crop: its storage is append-only")
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise NotImplementedError(f"{self.WHAT} does not support beam search")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError(f"{self.WHAT} does not support batch expansion; build it for the final batch size")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        raise NotImplementedError(f"{self.WHAT} does not support selecting batch rows")
+
+
+class ECCLayer(AppendOnlyLayer):
+    """One model layer of an :class:`ECCCache` (see the module docstring for the storage)."""
+
+    WHAT = "ECCCache"
+
+    def __init__(self, owner: ECCCache, layer_idx: int) -> None:
+        super().__init__(layer_idx)
+        self.owner = owner
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -124,25 +157,6 @@ class ECCLayer(DynamicLayer):
             owner.step += 1
         state.pending[layer] = Pending(k)
         return k, v
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def reset(self) -> None:
-        self.length = 0
-        super().reset()
-
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("ECCCache cannot crop: stored codewords are append-only")
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise NotImplementedError("ECCCache does not support beam search (one paged slot per batch row)")
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        raise NotImplementedError("ECCCache does not support batch expansion; build it for the final batch size")
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        raise NotImplementedError("ECCCache does not support selecting batch rows")
 
 
 class ECCCache(Cache):
