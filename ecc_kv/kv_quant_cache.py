@@ -146,7 +146,9 @@ class QuantKVCache(Cache):
     """A transformers ``Cache`` that stores every layer's K/V in a quantized-KV mode as tokens arrive.
 
     Use it inside ``ecc_kv.kv_quant_modes.quantized_kv(model, cfg)`` (its attention function
-    completes every write); ``stats`` accumulates storage and fault counts like the full forward.
+    completes every write); ``stats`` accumulates the bytes and bits of every chunk written (a
+    QAQ re-allocation counts again) and the fault counts. Reconstruction error (``mse_*``,
+    ``attn_tv``) is measured by the full-forward evaluation, not here: it stays 0 in ``stats``.
     """
 
     def __init__(self, model: Any, cfg: KVQuantConfig, stats: KVStats | None = None) -> None:
