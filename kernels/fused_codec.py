@@ -22,17 +22,15 @@ import triton.language as tl
 from kernels.codecs import (
     _count_swar,
     _i32,
-    golay_decode_group,
     golay_encode_group,
     golay_tables,
-    hamming74_decode_group,
     hamming74_encode_group,
     hamming84_decode_word,
     hamming84_encode_word,
     status_counts,
 )
 from kernels.faults import event_probability, event_thresholds
-from kernels.packed_codecs import _join4, _load_words, _split4
+from kernels.packed_codecs import _join4, _load_words, _split4, read_golay_group, read_h74_group
 from kernels.quant import int4_dequantize, int4_quantize, int4_scale
 
 FUSED_IDS = {"hamming74": 0, "hamming84": 1, "golay2412": 2, "int4": 3}
@@ -142,39 +140,13 @@ def _decode_dequant_kernel(
         n_corr = tl.sum(_count_swar(corr).to(tl.int32), axis=0)
         n_det = tl.sum(_count_swar(det).to(tl.int32), axis=0)
     elif CODEC == 0:
-        row = g // NU
-        j = g - row * NU
-        base = row * (7 * NU)
-        if INJECT:
-            d0 = base + 4 * j
-            x4 = _join4(
-                _load_words(src, d0, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN),
-                _load_words(src, d0 + 1, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN),
-                _load_words(src, d0 + 2, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN),
-                _load_words(src, d0 + 3, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN),
-            )
-        else:
-            x4 = _load_words(src, (base + 4 * j)[:, None] + tl.arange(0, 4)[None, :], gmask[:, None], seed, stream, thr_ptr, INJECT, BURST_LEN)
-        q0 = _load_words(src, base + 4 * NU + j, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        q1 = _load_words(src, base + 5 * NU + j, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        q2 = _load_words(src, base + 6 * NU + j, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        w0, w1, w2, w3 = _split4(x4)
-        w0, w1, w2, w3, f0, f1, f2, f3 = hamming74_decode_group(w0, w1, w2, w3, q0, q1, q2)
+        w0, w1, w2, w3, f0, f1, f2, f3 = read_h74_group(src, g, NU, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
         words = _join4(w0, w1, w2, w3)
         n_corr = tl.sum((_count_swar(f0) + _count_swar(f1) + _count_swar(f2) + _count_swar(f3)).to(tl.int32), axis=0)
         n_det = n_corr * 0
     else:
-        row = g // NU
-        j = g - row * NU
-        d = row * (6 * NU) + 3 * j
-        p = d + 3 * NU
-        w0 = _load_words(src, d, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        w1 = _load_words(src, d + 1, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        w2 = _load_words(src, d + 2, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        p0 = _load_words(src, p, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        p1 = _load_words(src, p + 1, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        p2 = _load_words(src, p + 2, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        o0, o1, o2, sa, sb = golay_decode_group(w0, w1, w2, p0, p1, p2, table_ptr)
+        o0, o1, o2, sa, sb = read_golay_group(src, g, NU, gmask, seed, stream, thr_ptr, table_ptr, False, INJECT,
+                                              BURST_LEN)
         words = _join4(o0, o1, o2, o2)
         n_corr, n_det = status_counts(sa, sb)
     shift = (tl.arange(0, 8) * 4).to(tl.uint32)

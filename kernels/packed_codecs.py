@@ -78,6 +78,54 @@ def _load_words(ptr, idx, valid, seed, stream, thr_ptr, INJECT: tl.constexpr, BU
 
 
 @triton.jit
+def read_h74_group(src, g, GPR, mask, seed, stream, thr_ptr, INJECT: tl.constexpr, BURST_LEN: tl.constexpr):
+    """Load and correct Hamming(7,4) groups ``g`` of the stored layout (rows of ``GPR`` groups).
+
+    A row holds its 4 GPR data words, then three parity planes of GPR words each.
+    Returns the 4 corrected data words and 4 words of per-codeword correction flags.
+    """
+    row = g // GPR
+    j = g - row * GPR
+    base = row * (7 * GPR)
+    d0 = base + 4 * j
+    if INJECT:  # four 1-D loads (see _load_words)
+        x = _join4(
+            _load_words(src, d0, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
+            _load_words(src, d0 + 1, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
+            _load_words(src, d0 + 2, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
+            _load_words(src, d0 + 3, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
+        )
+    else:
+        x = _load_words(src, d0[:, None] + tl.arange(0, 4)[None, :], mask[:, None], seed, stream, thr_ptr, INJECT, BURST_LEN)
+    q0 = _load_words(src, base + 4 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+    q1 = _load_words(src, base + 5 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+    q2 = _load_words(src, base + 6 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+    w0, w1, w2, w3 = _split4(x)
+    return hamming74_decode_group(w0, w1, w2, w3, q0, q1, q2)
+
+
+@triton.jit
+def read_golay_group(src, g, GPR, mask, seed, stream, thr_ptr, table_ptr,
+                     ALGEBRAIC: tl.constexpr, INJECT: tl.constexpr, BURST_LEN: tl.constexpr):
+    """Load and correct Golay groups ``g`` (8 codewords each) of the stored layout (rows of ``GPR`` groups).
+
+    A row holds its 3 GPR data words, then 3 GPR parity words. Returns the 3 corrected data words
+    and the two status words (``golay_decode_group``).
+    """
+    row = g // GPR
+    j = g - row * GPR
+    d = row * (6 * GPR) + 3 * j
+    p = d + 3 * GPR
+    w0 = _load_words(src, d, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+    w1 = _load_words(src, d + 1, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+    w2 = _load_words(src, d + 2, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+    p0 = _load_words(src, p, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+    p1 = _load_words(src, p + 1, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+    p2 = _load_words(src, p + 2, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+    return golay_decode_group(w0, w1, w2, p0, p1, p2, table_ptr, ALGEBRAIC)
+
+
+@triton.jit
 def _encode_packed_kernel(src, dst, NG, GPR, CODEC: tl.constexpr, BLOCK: tl.constexpr):
     # src: packed INT4 words, group g at words [W*g, W*g+W) (W = 4 / 1 / 3); dst: stored words
     g = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -139,25 +187,8 @@ def _decode_packed_kernel(
         n_corr = tl.sum(_count_swar(corr).to(tl.int32), axis=0)
         n_det = tl.sum(_count_swar(det).to(tl.int32), axis=0)
     elif CODEC == 0:
-        row = g // GPR
-        j = g - row * GPR
-        base = row * (7 * GPR)
         m4 = (g < NG)[:, None] & (tl.arange(0, 4) < 4)[None, :]
-        if INJECT:  # four 1-D loads (see _load_words)
-            d0 = base + 4 * j
-            x = _join4(
-                _load_words(src, d0, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
-                _load_words(src, d0 + 1, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
-                _load_words(src, d0 + 2, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
-                _load_words(src, d0 + 3, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
-            )
-        else:
-            x = _load_words(src, (base + 4 * j)[:, None] + tl.arange(0, 4)[None, :], m4, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        q0 = _load_words(src, base + 4 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        q1 = _load_words(src, base + 5 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        q2 = _load_words(src, base + 6 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        w0, w1, w2, w3 = _split4(x)
-        w0, w1, w2, w3, f0, f1, f2, f3 = hamming74_decode_group(w0, w1, w2, w3, q0, q1, q2)
+        w0, w1, w2, w3, f0, f1, f2, f3 = read_h74_group(src, g, GPR, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
         tl.store(dst + g[:, None] * 4 + tl.arange(0, 4)[None, :], _i32(_join4(w0, w1, w2, w3)), mask=m4)
         if WRITE_STATUS:
             s8 = g * 8
@@ -172,17 +203,8 @@ def _decode_packed_kernel(
         n_corr = tl.sum((_count_swar(f0) + _count_swar(f1) + _count_swar(f2) + _count_swar(f3)).to(tl.int32), axis=0)
         n_det = n_corr * 0
     else:
-        row = g // GPR
-        j = g - row * GPR
-        d = row * (6 * GPR) + 3 * j
-        p = d + 3 * GPR
-        w0 = _load_words(src, d, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        w1 = _load_words(src, d + 1, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        w2 = _load_words(src, d + 2, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        p0 = _load_words(src, p, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        p1 = _load_words(src, p + 1, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        p2 = _load_words(src, p + 2, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        o0, o1, o2, sa, sb = golay_decode_group(w0, w1, w2, p0, p1, p2, table_ptr, ALGEBRAIC)
+        o0, o1, o2, sa, sb = read_golay_group(src, g, GPR, mask, seed, stream, thr_ptr, table_ptr, ALGEBRAIC, INJECT,
+                                              BURST_LEN)
         tl.store(dst + 3 * g, _i32(o0), mask=mask)
         tl.store(dst + 3 * g + 1, _i32(o1), mask=mask)
         tl.store(dst + 3 * g + 2, _i32(o2), mask=mask)
