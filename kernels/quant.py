@@ -57,15 +57,20 @@ def store_value(ptr, offs, x, mask):
 
 
 @triton.jit
-def _quant_kernel(x_ptr, codes_ptr, scales_ptr, R, D, G, NG, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):
-    # x: [R, D] -> codes [R, D] uint8, scales [R, NG] fp16; one program = BLOCK_R rows x one group
-    pid_r = tl.program_id(0)
+def _group_tile(R, D, G, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):
+    """This program's scale group ``g`` and its tile of BLOCK_R rows: (g, rows, row mask, mask, offsets in [R, D])."""
     g = tl.program_id(1)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_G)
     rmask = rows < R
     mask = rmask[:, None] & (cols < G)[None, :]
-    offs = rows.to(tl.int64)[:, None] * D + g * G + cols[None, :]
+    return g, rows, rmask, mask, rows.to(tl.int64)[:, None] * D + g * G + cols[None, :]
+
+
+@triton.jit
+def _quant_kernel(x_ptr, codes_ptr, scales_ptr, R, D, G, NG, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):
+    # x: [R, D] -> codes [R, D] uint8, scales [R, NG] fp16; one program = BLOCK_R rows x one group
+    g, rows, rmask, mask, offs = _group_tile(R, D, G, BLOCK_R, BLOCK_G)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s16 = int4_scale(tl.max(tl.abs(x), axis=1))  # [BLOCK_R]
     code = int4_quantize(x, s16.to(tl.float32)[:, None])
@@ -75,13 +80,7 @@ def _quant_kernel(x_ptr, codes_ptr, scales_ptr, R, D, G, NG, BLOCK_R: tl.constex
 
 @triton.jit
 def _dequant_kernel(codes_ptr, scales_ptr, out_ptr, R, D, G, NG, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):
-    pid_r = tl.program_id(0)
-    g = tl.program_id(1)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, BLOCK_G)
-    rmask = rows < R
-    mask = rmask[:, None] & (cols < G)[None, :]
-    offs = rows.to(tl.int64)[:, None] * D + g * G + cols[None, :]
+    g, rows, rmask, mask, offs = _group_tile(R, D, G, BLOCK_R, BLOCK_G)
     code = tl.load(codes_ptr + offs, mask=mask, other=8).to(tl.int32)
     s = tl.load(scales_ptr + rows.to(tl.int64) * NG + g, mask=rmask, other=0.0).to(tl.float32)
     x = int4_dequantize(code, s[:, None])
