@@ -94,6 +94,23 @@ def apply_moves(
 
 
 @triton.jit
+def _count_stayers(s2n_ptr, new_ptr, CAP, BLOCK: tl.constexpr):
+    """(cached neurons still in the new mask, cached neurons) over all ``CAP`` slots, BLOCK slots a step."""
+    offs = tl.arange(0, BLOCK)
+    n_stay = tl.sum(tl.zeros([BLOCK], dtype=tl.int32), axis=0)
+    n_old = n_stay
+    for start in range(0, CAP, BLOCK):
+        s = start + offs
+        ok = s < CAP
+        nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
+        occ = nid >= 0
+        nw = tl.load(new_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0)
+        n_stay += tl.sum((occ & (nw != 0)).to(tl.int32), axis=0)
+        n_old += tl.sum(occ.to(tl.int32), axis=0)
+    return n_stay, n_old
+
+
+@triton.jit
 def _plan_kernel(
     new_ptr,  # uint8 [N]: the new mask
     n2s_ptr,  # int32 [N]: neuron -> slot, updated in place
@@ -110,16 +127,7 @@ def _plan_kernel(
     offs = tl.arange(0, BLOCK)
     zero = tl.sum(tl.zeros([BLOCK], dtype=tl.int32), axis=0)
     # 1) how many cached neurons stay
-    n_stay = zero
-    n_old = zero
-    for start in range(0, CAP, BLOCK):
-        s = start + offs
-        ok = s < CAP
-        nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
-        occ = nid >= 0
-        nw = tl.load(new_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0)
-        n_stay += tl.sum((occ & (nw != 0)).to(tl.int32), axis=0)
-        n_old += tl.sum(occ.to(tl.int32), axis=0)
+    n_stay, n_old = _count_stayers(s2n_ptr, new_ptr, CAP, BLOCK)
     # 2) added neurons in id order -> the first moves (from the pool)
     n_add = zero
     for start in range(0, N, BLOCK):
@@ -301,16 +309,7 @@ def _plan_move_kernel(
         n_stay = tl.sum(stays1.to(tl.int32), axis=0)
         n_old = tl.sum(occ1.to(tl.int32), axis=0)
     else:
-        n_stay = zero
-        n_old = zero
-        for start in range(0, CAP, SB):
-            s = start + offs
-            ok = s < CAP
-            nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
-            occ = nid >= 0
-            w = tl.load(new_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0)
-            n_stay += tl.sum((occ & (w != 0)).to(tl.int32), axis=0)
-            n_old += tl.sum(occ.to(tl.int32), axis=0)
+        n_stay, n_old = _count_stayers(s2n_ptr, new_ptr, CAP, SB)
     _grid_sync(sync_ptr, n_prog, SPIN)
     # phase 2: ranks. Added neurons in id order take moves 0..A-1 (program offsets from the
     # per-chunk counts); holes below the new size in slot order are the destinations; stayers
