@@ -35,7 +35,8 @@ def _quant_keys(k: torch.Tensor, bits: int, g: int, backend: str) -> PackedTenso
     return quantize_pack(k.transpose(-1, -2).contiguous(), bits, group_size=g, scheme="minmax", backend=backend)
 
 
-def _dequant_keys(p: PackedTensor, dtype: torch.dtype, backend: str) -> torch.Tensor:
+def dequant_keys(p: PackedTensor, dtype: torch.dtype, backend: str) -> torch.Tensor:
+    """A packed key chunk (channels along tokens) back to ``[B, H, Tq, D]``."""
     return unpack_dequantize(p, dtype, backend).transpose(-1, -2)  # [B, H, Tq, D]
 
 
@@ -82,7 +83,7 @@ class KiviLayer:
 
     def keys_values(self, dtype: torch.dtype = torch.float16) -> tuple[torch.Tensor, torch.Tensor]:
         """The cache as the attention reads it: dequantized chunks then the fp16 residual."""
-        ks = [_dequant_keys(p, dtype, self.backend) for p in self.k_chunks] + [self.k_res.to(dtype)]
+        ks = [dequant_keys(p, dtype, self.backend) for p in self.k_chunks] + [self.k_res.to(dtype)]
         vs = [unpack_dequantize(p, dtype, self.backend) for p in self.v_chunks] + [self.v_res.to(dtype)]
         return torch.cat(ks, dim=-2), torch.cat(vs, dim=-2)
 

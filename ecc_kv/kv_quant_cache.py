@@ -32,7 +32,7 @@ from transformers.cache_utils import Cache
 
 from ecc_kv.bitpack import PackedTensor, quantize_pack, unpack_dequantize
 from ecc_kv.hf.cache import AppendOnlyLayer
-from ecc_kv.kivi import KiviLayer
+from ecc_kv.kivi import KiviLayer, dequant_keys
 from ecc_kv.kv_quant_modes import KVQuantConfig, KVStats, corrupt_packed
 from ecc_kv.qaq import QAQLayer
 
@@ -52,6 +52,8 @@ class QuantKVLayer(AppendOnlyLayer):
         self.store: Any = None
         self.chunks: list[tuple[PackedTensor, PackedTensor]] = []  # uniform modes
         self._written: set[int] = set()  # ids of packed chunks already faulted
+        self._reads: dict[int, tuple[PackedTensor, torch.Tensor]] = {}  # id -> (chunk, its dequantized values)
+        self._live: set[int] = set()  # chunks read in this step
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -78,26 +80,41 @@ class QuantKVLayer(AppendOnlyLayer):
             pv = quantize_pack(v, cfg.bits, cfg.group_size, cfg.scheme, cfg.outliers, backend=cfg.backend)
             self.chunks.append((pk, pv))
             self.chunks = self._fault_pairs(self.chunks)
-            self.writes += 1
-            ks = [unpack_dequantize(a, dt, cfg.backend) for a, _ in self.chunks]
-            vs = [unpack_dequantize(b, dt, cfg.backend) for _, b in self.chunks]
-            return torch.cat(ks, dim=-2), torch.cat(vs, dim=-2)
-        if method == "kivi":
+            ks, vs = self._read_pairs(self.chunks, dt)
+        elif method == "kivi":
             if self.store is None:
                 self.store = KiviLayer(cfg.bits, cfg.kivi_group, cfg.kivi_residual, cfg.backend)
             layer: KiviLayer = self.store
             layer.append(k, v)
             layer.k_chunks = self._fault_list(layer.k_chunks, 0)
             layer.v_chunks = self._fault_list(layer.v_chunks, 1)
-            self.writes += 1
-            return layer.keys_values(dt)
-        if self.store is None:
-            self.store = QAQLayer(cfg.qaq, scaling, requant_every=cfg.requant_every, backend=cfg.backend)
-        qaq: QAQLayer = self.store
-        qaq.append(q, k, v)
-        qaq.chunks = self._fault_pairs(qaq.chunks)
+            ks = [self._read(p, dt, keys_by_channel=True) for p in layer.k_chunks] + [layer.k_res.to(dt)]
+            vs = [self._read(p, dt) for p in layer.v_chunks] + [layer.v_res.to(dt)]
+        else:
+            if self.store is None:
+                self.store = QAQLayer(cfg.qaq, scaling, requant_every=cfg.requant_every, backend=cfg.backend)
+            qaq: QAQLayer = self.store
+            qaq.append(q, k, v)
+            qaq.chunks = self._fault_pairs(qaq.chunks)
+            ks, vs = self._read_pairs(qaq.chunks, dt)
         self.writes += 1
-        return qaq.keys_values(dt)
+        # drop the reads of chunks the layer no longer holds (a QAQ re-allocation replaces all of them)
+        self._reads = {i: r for i, r in self._reads.items() if i in self._live}
+        self._live = set()
+        return torch.cat(ks, dim=-2), torch.cat(vs, dim=-2)
+
+    def _read_pairs(self, pairs: list[tuple[PackedTensor, PackedTensor]], dtype: torch.dtype) -> tuple[list, list]:
+        return [self._read(a, dtype) for a, _ in pairs], [self._read(b, dtype) for _, b in pairs]
+
+    def _read(self, p: PackedTensor, dtype: torch.dtype, keys_by_channel: bool = False) -> torch.Tensor:
+        # stored chunks never change after their one write: each is dequantized once, then reused
+        hit = self._reads.get(id(p))
+        if hit is None or hit[0] is not p or hit[1].dtype != dtype:
+            be = self.owner.cfg.backend
+            x = dequant_keys(p, dtype, be) if keys_by_channel else unpack_dequantize(p, dtype, be)
+            hit = self._reads[id(p)] = (p, x)
+        self._live.add(id(p))
+        return hit[1]
 
     def _fault(self, p: PackedTensor, which: int) -> PackedTensor:
         # a chunk not seen before was just written: account its bytes, corrupt it once, remember it
@@ -139,6 +156,8 @@ class QuantKVLayer(AppendOnlyLayer):
         self.store = None
         self.chunks = []
         self._written = set()
+        self._reads = {}
+        self._live = set()
         super().reset()
 
 
