@@ -30,7 +30,15 @@ import triton.language as tl
 from kernels import codecs as kc
 from kernels.cache_write import CODEC_IDS
 from kernels.paged_attention_golay import _paged_decode_golay_kernel
-from kernels.paged_attention_words import _nib, _output_rows, _paged_decode_words_kernel, _rows, _split_bounds
+from kernels.paged_attention_words import (
+    _load_parts,
+    _nib,
+    _output_rows,
+    _paged_decode_words_kernel,
+    _rows,
+    _split_bounds,
+    _store_parts,
+)
 from kernels.quant import int4_dequantize
 
 
@@ -203,13 +211,8 @@ def _paged_decode_kernel(
     c = tl.arange(0, DR)
     qrow = q_ptr + b.to(tl.int64) * stride_qb + (h * G + g)[:, None] * stride_qh
     d0 = R * c
-    q0 = tl.load(qrow + d0[None, :], mask=gm[:, None] & (c < NU)[None, :] & (d0 < D)[None, :], other=0.0)
-    q1 = q0
-    q2 = q0
-    if R > 1:
-        q1 = tl.load(qrow + (d0 + 1)[None, :], mask=gm[:, None] & (c < NU)[None, :] & (d0 + 1 < D)[None, :], other=0.0)
-    if R > 2:
-        q2 = tl.load(qrow + (d0 + 2)[None, :], mask=gm[:, None] & (c < NU)[None, :] & (d0 + 2 < D)[None, :], other=0.0)
+    om = gm[:, None] & (c < NU)[None, :]
+    q0, q1, q2 = _load_parts(qrow, d0, om, D, R)
     m_i = tl.full([GP], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([GP], dtype=tl.float32)
     acc0 = tl.zeros([GP, DR], dtype=tl.float32)
@@ -275,12 +278,7 @@ def _paged_decode_kernel(
     acc0 = acc0 * fac
     acc1 = acc1 * fac
     acc2 = acc2 * fac
-    om = gm[:, None] & (c < NU)[None, :]
-    tl.store(ptr + d0[None, :], acc0.to(ptr.dtype.element_ty), mask=om & (d0 < D)[None, :])
-    if R > 1:
-        tl.store(ptr + (d0 + 1)[None, :], acc1.to(ptr.dtype.element_ty), mask=om & (d0 + 1 < D)[None, :])
-    if R > 2:
-        tl.store(ptr + (d0 + 2)[None, :], acc2.to(ptr.dtype.element_ty), mask=om & (d0 + 2 < D)[None, :])
+    _store_parts(ptr, acc0, acc1, acc2, d0, om, D, R)
 
 
 @triton.jit(do_not_specialize=["HQ", "S_TOTAL"])
@@ -323,9 +321,6 @@ def _dummy_counters(device: torch.device) -> torch.Tensor:
         _DUMMY[key] = torch.zeros(2, dtype=torch.int64, device=device)
     return _DUMMY[key]
 
-
-# per codec id (raw, hamming84, hamming74, golay): next tile loaded ahead by default
-_PREFETCH = {0: True, 1: True, 2: True, 3: True}
 
 
 def _word_aligned(kd: torch.Tensor, vd: torch.Tensor) -> bool:
@@ -452,7 +447,7 @@ def paged_decode_attention(
             out, out.stride(0), out.stride(1), pacc, pml, cnt,
         )  # fmt: skip
         gp = max(16, triton.next_power_of_2(group))
-        pre = _PREFETCH[cid] if prefetch is None else prefetch
+        pre = True if prefetch is None else prefetch  # next tile loaded ahead by default, every codec
         if fast and ng == 1 and cid in (0, 1, 2) and d % 8 == 0 and (not interpolate or cid in (1, 2)):
             wcodec = 3 if cid == 2 and d % 32 == 0 and words is not False and _word_aligned(kd, vd) else cid  # Hamming(7,4) on aligned words
             _paged_decode_words_kernel[(bsz, hkv, splits)](

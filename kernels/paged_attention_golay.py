@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from kernels import codecs as kc
-from kernels.paged_attention_words import _nib, _output_rows, _rows, _split_bounds
+from kernels.paged_attention_words import _load_parts, _nib, _output_rows, _rows, _split_bounds, _store_parts
 
 
 @triton.jit
@@ -205,9 +205,7 @@ def _paged_decode_golay_kernel(
     d0 = 3 * cw
     cm = gm[:, None] & (cw < NC)[None, :]
     qrow = q_ptr + b.to(tl.int64) * stride_qb + (h * G + g)[:, None] * stride_qh
-    q0 = tl.load(qrow + d0[None, :], mask=cm & (d0 < D)[None, :], other=0.0)  # [GP, CP]
-    q1 = tl.load(qrow + (d0 + 1)[None, :], mask=cm & (d0 + 1 < D)[None, :], other=0.0)
-    q2 = tl.load(qrow + (d0 + 2)[None, :], mask=cm & (d0 + 2 < D)[None, :], other=0.0)
+    q0, q1, q2 = _load_parts(qrow, d0, cm, D, 3)  # [GP, CP] each
     m_i = tl.full([GP], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([GP], dtype=tl.float32)
     acc0 = tl.zeros([GP, CP], dtype=tl.float32)
@@ -283,7 +281,4 @@ def _paged_decode_golay_kernel(
     acc0 = acc0 * fac
     acc1 = acc1 * fac
     acc2 = acc2 * fac
-    ety = ptr.dtype.element_ty
-    tl.store(ptr + d0[None, :], acc0.to(ety), mask=cm & (d0 < D)[None, :])
-    tl.store(ptr + (d0 + 1)[None, :], acc1.to(ety), mask=cm & (d0 + 1 < D)[None, :])
-    tl.store(ptr + (d0 + 2)[None, :], acc2.to(ety), mask=cm & (d0 + 2 < D)[None, :])
+    _store_parts(ptr, acc0, acc1, acc2, d0, cm, D, 3)

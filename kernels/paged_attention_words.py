@@ -294,6 +294,30 @@ def _output_rows(b, h, s, g, gm, m_i, l_i, pacc_ptr, pml_ptr, out_ptr, stride_ob
 
 
 @triton.jit
+def _load_parts(ptr, d0, cm, D, R: tl.constexpr):
+    """Columns ``d0 + i`` (i < R) of the rows at ``ptr`` [GP, 1], masked by ``cm`` and D; parts past R repeat part 0."""
+    x0 = tl.load(ptr + d0[None, :], mask=cm & (d0 < D)[None, :], other=0.0)
+    x1 = x0
+    x2 = x0
+    if R > 1:
+        x1 = tl.load(ptr + (d0 + 1)[None, :], mask=cm & (d0 + 1 < D)[None, :], other=0.0)
+    if R > 2:
+        x2 = tl.load(ptr + (d0 + 2)[None, :], mask=cm & (d0 + 2 < D)[None, :], other=0.0)
+    return x0, x1, x2
+
+
+@triton.jit
+def _store_parts(ptr, acc0, acc1, acc2, d0, cm, D, R: tl.constexpr):
+    """Inverse of ``_load_parts``: accumulators (scaled already) to columns ``d0 + i``, i < R."""
+    ety = ptr.dtype.element_ty
+    tl.store(ptr + d0[None, :], acc0.to(ety), mask=cm & (d0 < D)[None, :])
+    if R > 1:
+        tl.store(ptr + (d0 + 1)[None, :], acc1.to(ety), mask=cm & (d0 + 1 < D)[None, :])
+    if R > 2:
+        tl.store(ptr + (d0 + 2)[None, :], acc2.to(ety), mask=cm & (d0 + 2 < D)[None, :])
+
+
+@triton.jit
 def _columns(DWP: tl.constexpr, CODEC: tl.constexpr):
     """Head-dim index of each unpacked column (Hamming(8,4) words interleave the two codeword words)."""
     dd = tl.arange(0, 8 * DWP)
