@@ -146,11 +146,14 @@ class PairedWeightCache:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         gpu_triton = backend == "triton" and buf_dev.type == "cuda"  # the fast paths need a GPU and Triton
         planner = planner or ("fused" if gpu_triton and placement == "gpu" else "torch")
-        offload = offload or ("direct" if gpu_triton else "staged")
+        offload = offload or ("direct" if gpu_triton or planner == "fused" else "staged")
         if planner not in PLANNERS:
             raise ValueError(f"planner must be one of {PLANNERS}, got {planner!r}")
-        if planner != "torch" and placement == "offloaded":
-            raise ValueError(f"planner={planner!r} plans on the GPU; an offloaded cache plans on the host (use 'torch')")
+        if placement == "offloaded" and planner == "triton":
+            raise ValueError("planner='triton' is not offered offloaded: use 'torch' (host plan) or 'fused' (one launch)")
+        if placement == "offloaded" and planner == "fused" and offload != "direct":
+            raise ValueError("an offloaded cache with planner='fused' reads the pool rows in its launch: it needs "
+                             f"offload='direct', got offload={offload!r}")
         if planner == "fused" and backend != "triton":
             raise ValueError("planner='fused' moves the rows in its own Triton launch: it needs backend='triton'")
         if offload not in OFFLOADS:
@@ -168,16 +171,19 @@ class PairedWeightCache:
         self.row_len = pool.shape[1]
         self.row_bytes = self.row_len * pool.element_size()
         self.buffer = torch.zeros(capacity, self.row_len, dtype=pool.dtype, device=buf_dev)  # [cap, R]
-        map_dev = pool_dev  # the planner runs where the pool is (host for offloaded)
+        # the planner runs where the pool is (host for offloaded), except the fused planner (the buffer's device)
+        map_dev = buf_dev if planner == "fused" else pool_dev
         self._s2n = torch.full((capacity,), -1, dtype=torch.int32, device=map_dev)
         self._n2s = torch.full((n,), -1, dtype=torch.int32, device=map_dev)
         self._m = 0
         self.planner = planner
+        self._mask_at = torch.device("cpu") if placement == "offloaded" else map_dev  # offloaded: counts on the host
         # cpu placement, torch backend and planner: the update runs on numpy views of the maps
         # and of the rows (one void item per bundled row, so a fancy copy moves whole rows)
         self._host = placement == "cpu" and backend == "torch" and planner == "torch"
         if self._host or placement == "offloaded":  # plan committed in place on numpy views of the maps
-            self._s2n_np, self._n2s_np = self._s2n.numpy(), self._n2s.numpy()
+            if map_dev.type == "cpu":
+                self._s2n_np, self._n2s_np = self._s2n.numpy(), self._n2s.numpy()
             self._absent = np.ones(n, dtype=bool)  # [N] ~(cached mask): added = new & absent, one byte a neuron
         if self._host:
             self._pool_rows, self._buf_rows = row_items(self.pool), row_items(self.buffer)
@@ -208,6 +214,13 @@ class PairedWeightCache:
                 # per turn: the packed plan's device twin and a graph of (plan copy, move kernel)
                 self._plan_dev = [torch.empty(2 * capacity + 2, dtype=torch.int32, device=buf_dev) for _ in range(2)]
                 self._direct_graphs: list[torch.cuda.CUDAGraph | None] = [None, None]
+            if planner == "fused":
+                # per turn: the mask in pinned host memory; one graph of (mask copy, fused launch) each
+                self._mask_h = [torch.zeros(n, dtype=torch.bool, pin_memory=pin) for _ in range(2)]
+                self._mask_hnp = [t.numpy() for t in self._mask_h]
+                self._mask_d = torch.zeros(n, dtype=torch.bool, device=buf_dev)
+                self._added = np.zeros(n, dtype=bool)  # [N] scratch: new & absent (the counts, on the host)
+                self._off_graphs: list[torch.cuda.CUDAGraph | None] = [None, None]
             if offload == "staged":
                 self._stage_h = [torch.empty(capacity, self.row_len, dtype=pool.dtype, pin_memory=pin)
                                  for _ in range(2)]
@@ -259,7 +272,7 @@ class PairedWeightCache:
             raise TypeError(f"mask must have dtype torch.bool, got {mask.dtype}")
         if mask.dim() != 1 or mask.numel() != self.n_neurons:
             raise ValueError(f"mask must have shape [{self.n_neurons}] (N neurons), got {tuple(mask.shape)}")
-        return mask.to(self._s2n.device)
+        return mask.to(self._mask_at)
 
     def update(self, mask: torch.Tensor) -> int:
         """Make the cache hold exactly the neurons of ``mask`` (bool [N]); returns rows written.
@@ -270,6 +283,8 @@ class PairedWeightCache:
         if self._host:
             return self._update_host(new.numpy())
         if self.placement == "offloaded":
+            if self.planner == "fused":
+                return self._update_offloaded_fused(new.numpy())
             return self._update_offloaded(new.numpy())
         if self.planner == "fused":
             return self._update_fused(new)
@@ -404,6 +419,79 @@ class PairedWeightCache:
             self._events[k].record()
         return w
 
+    def _update_offloaded_fused(self, new: np.ndarray) -> int:
+        """Offloaded, planner='fused': the host only counts (added, new size: three numpy calls
+        on the mask and the absent mask it keeps), then ONE launch plans on the GPU maps, reads
+        the added rows from the pinned pool and commits the maps; no host plan, no host sync
+        unless the set shrinks (then the rows written are read back after a stream sync)."""
+        np.logical_and(new, self._absent, out=self._added)
+        n_add, m_new, size = int(np.count_nonzero(self._added)), int(np.count_nonzero(new)), self._m
+        removed = size + n_add - m_new
+        if m_new > self.capacity:
+            raise ValueError(f"mask has {m_new} active neurons, more than the cache capacity {self.capacity}")
+        rebuilt = self.rebuild_tau is not None and max(n_add, removed) > self.rebuild_tau * m_new
+        k = self._turn = 1 - self._turn
+        if self._events is not None:
+            self._events[k].synchronize()  # the copy or kernel that read the pinned blocks of turn k ran
+        if rebuilt:  # every active neuron, in id order, into slots 0..m'-1, maps rebuilt
+            ids = np.flatnonzero(new).astype(np.int32)  # [m']
+            plan = self._plan_np[k]  # [counts(2) | dst(cap) | src(cap)]
+            plan[0] = plan[1] = m_new
+            plan[2 : 2 + m_new] = np.arange(m_new, dtype=np.int32)
+            plan[2 + self.capacity : 2 + self.capacity + m_new] = ids
+            _apply_packed(self.buffer, self.pool, self._plan_h[k], self.capacity, m_new, staged=False,
+                          backend="triton")
+            s2n = torch.full((self.capacity,), -1, dtype=torch.int32)
+            s2n[:m_new] = torch.from_numpy(ids)
+            n2s = torch.full((self.n_neurons,), -1, dtype=torch.int32)
+            n2s[torch.from_numpy(ids).long()] = torch.arange(m_new, dtype=torch.int32)
+            self._s2n.copy_(s2n)
+            self._n2s.copy_(n2s)
+            written = m_new
+        else:
+            np.copyto(self._mask_hnp[k], new)
+            self._offloaded_launch(k)
+            written = n_add
+            if m_new < size:  # shrink: stayers of the vacated tail move too; the launch counted them
+                written = self._read_stats()[2]
+        if self._events is not None:
+            self._events[k].record()
+        np.logical_not(new, out=self._absent)
+        self._m = m_new
+        self.rows_written += written
+        self.last = {"added": n_add, "removed": removed, "written": written, "size": m_new, "rebuilt": int(rebuilt)}
+        return written
+
+    def _read_stats(self) -> list[int]:
+        """(added, removed, moves, new size) of the last fused launch, after a stream sync."""
+        if self._hstats is not None:
+            torch.cuda.current_stream(self.buffer.device).synchronize()
+            return self._hstats.tolist()
+        return self._stats.tolist()
+
+    def _offloaded_launch(self, k: int) -> None:
+        """Mask block k to the device, then the fused launch over the GPU maps with the pool read
+        from pinned host memory; replayed from graph k, captured on first use (CUDA only)."""
+        from kernels.weight_cache import plan_and_move
+
+        def launch() -> None:
+            self._mask_d.copy_(self._mask_h[k], non_blocking=True)
+            plan_and_move(self._mask_d, self._n2s, self._s2n, self.buffer, self.pool, self._scratch, self._stats,
+                          self._hstats)
+
+        if not self.buffer.is_cuda or torch.cuda.is_current_stream_capturing():
+            launch()
+            return
+        graph = self._off_graphs[k]
+        if graph is not None:
+            graph.replay()
+            return
+        launch()  # compiles the kernel on first use; the graph serves the next calls
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            launch()
+        self._off_graphs[k] = graph
+
     def _launch_fused(self, new: torch.Tensor) -> None:
         """The one-launch update, replayed from a CUDA graph captured on first use.
 
@@ -456,11 +544,7 @@ class PairedWeightCache:
     def _update_fused(self, new: torch.Tensor) -> int:
         """planner='fused': one launch plans, moves and commits; one stream sync reads the counts."""
         self._launch_fused(new)
-        if self._hstats is not None:
-            torch.cuda.current_stream(self.buffer.device).synchronize()
-            added, removed, n_moves, m_new = self._hstats.tolist()
-        else:
-            added, removed, n_moves, m_new = self._stats.tolist()
+        added, removed, n_moves, m_new = self._read_stats()
         if m_new > self.capacity:  # the kernel changed nothing
             raise ValueError(f"mask has {m_new} active neurons, more than the cache capacity {self.capacity}")
         rebuilt = self.rebuild_tau is not None and max(added, removed) > self.rebuild_tau * m_new

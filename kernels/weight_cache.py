@@ -285,8 +285,8 @@ def _plan_move_kernel(
     NB: tl.constexpr,  # neurons per program (power of two)
     SB: tl.constexpr,  # slots per block (power of two)
     PB: tl.constexpr,  # power of two >= n_prog
-    MB: tl.constexpr,  # moves per program per copy step
-    COLS: tl.constexpr,  # row elements per copy step
+    MB: tl.constexpr,  # work items (move, column chunk) per program per copy step
+    COLS: tl.constexpr,  # row elements per column chunk
     SPIN: tl.constexpr,
     HOST_STATS: tl.constexpr,
     ONE: tl.constexpr,  # CAP <= SB: the slot block stays in registers from phase 1 to phase 2
@@ -341,28 +341,35 @@ def _plan_move_kernel(
             n_hole, n_climb = _slot_block(s, ok, ok & ((offs * 0 + owner) == pid), nid, occ, stays, m_new, n_add,
                                           n_hole, n_climb, dst_ptr, src_ptr, moved_ptr, n2s_ptr)
     _grid_sync(sync_ptr, n_prog, SPIN)
-    # phase 3: moves j = t + pid + r * n_prog (r < MB) form one [MB, COLS] tile per copy step,
-    # so a program has all its rows in flight at once; sources never overlap destinations
+    # phase 3: work items q = (move j, column chunk c) of C = cdiv(row_len, COLS) chunks a row;
+    # items q = t + pid + r * n_prog (r < MB) form one [MB, COLS] tile per copy step, so a
+    # program has all its chunks in flight at once and a few moves still spread over every
+    # program (rows read from pinned host memory need many loads in flight); sources never
+    # overlap destinations
     rows = tl.arange(0, MB)
     cols0 = tl.arange(0, COLS)
-    for t in range(0, n_hole, n_prog * MB):
-        j = t + pid + rows * n_prog  # [MB]
-        okj = j < n_hole
-        d = tl.load(dst_ptr + j, mask=okj, other=0, cache_modifier=".cg")
-        sj = tl.load(src_ptr + j, mask=okj, other=0, cache_modifier=".cg")
-        v = tl.load(moved_ptr + j, mask=okj, other=0, cache_modifier=".cg")
-        fp = (okj & (j < n_add))[:, None]  # [MB, 1] from the pool
-        fb = (okj & (j >= n_add))[:, None]  # [MB, 1] from the buffer tail
+    n_chunk = tl.cdiv(row_len, COLS)
+    n_items = n_hole * n_chunk
+    for t in range(0, n_items, n_prog * MB):
+        q = t + pid + rows * n_prog  # [MB]
+        okq = q < n_items
+        j = q // n_chunk
+        cb = q - j * n_chunk
+        d = tl.load(dst_ptr + j, mask=okq, other=0, cache_modifier=".cg")
+        sj = tl.load(src_ptr + j, mask=okq, other=0, cache_modifier=".cg")
+        fp = (okq & (j < n_add))[:, None]  # [MB, 1] from the pool
+        fb = (okq & (j >= n_add))[:, None]  # [MB, 1] from the buffer tail
+        cols = (cb * COLS)[:, None] + cols0[None, :]  # [MB, COLS]
+        okc = cols < row_len
         d2 = (d.to(tl.int64) * row_len)[:, None]
         s2 = (sj.to(tl.int64) * row_len)[:, None]
-        for c0 in range(0, row_len, COLS):
-            cols = (c0 + cols0)[None, :]  # [1, COLS]
-            okc = cols < row_len
-            x = tl.load(pool_ptr + s2 + cols, mask=fp & okc, other=0)
-            y = tl.load(buf_ptr + s2 + cols, mask=fb & okc, other=0)
-            tl.store(buf_ptr + d2 + cols, tl.where(fp, x, y), mask=okj[:, None] & okc)
-        tl.store(s2n_ptr + d, v, mask=okj)
-        tl.store(n2s_ptr + v, d, mask=okj)
+        x = tl.load(pool_ptr + s2 + cols, mask=fp & okc, other=0)
+        y = tl.load(buf_ptr + s2 + cols, mask=fb & okc, other=0)
+        tl.store(buf_ptr + d2 + cols, tl.where(fp, x, y), mask=okq[:, None] & okc)
+        first = okq & (cb == 0)  # the item holding a move's first chunk commits its slot in both maps
+        v = tl.load(moved_ptr + j, mask=first, other=0, cache_modifier=".cg")
+        tl.store(s2n_ptr + d, v, mask=first)
+        tl.store(n2s_ptr + v, d, mask=first)
     for start in range(pid * SB, CAP, n_prog * SB):  # the vacated tail empties
         s = start + offs
         tl.store(s2n_ptr + s, -1, mask=(s < lim) & (s >= m_new))
@@ -380,6 +387,7 @@ def _plan_move_kernel(
 
 SPIN_LIMIT = 1 << 22  # barrier polls before a program gives up (seconds; only when starved of SMs)
 TILE_BYTES = 16384  # bytes of one [MB, COLS] copy tile (two masked loads of it in registers: 128 B a thread at 8 warps)
+CHUNK_BYTES = 2048  # bytes of one column chunk: a 24 KiB row is 12 work items, so even 1% churn keeps every SM loading
 
 
 def _programs(n: int, cap: int, device: torch.device) -> int:
@@ -431,7 +439,7 @@ def plan_and_move(
         raise ValueError(f"scratch must hold {3 * cap + progs + SYNC_WORDS} int32 (fused_scratch), got {scratch.numel()}")
     row_len, es = buf.shape[1], buf.element_size()
     sb = min(2048, triton.next_power_of_2(cap))
-    cols = min(triton.next_power_of_2(row_len), 4096 // es)
+    cols = min(triton.next_power_of_2(row_len), max(16, CHUNK_BYTES) // es)
     mb = max(1, min(64, TILE_BYTES // (cols * es)))
     dst, src, moved = scratch[:cap], scratch[cap : 2 * cap], scratch[2 * cap : 3 * cap]
     part, sync = scratch[3 * cap : 3 * cap + progs], scratch[3 * cap + progs :]

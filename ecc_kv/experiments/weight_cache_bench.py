@@ -61,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "tau": 0.25,  # hybrid: rebuild when max(A, R) > tau * m
     "gated": True,  # SwiGLU (gate, up, down) or a plain MLP (up, down)
     "backend": "auto",  # cache moves: auto (triton on CUDA, torch on CPU) | torch | triton
-    "planner": "torch",  # cpu/gpu planner: torch ops | triton (plan launch + move launch) | fused (one launch)
+    "planner": "torch",  # torch ops (host numpy offloaded) | triton (plan launch + move launch) | fused (one launch)
     "offload": "staged",  # offloaded pool rows: staged (host gather + one copy) | direct (kernel reads pinned pool)
     "steps": 200,
     "warmup": 20,
@@ -108,6 +108,11 @@ def _config(params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"m={cfg['m']} must not exceed n_neurons={cfg['n_neurons']}")
     if "masking" in cfg["methods"] and cfg["placement"] == "offloaded":
         raise ValueError("methods: 'masking' has no offloaded form; use placement cpu or gpu for it")
+    if cfg["placement"] == "offloaded" and cfg["planner"] == "triton":
+        raise ValueError("planner='triton' has no offloaded form; offloaded takes planner 'torch' (host plan) or 'fused'")
+    if cfg["placement"] == "offloaded" and cfg["planner"] == "fused" and cfg["offload"] != "direct":
+        raise ValueError(f"planner='fused' offloaded reads the pinned pool in its launch: it needs offload='direct', "
+                         f"got offload={cfg['offload']!r}")
     for meth in GPU_ONLY:
         if meth in cfg["methods"] and cfg["placement"] != "gpu":
             raise ValueError(f"method {meth!r} needs placement 'gpu', got placement={cfg['placement']!r}")
@@ -166,7 +171,7 @@ def _stepper(
         tau = cfg["tau"] if method == "hybrid" else None
         cache = PairedWeightCache(gate, up, down, cap, placement=place, backend=backend, rebuild_tau=tau,
                                   device=device, offload=cfg["offload"],
-                                  planner=cfg["planner"] if place != "offloaded" else "torch")
+                                  planner=cfg["planner"])
         cache.update(masks[0])
         if method == "paired_graph":
             static = masks[0].clone()

@@ -203,15 +203,41 @@ def test_hybrid_rebuild_keeps_cache_exact() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="Triton on CPU tensors needs the interpreter, which is off on a GPU machine")
 def test_offloaded_logic_on_host() -> None:
-    """The offloaded path (host staging, packed plan, staged moves) with the buffer on the CPU."""
+    """The offloaded path (host staging, packed plan, staged moves; the fused launch with host
+    counts) with the buffer on the CPU."""
     w = _weights(True)
     x = torch.randn(2, H)
-    for backend, offload in (("torch", "staged"), ("triton", "staged"), ("triton", "direct")):
+    for backend, offload, planner in (("torch", "staged", "torch"), ("triton", "staged", "torch"),
+                                      ("triton", "direct", "torch"), ("triton", "direct", "fused")):
         cache = PairedWeightCache(*w, capacity=48, placement="offloaded", device="cpu", backend=backend,
-                                  offload=offload)
+                                  offload=offload, planner=planner)
         _run_sequence(cache, SEQS["union_batch4"][:8], x, w, TOL[torch.float32])
     with pytest.raises(ValueError, match="direct"):
         PairedWeightCache(*w, capacity=4, placement="offloaded", device="cpu", backend="torch", offload="direct")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="Triton on CPU tensors needs the interpreter, which is off on a GPU machine")
+def test_offloaded_fused_counts_on_host_shrink_and_rebuild() -> None:
+    """Offloaded with planner='fused': the host counts (added, size) from the mask, the launch
+    plans and moves; shrinking steps read the rows written back from the launch, hybrid
+    rebuilds replace the launch; the counts always equal the host plan's."""
+    w = _weights(True)
+    x = torch.randn(2, H)
+    for tau in (None, 0.4):
+        cache = PairedWeightCache(*w, capacity=48, placement="offloaded", device="cpu", planner="fused",
+                                  rebuild_tau=tau)
+        assert cache.backend == "triton" and cache.offload == "direct"
+        ref = PairedWeightCache(*w, capacity=48, placement="cpu", rebuild_tau=tau)
+        for seq in ("random_sizes", "full_churn", "empty_full"):
+            for mask in SEQS[seq][:12]:
+                assert cache.update(mask) == ref.update(mask)
+                assert cache.last == ref.last
+                cache.check()
+        _run_sequence(cache, SEQS["random_walk"][:6], x, w, TOL[torch.float32])
+    with pytest.raises(ValueError, match="offload='direct'"):
+        PairedWeightCache(*w, capacity=4, placement="offloaded", device="cpu", planner="fused", offload="staged")
+    with pytest.raises(ValueError, match="planner='triton'"):
+        PairedWeightCache(*w, capacity=4, placement="offloaded", device="cpu", planner="triton")
 
 
 def test_views_are_zero_copy_and_matmul_takes_them() -> None:
@@ -296,15 +322,17 @@ def test_cuda_graph_capture_fixed_topk(planner: str) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("backend", "offload"), [("torch", "staged"), ("triton", "staged"), ("triton", "direct")])
+@pytest.mark.parametrize(("backend", "offload", "planner"), [("torch", "staged", "torch"), ("triton", "staged", "torch"),
+                                                        ("triton", "direct", "torch"), ("triton", "direct", "fused")])
 @pytest.mark.parametrize("tau", [None, 0.4])
-def test_offloaded_on_gpu(backend: str, offload: str, tau: float | None) -> None:
+def test_offloaded_on_gpu(backend: str, offload: str, planner: str, tau: float | None) -> None:
     """Pool in pinned host memory, buffer on the GPU: exact after every step, for every way the
-    rows cross PCIe (direct: the kernel reads plan and rows through unified addressing)."""
+    rows cross PCIe (direct: the kernel reads plan and rows through unified addressing; fused:
+    one launch plans on the GPU maps and reads the rows from the pinned pool)."""
     w = _weights(True)
     x = torch.randn(2, H)
     cache = PairedWeightCache(*w, capacity=48, placement="offloaded", backend=backend, offload=offload,
-                              rebuild_tau=tau)
+                              rebuild_tau=tau, planner=planner)
     assert cache.pool.is_pinned() and cache.buffer.is_cuda
     for seq in ("union_batch4", "random_sizes", "full_churn", "empty_full"):
         _run_sequence(cache, SEQS[seq], x.cuda(), tuple(t.cuda() for t in w), TOL[torch.float32])

@@ -176,3 +176,29 @@ def test_moves_read_pinned_host_memory(dtype: torch.dtype) -> None:
     apply_moves(buf, pool, packed[2 : 2 + cap], packed[2 + cap :], packed[:2], max_moves=n_moves)
     torch.cuda.synchronize()
     _assert_equal_rows(buf.cpu(), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("n", "cap", "r", "dtype"), [(3000, 300, 12288, torch.float16), (500, 200, 1500, torch.float32)])
+def test_plan_and_move_reads_pinned_pool(n: int, cap: int, r: int, dtype: torch.dtype) -> None:
+    """Offloaded fused update: the one launch reads the added rows from a pool in pinned host
+    memory (unified addressing), rows split in column chunks over all programs (a 24 KiB row
+    is 12 work items; 1500 fp32 ends in a partial chunk); plan_moves' maps, exact rows."""
+    gen = torch.Generator().manual_seed(n + r)
+    pool = torch.randn(n, r, generator=gen).to(dtype).pin_memory()  # [N, R] on the host
+    s2n = torch.full((cap,), -1, dtype=torch.int32, device="cuda")
+    n2s = torch.full((n,), -1, dtype=torch.int32, device="cuda")
+    buf = torch.zeros(cap, r, dtype=dtype, device="cuda")
+    scratch, stats = fused_scratch(n, cap, "cuda"), torch.zeros(4, dtype=torch.int32, device="cuda")
+    for k in (cap // 2, cap // 2, cap, 3, cap // 3):
+        new = torch.zeros(n, dtype=torch.bool)
+        new[torch.randperm(n, generator=gen)[:k]] = True
+        new = new.cuda()
+        want = plan_moves(new, n2s, s2n)
+        plan_and_move(new, n2s, s2n, buf, pool, scratch, stats)
+        torch.cuda.synchronize()
+        st = want.stats.tolist()
+        assert stats.tolist() == st
+        assert torch.equal(s2n, want.s2n) and torch.equal(n2s, want.n2s)
+        _assert_equal_rows(buf[: st[3]].cpu(), pool[s2n[: st[3]].long().cpu()])
+    assert barrier_timeouts(scratch) == 0
