@@ -44,7 +44,6 @@ PLACEMENTS: tuple[str, ...] = ("cpu", "gpu", "offloaded")
 BACKENDS: tuple[str, ...] = ("torch", "triton")
 OFFLOADS: tuple[str, ...] = ("staged", "direct")
 PLANNERS: tuple[str, ...] = ("torch", "triton", "fused")
-MASK_RING = 256  # slots of the mask-address ring of the fused graph (a power of two)
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -200,7 +199,6 @@ class PairedWeightCache:
             # stream sync, with no device-to-host copy to launch
             self._hstats = torch.zeros(4, dtype=torch.int32).pin_memory() if buf_dev.type == "cuda" else None
             self._graph: torch.cuda.CUDAGraph | None = None  # the launch, captured on first use
-            self._calls = 0  # graph launches so far (each read one slot of the mask-address ring)
         self.rows_written = 0  # total over the cache's life
         self.last: dict[str, int] = {"added": 0, "removed": 0, "written": 0, "size": 0, "rebuilt": 0}
         if placement == "offloaded":
@@ -499,12 +497,8 @@ class PairedWeightCache:
 
         A Triton launch costs tens of microseconds of Python on the host (argument binding
         and specialisation), many times the kernel; a graph replay of the same launch a few.
-        The graph takes each call's mask without a copy into a static input: the host writes
-        the mask's address into a ring of addresses in pinned host memory (one int64 store)
-        and the launch reads it from the slot its device-side call counter names. Every half
-        ring the host waits for the launch of half a ring ago, so it never overwrites a slot
-        that a queued launch has yet to read. Launched directly where no graph can be (CPU,
-        or inside a capture the caller is recording).
+        The graph reads the mask from a static copy. Launched directly where no graph can be
+        (CPU, or inside a capture the caller is recording).
         """
         from kernels.weight_cache import plan_and_move
 
@@ -513,24 +507,15 @@ class PairedWeightCache:
             plan_and_move(new, *args)
             return
         if self._graph is None:
-            self._ring = torch.zeros(MASK_RING, dtype=torch.int64).pin_memory()  # [RING] mask addresses
-            self._ring_np = self._ring.numpy()
-            self._ctr = torch.zeros(1, dtype=torch.int32, device=self.buffer.device)  # launches that read the ring
-            self._ring_event = torch.cuda.Event()
-        self._ring_np[self._calls % MASK_RING] = new.data_ptr()
-        if self._graph is not None:
-            self._graph.replay()
-        else:
-            ring = (self._ring, self._ctr)
-            plan_and_move(new, *args, ring=ring)  # compiles the kernel and runs this update
+            plan_and_move(new, *args)  # compiles the kernel; the graph serves the next calls
+            self._mask_in = torch.zeros_like(new)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                plan_and_move(new, *args, ring=ring)  # recorded, not run: each replay reads the ring
+                plan_and_move(self._mask_in, *args)
             self._graph = graph
-        self._calls += 1
-        if self._calls % (MASK_RING // 2) == 0:  # launches up to half a ring ago read their slots
-            self._ring_event.synchronize()
-            self._ring_event.record()
+            return
+        self._mask_in.copy_(new)
+        self._graph.replay()
 
     def _direct_moves(self, k: int) -> None:
         """Direct offload on a GPU: copy packed plan k to the device, then one move kernel over a

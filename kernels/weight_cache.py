@@ -278,8 +278,6 @@ def _plan_move_kernel(
     sync_ptr,  # int32 [SYNC_WORDS]: grid barrier state
     stats_ptr,  # int32 [4] out: (added, removed, moves, new size)
     hstats_ptr,  # int32 [4] out (HOST_STATS): the same, in pinned host memory
-    ring_ptr,  # int64 [RING] (INDIRECT): mask addresses, in pinned host memory
-    ctr_ptr,  # int32 [1] (INDIRECT): launches so far; this launch's mask is ring[ctr % RING]
     N,
     CAP,
     row_len,
@@ -292,13 +290,8 @@ def _plan_move_kernel(
     SPIN: tl.constexpr,
     HOST_STATS: tl.constexpr,
     ONE: tl.constexpr,  # CAP <= SB: the slot block stays in registers from phase 1 to phase 2
-    INDIRECT: tl.constexpr,  # the mask's address comes from the ring (a graph replayed with a new mask each time)
-    RING: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if INDIRECT:
-        call = tl.load(ctr_ptr)
-        new_ptr = tl.load(ring_ptr + (call & (RING - 1))).to(tl.pointer_type(tl.uint8))  # RING: a power of two
     zero = tl.sum(tl.zeros([SB], dtype=tl.int32), axis=0)
     # phase 1: added neurons of this program's chunk; stayers over all slots (every program)
     i = pid * NB + tl.arange(0, NB)
@@ -318,9 +311,6 @@ def _plan_move_kernel(
     else:
         n_stay, n_old = _count_stayers(s2n_ptr, new_ptr, CAP, SB)
     _grid_sync(sync_ptr, n_prog, SPIN)
-    if INDIRECT:
-        if pid == 0:  # every program read the counter before the barrier
-            tl.store(ctr_ptr, call + 1)
     # phase 2: ranks. Added neurons in id order take moves 0..A-1 (program offsets from the
     # per-chunk counts); holes below the new size in slot order are the destinations; stayers
     # in the vacated tail follow the added as sources. Slot block b is written by program b % n_prog.
@@ -419,7 +409,6 @@ def plan_and_move(
     scratch: torch.Tensor,
     stats: torch.Tensor,
     host_stats: torch.Tensor | None = None,
-    ring: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """A whole paired update in ONE launch: plan, row moves and map commit (gpu placement).
 
@@ -428,11 +417,7 @@ def plan_and_move(
     scratch: int32 from :func:`fused_scratch` (zeroed once, reused: it holds the grid
     barrier's state); stats: int32 [4] = (added, removed, moves, new size), also written to
     ``host_stats`` (pinned host memory, read after a stream sync without a device-to-host
-    copy) when given. No host sync: capturable in a CUDA graph. ``ring`` = (addresses, counter):
-    the launch ignores ``new``'s address (only its size is used) and reads its mask from
-    ``addresses[counter % RING]`` (int64 [RING], pinned host memory, written by the host
-    before the launch), then increments ``counter`` (int32 [1], device): a graph of this
-    launch takes a new mask each replay without a copy into a static input.
+    copy) when given. No host sync: capturable in a CUDA graph.
 
     The grid has one program per SM; two grid barriers (atomics, all programs resident)
     separate counting, ranking and moving, so the scan over N is split across programs and
@@ -459,17 +444,11 @@ def plan_and_move(
     dst, src, moved = scratch[:cap], scratch[cap : 2 * cap], scratch[2 * cap : 3 * cap]
     part, sync = scratch[3 * cap : 3 * cap + progs], scratch[3 * cap + progs :]
     hs = stats if host_stats is None else host_stats
-    if ring is not None and (ring[0].dtype != torch.int64 or ring[1].dtype != torch.int32 or ring[1].numel() != 1):
-        raise TypeError(f"ring must be (int64 addresses, int32 [1] counter), got {ring[0].dtype}, {ring[1].dtype}")
-    addrs, ctr = ring if ring is not None else (stats, stats)
-    if ring is not None and (addrs.numel() & (addrs.numel() - 1)):
-        raise ValueError(f"the ring must hold a power of two of addresses, got {addrs.numel()}")
     _plan_move_kernel[(progs,)](
-        new.view(torch.uint8), n2s, s2n, buf, pool, dst, src, moved, part, sync, stats, hs, addrs, ctr,
+        new.view(torch.uint8), n2s, s2n, buf, pool, dst, src, moved, part, sync, stats, hs,
         n, cap, row_len, progs, NB=triton.next_power_of_2(triton.cdiv(n, progs)), SB=sb,
         PB=triton.next_power_of_2(progs), MB=mb, COLS=cols, SPIN=SPIN_LIMIT, HOST_STATS=host_stats is not None,
-        ONE=cap <= sb, INDIRECT=ring is not None, RING=addrs.numel() if ring is not None else 1,
-        num_warps=8)
+        ONE=cap <= sb, num_warps=8)
 
 
 def fused_scratch(n: int, cap: int, device: torch.device | str) -> torch.Tensor:
