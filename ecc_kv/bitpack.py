@@ -239,7 +239,7 @@ def _check_widths(bits: int | torch.Tensor, lead: tuple[int, ...], lo: int) -> N
 
 def _quantize_pack_triton(x: torch.Tensor, bits: int | torch.Tensor, g: int, scheme: str, k: int,
                           adaptive: bool | None) -> PackedTensor:
-    """One fused launch and no host sync when the widths live on the GPU (the size is read lazily)."""
+    """No host sync when the widths live on the GPU (width sums, then one fused launch; the size is read lazily)."""
     from kernels.bitpack import quantize_pack_triton
 
     lead = tuple(x.shape[:-1])
@@ -275,7 +275,7 @@ def quantize_pack(
     adaptive: bool | None = None,
     backend: str = "torch",
 ) -> PackedTensor:
-    """Quantize ``x [..., D]`` at ``bits`` and pack it; fused into one kernel on Triton.
+    """Quantize ``x [..., D]`` at ``bits`` and pack it; one fused kernel on Triton (after a width-sum launch).
 
     On Triton with widths on the GPU the call does not wait for the GPU: invalid widths raise
     ValueError when ``data`` is first read (see ``PackedTensor``); widths given as an int or a
@@ -291,7 +291,7 @@ def quantize_pack(
 
 
 def unpack_dequantize(p: PackedTensor, dtype: torch.dtype = torch.float16, backend: str = "torch") -> torch.Tensor:
-    """The tensor ``p`` stands for, in ``dtype``; fused into one kernel on Triton."""
+    """The tensor ``p`` stands for, in ``dtype``; one fused kernel on Triton (after a width-sum launch if adaptive)."""
     check_backend(backend)
     if backend == "triton":
         from kernels.bitpack import unpack_dequantize_triton

@@ -4,30 +4,38 @@ The torch twin and the layout are in ``ecc_kv.bitpack`` / ``ecc_kv.uniform_quant
 kernels reproduce them bit for bit. Group ``m`` (``G`` values) owns ``bits[m]`` planes of
 ``PB = ceil(G / 8)`` bytes at byte offset ``PB * sum_{i<m} bits[i]``.
 
-One launch per call. A program handles ``BLOCK_M`` consecutive groups (a *tile*) and works on
-plane *units* of ``UNIT`` bytes (4 when ``PB % 4 == 0``, else 2 or 1): a unit of plane ``p``
+One fused launch per call (after a width-sum launch when widths vary). A program handles
+``BLOCK_M`` consecutive groups (a *tile*) and works on plane *units* of ``UNIT`` bytes (4 when ``PB % 4 == 0``, else 2 or 1): a unit of plane ``p``
 holds bit ``p`` of ``8 * UNIT`` codes, so the 8 units of planes 0..7 are an 8x8 bit matrix per
 byte lane, transposed with 3 swap stages of word ops (no per-bit work). Units are loaded and
 stored whole (32-bit words when ``UNIT = 4``, a group's planes are contiguous), only for the
 planes a group has.
 
-Offsets without a host round trip: a tile's byte offset is the sum of the widths of all tiles
-before it, found by *decoupled look-back* (Merrill and Garland, 2016): each program takes a
-ticket (an atomic counter, so tiles start in order and the look-back cannot deadlock),
-publishes its tile's width sum, then sums its predecessors' published values (32 per step)
-back to the nearest one that already holds its inclusive prefix, and publishes its own
-inclusive prefix. The workspace ``ws`` (int64, zeroed per call) holds ``[ticket, bad-width
-count, status of tile 0, ...]``; the last status is the total, so the host learns the packed
-size only when it asks (``packed_size``), one read that also reports invalid widths (their
-planes are clamped to 1..8 in the kernel, so nothing is written out of bounds).
+Offsets without a host round trip and without a serial chain: a tile's byte offset is the sum
+of the widths of all groups before it. The widths are inputs, so a small first launch
+(``_width_sums_kernel``, one program per *block* of ``TPB`` tiles) writes every tile's width
+sum, every block's sum and a count of invalid widths into the workspace ``ws`` (int32, shape
+``[2 + TPB, n_blocks]``: row 0 block sums, row 1 invalid counts, rows 2.. the tile sums); a
+tile's offset is then the sum of the block sums before its block plus the tile sums before it
+in its block (two short vector loads, issued beside the data loads). No atomics, no spinning,
+no zeroed workspace: every program of the main launch finds its offset on its own. The host
+learns the packed size only when it asks (``packed_size``), one read that also reports invalid
+widths (their planes are clamped to 1..8 in the kernels, so nothing is written out of bounds).
+With widths given the pack's first launch also writes them as uint8 (the stored widths), which
+the main launch reads back (from L2).
 
 Bit-exactness: the same fp32 operations as the twin (correctly rounded division, ``floor(v +
-0.5)``, scales rounded up to fp16, first-index argmax/argmin for outliers). Codes are
+0.5)``, scales rounded up to fp16, first-index argmax/argmin for outliers, outlier values read
+back from x as the twin gathers them). Codes are
 ``floor(clip(t))`` moved into an integer by adding 1.5 * 2^23 (exact for |t| < 2^22);
 dequantization ors the code into the bits of 2^23 (no int-to-float conversion);
 ``(code - c0) * scale + zero`` has an exact product, so a fused multiply-add rounds the same
-as the twin's separate multiply and add. Pack tiles are ``[BLOCK_M, PU2, 8]`` per byte lane of
-a unit, so a thread holds whole units (no shuffles) and row values stay in the tile's layout.
+as the twin's separate multiply and add. Pack tiles are ``[PU2, BLOCK_M, 8]`` per byte lane of
+a unit (units on the first axis): the 8 values of a lane are one 16-byte load per thread, and
+Triton puts a row's units in one warp, so row reductions are warp shuffles (no shared memory,
+no barriers) and a thread holds whole units for the transpose. One outlier per tail (1% at
+G = 128) takes one pass: the two largest and two smallest values of each row (multiset
+reductions), then the first column of the largest and of the smallest.
 """
 
 from __future__ import annotations
@@ -40,11 +48,11 @@ _FP16_MAX = tl.constexpr(65504.0)
 _MAGIC = tl.constexpr(8388608.0)  # 2^23: x + 2^23 has x's integer part in its low mantissa bits
 _MAGIC_BITS = tl.constexpr(0x4B000000)  # bits of 2^23 as fp32
 _RMAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: t + _RMAGIC rounds t to an integer for |t| < 2^22
-_FLAG_INC = tl.constexpr(2 << 32)  # status word (flag << 32 | sum): 1 tile sum published, 2 inclusive prefix
-_LOOKBACK = tl.constexpr(32)  # predecessors read per look-back step (one warp's worth: no block-wide reductions)
-
-# Launch shape (H100 sweep, 16M and 256M values: 4096 values a program best at 16M, 8192 at 256M; 4 warps).
-TUNING: dict[str, int] = {"values_per_program": 4096, "big_values": 1 << 26, "num_warps": 4}
+# Launch shape: values per program (twice that from ``big_values`` on), warps; rows per block of
+# the width-sum launch (``block_rows``, so a block holds block_rows // BLOCK_M tiles).
+# ``sums_step``: block sums a program reads per step when it adds up the blocks before its own.
+TUNING: dict[str, int] = {"values_per_program": 4096, "big_values": 1 << 62, "num_warps": 4, "block_rows": 2048,
+                          "sums_step": 512}
 
 
 @triton.jit
@@ -57,62 +65,52 @@ def _round_up_fp16(s32):
 
 
 @triton.jit
-def _lookback(ws_ptr, tile, agg):
-    """Sum of the widths of all tiles before ``tile`` (decoupled look-back; see the module docstring).
+def _width_sums_kernel(bits_ptr, wout_ptr, ws_ptr, M, NPR, NB, LO: tl.constexpr, WRITE_W: tl.constexpr,
+                       BLOCK_M: tl.constexpr, TPB: tl.constexpr):
+    """First launch: per block of TPB tiles, each tile's width sum, the block's sum and its invalid widths.
 
-    The tile's own sum ``agg`` was published by ``_tile_setup``; this publishes its inclusive prefix.
+    Widths are clamped to LO..8 (memory safety); ``WRITE_W`` also stores the widths as given (uint8).
     """
-    st_ptr = ws_ptr + 2
-    d = tl.arange(0, _LOOKBACK)
-    acc = agg.to(tl.int64) * 0
-    base = tile - 1
-    go = tile > 0
-    while go:
-        idx = base - d
-        st = tl.load(st_ptr + idx, mask=idx >= 0, other=_FLAG_INC, volatile=True)  # [W] int64
-        flag = st >> 32
-        first_inc = tl.min(tl.where(flag == 2, d, _LOOKBACK))
-        first_zero = tl.min(tl.where(flag == 0, d, _LOOKBACK))
-        ready = first_zero >= first_inc  # everything up to the nearest inclusive entry is published
-        part = tl.sum(tl.where(d <= first_inc, st & 0xFFFFFFFF, 0))
-        acc += tl.where(ready, part, 0)
-        base -= tl.where(ready, _LOOKBACK, 0)
-        go = (~ready) | (first_inc == _LOOKBACK)
-    tl.atomic_xchg(st_ptr + tile, (acc + agg.to(tl.int64)) | _FLAG_INC, sem="relaxed")
-    return acc
+    blk = tl.program_id(0)
+    rows = blk * (TPB * BLOCK_M) + tl.arange(0, TPB * BLOCK_M)  # [TPB * BM]
+    rm = rows < M
+    braw = tl.load(bits_ptr + rows // NPR, mask=rm, other=LO).to(tl.int32)
+    if WRITE_W:
+        tl.store(wout_ptr + rows // NPR, braw.to(tl.uint8), mask=rm & (rows % NPR == 0))
+    b = tl.where(rm, tl.minimum(tl.maximum(braw, LO), 8), 0)
+    ts = tl.sum(tl.reshape(b, (TPB, BLOCK_M)), axis=1)  # [TPB]
+    tl.store(ws_ptr + 2 * NB + blk * TPB + tl.arange(0, TPB), ts)
+    tl.store(ws_ptr + blk, tl.sum(ts))
+    tl.store(ws_ptr + NB + blk, tl.sum(((braw < LO) | (braw > 8)).to(tl.int32)))
 
 
 @triton.jit
-def _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED: tl.constexpr, LO: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Tile index, rows and widths (``b`` clamped to LO..8 for memory safety, ``braw`` as given).
-
-    With per-row widths this takes a ticket (the tile index) and publishes the tile's width sum.
-    """
+def _tile_rows(bits_ptr, M, NPR, FIXED: tl.constexpr, LO: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Tile index, rows [BM] and widths [BM] (clamped to LO..8 for memory safety, 0 past M)."""
+    tile = tl.program_id(0)
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     if FIXED > 0:
-        tile = tl.program_id(0)
-        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
         b = tl.full((BLOCK_M,), FIXED, tl.int32)
-        braw = b
     else:
-        tile = tl.atomic_add(ws_ptr, 1, sem="relaxed").to(tl.int32)  # ticket: tiles start in order, no deadlock
-        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         braw = tl.load(bits_ptr + rows // NPR, mask=rows < M, other=LO).to(tl.int32)
-        bad = tl.sum(((braw < LO) | (braw > 8)).to(tl.int32))
-        tl.atomic_add(ws_ptr + 1, bad.to(tl.int64), mask=bad > 0, sem="relaxed")
-        b = tl.minimum(tl.maximum(braw, LO), 8)
-        b = tl.where(rows < M, b, 0)
-        agg = tl.sum(b).to(tl.int64)
-        tl.atomic_xchg(ws_ptr + 2 + tile, (((tile == 0).to(tl.int64) + 1) << 32) | agg, sem="relaxed")  # 0: inclusive
-    return tile, rows, b, braw
+        b = tl.where(rows < M, tl.minimum(tl.maximum(braw, LO), 8), 0)
+    return tile, rows, b
 
 
 @triton.jit
-def _tile_first(ws_ptr, tile, rows, b, FIXED: tl.constexpr):
-    """Plane index [BM] (int64) of each row's first plane: fixed stride, or the look-back prefix plus the tile's own."""
-    if FIXED > 0:  # one return: the compiler would still build the look-back after an early one
+def _tile_first(ws_ptr, tile, rows, b, NB, FIXED: tl.constexpr, TPB: tl.constexpr, SUMS: tl.constexpr):
+    """Plane index [BM] (int64) of each row's first plane: fixed stride, or block and tile sums before it plus the tile's own."""
+    if FIXED > 0:  # one return: the compiler would still build the other branch after an early one
         first = rows.to(tl.int64) * FIXED
     else:
-        first = _lookback(ws_ptr, tile, tl.sum(b)) + (tl.cumsum(b, 0) - b).to(tl.int64)
+        blk = tile // TPB
+        j = tl.arange(0, TPB)
+        ts = tl.load(ws_ptr + 2 * NB + blk * TPB + j, mask=j < tile - blk * TPB, other=0)  # [TPB]
+        acc = tl.sum(ts.to(tl.int64))
+        d = tl.arange(0, SUMS)
+        for s0 in range(0, blk, SUMS):
+            acc += tl.sum(tl.load(ws_ptr + s0 + d, mask=s0 + d < blk, other=0).to(tl.int64))
+        first = acc + (tl.cumsum(b, 0) - b).to(tl.int64)
     return first
 
 
@@ -156,15 +154,15 @@ def _unit_to_bytes(w, UNIT: tl.constexpr):
 
 
 @triton.jit
-def _store_plane(data_ptr, first, b, rows, q, P, val, M, PU: tl.constexpr, PU2: tl.constexpr):
-    msk = ((rows < M) & (P < b))[:, None] & (q < PU)[None, :]
-    tl.store(data_ptr + (first * PU + P * PU)[:, None] + q[None, :], val.to(data_ptr.dtype.element_ty), mask=msk)
+def _store_plane(data_ptr, off, msk, b2, P: tl.constexpr, val, PU: tl.constexpr):
+    """Plane P's units [PU2, BM] of every row that has it (``off``/``msk``: plane 0's unit offsets and mask)."""
+    tl.store(data_ptr + off + P * PU, val.to(data_ptr.dtype.element_ty), mask=msk & (P < b2))
 
 
 @triton.jit
-def _load_plane(data_ptr, first, b, rows, q, P, M, UNIT: tl.constexpr, PU: tl.constexpr):
-    msk = ((rows < M) & (P < b))[:, None] & (q < PU)[None, :]
-    w = tl.load(data_ptr + (first * PU + P * PU)[:, None] + q[None, :], mask=msk, other=0).to(tl.int32)
+def _load_plane(data_ptr, off, msk, b2, P: tl.constexpr, UNIT: tl.constexpr, PU: tl.constexpr):
+    """Plane P's units [BM, PU2] (0 where a row has no plane P); ``off``/``msk``: plane 0's unit offsets and mask."""
+    w = tl.load(data_ptr + off + P * PU, mask=msk & (P < b2), other=0).to(tl.int32)
     if UNIT == 2:
         w = w & 0xFFFF  # int16 units sign-extend
     return w
@@ -172,17 +170,17 @@ def _load_plane(data_ptr, first, b, rows, q, P, M, UNIT: tl.constexpr, PU: tl.co
 
 @triton.jit
 def _lane(x_ptr, rows64, rmask, q, k, J: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr):
-    """Byte lane J of every plane unit: values 8 * (UNIT * q + J) + k, as [BM, PU2, 8] (8 contiguous per thread)."""
-    col = q[None, :, None] * (8 * UNIT) + 8 * J + k[None, None, :]  # [1, PU2, 8]
-    msk = rmask[:, None, None] & (col < G) & (J < UNIT)
-    return tl.load(x_ptr + rows64[:, None, None] * G + col, mask=msk, other=0), msk, col
+    """Byte lane J of every plane unit: values 8 * (UNIT * q + J) + k, as [PU2, BM, 8] (8 contiguous per thread)."""
+    col = q[:, None, None] * (8 * UNIT) + 8 * J + k[None, None, :]  # [PU2, 1, 8]
+    msk = rmask[None, :, None] & (col < G) & (J < UNIT)
+    return tl.load(x_ptr + rows64[None, :, None] * G + col, mask=msk, other=0), msk, col
 
 
 @triton.jit
 def _quant(x, zero, inv, lo, hi, c0, CLAMP_LO: tl.constexpr, SYMMETRIC: tl.constexpr):
-    """Codes (int32) of [BM, PU2, 8] values: floor(clip((x - zero) * inv + 0.5, -c0, L-1-c0)) + c0, as the twin.
+    """Codes (int32) of [PU2, BM, 8] values: floor(clip((x - zero) * inv + 0.5, -c0, L-1-c0)) + c0, as the twin.
 
-    Row parameters are [BM, 1, 1]. Without outliers a min-max grid never needs the lower clip (x >= zero).
+    Row parameters are [1, BM, 1]. Without outliers a min-max grid never needs the lower clip (x >= zero).
     """
     t = (x - zero) * inv + 0.5
     t = tl.minimum(t, hi)
@@ -195,87 +193,131 @@ def _quant(x, zero, inv, lo, hi, c0, CLAMP_LO: tl.constexpr, SYMMETRIC: tl.const
 
 
 @triton.jit
+def _row_max(v):
+    """[PU2, BM, 8] -> [1, BM, 1]: in-thread over the 8 values, then over the row's units (warp shuffles)."""
+    return tl.max(tl.max(v, axis=2, keep_dims=True), axis=0, keep_dims=True)
+
+
+@triton.jit
+def _row_min(v):
+    return tl.min(tl.min(v, axis=2, keep_dims=True), axis=0, keep_dims=True)
+
+
+@triton.jit
 def _max_min(x, msk, CHECK: tl.constexpr):
-    """Row max and min [BM, 1, 1] of [BM, PU2, 8] values (only where ``msk`` when CHECK)."""
+    """Row max and min [1, BM, 1] of [PU2, BM, 8] values (only where ``msk`` when CHECK)."""
     if CHECK:
-        return tl.max(tl.max(tl.where(msk, x, float("-inf")), axis=2, keep_dims=True), axis=1, keep_dims=True), \
-            tl.min(tl.min(tl.where(msk, x, float("inf")), axis=2, keep_dims=True), axis=1, keep_dims=True)
-    return tl.max(tl.max(x, axis=2, keep_dims=True), axis=1, keep_dims=True), \
-        tl.min(tl.min(x, axis=2, keep_dims=True), axis=1, keep_dims=True)
+        return _row_max(tl.where(msk, x, float("-inf"))), _row_min(tl.where(msk, x, float("inf")))
+    return _row_max(x), _row_min(x)
+
+
+@triton.jit
+def _top2(a1, a2, b1, b2):
+    """Largest and second largest of the multiset union of (a1 >= a2) and (b1 >= b2)."""
+    return tl.maximum(a1, b1), tl.maximum(tl.minimum(a1, b1), tl.maximum(a2, b2))
+
+
+@triton.jit
+def _bot2(a1, a2, b1, b2):
+    """Smallest and second smallest of the multiset union of (a1 <= a2) and (b1 <= b2)."""
+    return tl.minimum(a1, b1), tl.minimum(tl.maximum(a1, b1), tl.minimum(a2, b2))
+
+
+@triton.jit
+def _lane_top2_bot2(x, msk, PAD: tl.constexpr):
+    """Per row [1, BM, 1]: the two largest and the two smallest values of a lane (multisets)."""
+    xa = tl.where(msk, x, float("-inf")) if PAD else x
+    xb = tl.where(msk, x, float("inf")) if PAD else x
+    a1, a2 = tl.reduce((xa, tl.full(xa.shape, float("-inf"), tl.float32)), 2, _top2, keep_dims=True)
+    a1, a2 = tl.reduce((a1, a2), 0, _top2, keep_dims=True)
+    b1, b2 = tl.reduce((xb, tl.full(xb.shape, float("inf"), tl.float32)), 2, _bot2, keep_dims=True)
+    b1, b2 = tl.reduce((b1, b2), 0, _bot2, keep_dims=True)
+    return a1, a2, b1, b2
+
+
+@triton.jit
+def _first(x, e3, msk, col, CHECK: tl.constexpr):
+    """Lowest column [1, BM, 1] of a value equal to the row's extreme e3 [1, BM, 1] (among ``msk`` when CHECK)."""
+    hit = (x == e3) & msk if CHECK else x == e3
+    return _row_min(tl.where(hit, col, 1 << 30))
 
 
 @triton.jit
 def _pack_kernel(
-    x_ptr, bits_ptr, ws_ptr, data_ptr, wout_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr,
-    M, NPR,
+    x_ptr, bits_ptr, ws_ptr, data_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr,
+    M, NPR, NB,
     G: tl.constexpr, UNIT: tl.constexpr, FIXED: tl.constexpr, LO: tl.constexpr, FROM_X: tl.constexpr,
-    SYMMETRIC: tl.constexpr, K_TAIL: tl.constexpr, WRITE_W: tl.constexpr, BLOCK_M: tl.constexpr,
+    SYMMETRIC: tl.constexpr, K_TAIL: tl.constexpr, BLOCK_M: tl.constexpr, TPB: tl.constexpr, SUMS: tl.constexpr,
 ):
     PU: tl.constexpr = (G + 8 * UNIT - 1) // (8 * UNIT)  # units per plane
     PU2: tl.constexpr = triton.next_power_of_2(PU)
-    tile, rows, b, braw = _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED, LO, BLOCK_M)
-    first = _tile_first(ws_ptr, tile, rows, b, FIXED)  # resolved first (the order measured best on the H100)
+    tile, rows, b = _tile_rows(bits_ptr, M, NPR, FIXED, LO, BLOCK_M)
     rmask = rows < M
     rows64 = rows.to(tl.int64)
-    if WRITE_W:
-        tl.store(wout_ptr + rows // NPR, braw.to(tl.uint8), mask=rmask & (rows % NPR == 0))
     q = tl.arange(0, PU2)
     k = tl.arange(0, 8)
-    r3 = rows[:, None, None]  # per-row values stay [BM, 1, 1] in the tile's layout
+    r3 = rows[None, :, None]  # per-row values stay [1, BM, 1] in the tile's layout
     rm3 = r3 < M
-    b3 = b[:, None, None]
-    # four byte lanes (only UNIT of them real): every thread holds whole plane units, no shuffles
+    b3 = b[None, :, None]
+    # four byte lanes (only UNIT of them real): every thread holds whole plane units; loads before the offsets
     x0, m0, col0 = _lane(x_ptr, rows64, rmask, q, k, 0, G, UNIT)
     x1, m1, col1 = _lane(x_ptr, rows64, rmask, q, k, 1, G, UNIT)
     x2, m2, col2 = _lane(x_ptr, rows64, rmask, q, k, 2, G, UNIT)
     x3, m3, col3 = _lane(x_ptr, rows64, rmask, q, k, 3, G, UNIT)
+    first = _tile_first(ws_ptr, tile, rows, b, NB, FIXED, TPB, SUMS)  # its loads overlap the data loads
     if FROM_X:
         x0, x1, x2, x3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
         PAD: tl.constexpr = (G % (32 * UNIT) != 0) or (UNIT < 4)  # some lanes hold padding
-        CHECK: tl.constexpr = PAD or (K_TAIL > 0)
-        if K_TAIL == 1:  # one per tail in closed form: the max (first index), then the min of the rest
-            a0, i0 = _max_min(x0, m0, PAD)
-            a1, i1 = _max_min(x1, m1, PAD)
-            a2, i2 = _max_min(x2, m2, PAD)
-            a3, i3_ = _max_min(x3, m3, PAD)
-            top = tl.maximum(tl.maximum(a0, a1), tl.maximum(a2, a3))  # [BM, 1, 1]
-            bot = tl.minimum(tl.minimum(i0, i1), tl.minimum(i2, i3_))
+        CHECK: tl.constexpr = PAD or (K_TAIL > 1)
+        if K_TAIL == 1:  # one per tail in one pass: the two largest and two smallest values of each row
+            a1, a2, b1, b2 = _lane_top2_bot2(x0, m0, PAD)
+            c1, c2, d1, d2 = _lane_top2_bot2(x1, m1, PAD)
+            a1, a2 = _top2(a1, a2, c1, c2)
+            b1, b2 = _bot2(b1, b2, d1, d2)
+            c1, c2, d1, d2 = _lane_top2_bot2(x2, m2, PAD)
+            a1, a2 = _top2(a1, a2, c1, c2)
+            b1, b2 = _bot2(b1, b2, d1, d2)
+            c1, c2, d1, d2 = _lane_top2_bot2(x3, m3, PAD)
+            top, mx = _top2(a1, a2, c1, c2)  # [1, BM, 1]
+            bot, mn = _bot2(b1, b2, d1, d2)
+            # the max (first index) and the min of the rest are the outliers; without them (G >= 3) the
+            # inliers' max is the second largest and their min the second smallest (see docs/qaq.md)
             j_top = tl.minimum(tl.minimum(_first(x0, top, m0, col0, PAD), _first(x1, top, m1, col1, PAD)),
                                tl.minimum(_first(x2, top, m2, col2, PAD), _first(x3, top, m3, col3, PAD)))
             j_bot = tl.minimum(tl.minimum(_first(x0, bot, m0, col0, PAD), _first(x1, bot, m1, col1, PAD)),
                                tl.minimum(_first(x2, bot, m2, col2, PAD), _first(x3, bot, m3, col3, PAD)))
             j_bot = tl.where(top == bot, 1, j_bot)  # all equal: the max took column 0, the min is column 1
             tl.store(opos_ptr + r3 * 2, j_top.to(opos_ptr.dtype.element_ty), mask=rm3)
-            tl.store(oval_ptr + r3 * 2, top.to(tl.float16), mask=rm3)
             tl.store(opos_ptr + r3 * 2 + 1, j_bot.to(opos_ptr.dtype.element_ty), mask=rm3)
-            tl.store(oval_ptr + r3 * 2 + 1, bot.to(tl.float16), mask=rm3)
-            m0 = m0 & (col0 != j_top) & (col0 != j_bot)
-            m1 = m1 & (col1 != j_top) & (col1 != j_bot)
-            m2 = m2 & (col2 != j_top) & (col2 != j_bot)
-            m3 = m3 & (col3 != j_top) & (col3 != j_bot)
-        elif K_TAIL > 0:  # K_TAIL largest, then K_TAIL smallest; first index on ties; taken = not an inlier
-            t0, t1, t2, t3 = ~m0, ~m1, ~m2, ~m3
-            for t in tl.static_range(2 * K_TAIL):
-                if t < K_TAIL:
-                    ext = tl.maximum(tl.maximum(_max_min(x0, ~t0, True)[0], _max_min(x1, ~t1, True)[0]),
-                                     tl.maximum(_max_min(x2, ~t2, True)[0], _max_min(x3, ~t3, True)[0]))
-                else:
-                    ext = tl.minimum(tl.minimum(_max_min(x0, ~t0, True)[1], _max_min(x1, ~t1, True)[1]),
-                                     tl.minimum(_max_min(x2, ~t2, True)[1], _max_min(x3, ~t3, True)[1]))
-                e3 = ext
-                idx = tl.minimum(
-                    tl.minimum(_first(x0, e3, ~t0, col0, True), _first(x1, e3, ~t1, col1, True)),
-                    tl.minimum(_first(x2, e3, ~t2, col2, True), _first(x3, e3, ~t3, col3, True)))  # [BM, 1, 1]
-                t0, t1, t2, t3 = t0 | (col0 == idx), t1 | (col1 == idx), t2 | (col2 == idx), t3 | (col3 == idx)
-                tl.store(opos_ptr + r3 * (2 * K_TAIL) + t, idx.to(opos_ptr.dtype.element_ty), mask=rm3)
-                tl.store(oval_ptr + r3 * (2 * K_TAIL) + t, ext.to(tl.float16), mask=rm3)
-            m0, m1, m2, m3 = ~t0, ~t1, ~t2, ~t3
-        a0, i0 = _max_min(x0, m0, CHECK)
-        a1, i1 = _max_min(x1, m1, CHECK)
-        a2, i2 = _max_min(x2, m2, CHECK)
-        a3, i3_ = _max_min(x3, m3, CHECK)
-        mx = tl.maximum(tl.maximum(a0, a1), tl.maximum(a2, a3))  # [BM, 1, 1]
-        mn = tl.minimum(tl.minimum(i0, i1), tl.minimum(i2, i3_))
+            # the stored values are read back from x (the twin gathers them: a -0.0 stays -0.0)
+            v_top = tl.load(x_ptr + r3.to(tl.int64) * G + j_top, mask=rm3, other=0.0)
+            v_bot = tl.load(x_ptr + r3.to(tl.int64) * G + j_bot, mask=rm3, other=0.0)
+            tl.store(oval_ptr + r3 * 2, v_top.to(tl.float16), mask=rm3)
+            tl.store(oval_ptr + r3 * 2 + 1, v_bot.to(tl.float16), mask=rm3)
+        else:
+            if K_TAIL > 1:  # K_TAIL largest, then K_TAIL smallest; first index on ties; taken = not an inlier
+                t0, t1, t2, t3 = ~m0, ~m1, ~m2, ~m3
+                for t in tl.static_range(2 * K_TAIL):
+                    if t < K_TAIL:
+                        ext = tl.maximum(tl.maximum(_max_min(x0, ~t0, True)[0], _max_min(x1, ~t1, True)[0]),
+                                         tl.maximum(_max_min(x2, ~t2, True)[0], _max_min(x3, ~t3, True)[0]))
+                    else:
+                        ext = tl.minimum(tl.minimum(_max_min(x0, ~t0, True)[1], _max_min(x1, ~t1, True)[1]),
+                                         tl.minimum(_max_min(x2, ~t2, True)[1], _max_min(x3, ~t3, True)[1]))
+                    idx = tl.minimum(
+                        tl.minimum(_first(x0, ext, ~t0, col0, True), _first(x1, ext, ~t1, col1, True)),
+                        tl.minimum(_first(x2, ext, ~t2, col2, True), _first(x3, ext, ~t3, col3, True)))  # [1, BM, 1]
+                    t0, t1, t2, t3 = t0 | (col0 == idx), t1 | (col1 == idx), t2 | (col2 == idx), t3 | (col3 == idx)
+                    tl.store(opos_ptr + r3 * (2 * K_TAIL) + t, idx.to(opos_ptr.dtype.element_ty), mask=rm3)
+                    v = tl.load(x_ptr + r3.to(tl.int64) * G + idx, mask=rm3, other=0.0)
+                    tl.store(oval_ptr + r3 * (2 * K_TAIL) + t, v.to(tl.float16), mask=rm3)
+                m0, m1, m2, m3 = ~t0, ~t1, ~t2, ~t3
+            a0, i0 = _max_min(x0, m0, CHECK)
+            a1, i1 = _max_min(x1, m1, CHECK)
+            a2, i2 = _max_min(x2, m2, CHECK)
+            a3, i3_ = _max_min(x3, m3, CHECK)
+            mx = tl.maximum(tl.maximum(a0, a1), tl.maximum(a2, a3))  # [1, BM, 1]
+            mn = tl.minimum(tl.minimum(i0, i1), tl.minimum(i2, i3_))
         levels = (1 << b3).to(tl.float32)
         if SYMMETRIC:
             amax = tl.maximum(tl.abs(mx), tl.abs(mn))
@@ -289,7 +331,7 @@ def _pack_kernel(
         tl.store(scale_ptr + r3, scale, mask=rm3)
         tl.store(zero_ptr + r3, zero, mask=rm3)
         s = scale.to(tl.float32)
-        inv = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), tl.where(s > 0, s, 1.0))  # [BM]
+        inv = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), tl.where(s > 0, s, 1.0))  # [1, BM, 1]
         # codes = clip(floor(t), -c0, L-1-c0) + c0 = floor(clip(t, -c0, L-1-c0)) + c0; a zero scale gives c0
         lo = tl.where(s > 0, -c0, 0.0)
         hi = tl.where(s > 0, levels - 1.0 - c0, 0.0)
@@ -299,8 +341,8 @@ def _pack_kernel(
             (_quant(x2, z, inv, lo, hi, c0, CL, SYMMETRIC) << 16) | (_quant(x3, z, inv, lo, hi, c0, CL, SYMMETRIC) << 24)
     else:
         w = x0.to(tl.int32) | (x1.to(tl.int32) << 8) | (x2.to(tl.int32) << 16) | (x3.to(tl.int32) << 24)
-    # w [BM, PU2, 8]: element k is word k (code (q, j, k) in byte j); transposed, word p holds plane p
-    w = tl.reshape(w, (BLOCK_M, PU2, 2, 2, 2))
+    # w [PU2, BM, 8]: element k is word k (code (q, j, k) in byte j); transposed, word p holds plane p
+    w = tl.reshape(w, (PU2, BLOCK_M, 2, 2, 2))
     e, o = tl.split(w)  # k = 4a + 2b + c: the last axis is c
     e0, e1 = tl.split(e)
     o0, o1 = tl.split(o)
@@ -308,58 +350,58 @@ def _pack_kernel(
     c2_, c6_ = tl.split(e1)
     c1_, c5_ = tl.split(o0)
     c3_, c7_ = tl.split(o1)
-    p0, p1, p2, p3, p4, p5, p6, p7 = _transpose8(c0_, c1_, c2_, c3_, c4_, c5_, c6_, c7_)
+    p0, p1, p2, p3, p4, p5, p6, p7 = _transpose8(c0_, c1_, c2_, c3_, c4_, c5_, c6_, c7_)  # [PU2, BM]
     if G % (8 * UNIT) != 0:  # values past G in the last unit are padding: code 0, as in the twin
         n_valid = tl.minimum(tl.maximum(G - 8 * UNIT * q, 0), 8 * UNIT)  # bit 8j+k of a unit is its value 8j+k
-        keep = tl.where(n_valid >= 32, -1, (1 << tl.minimum(n_valid, 31)) - 1)[None, :]  # [1, PU2]
+        keep = tl.where(n_valid >= 32, -1, (1 << tl.minimum(n_valid, 31)) - 1)[:, None]  # [PU2, 1]
         p0, p1, p2, p3 = p0 & keep, p1 & keep, p2 & keep, p3 & keep
         p4, p5, p6, p7 = p4 & keep, p5 & keep, p6 & keep, p7 & keep
-    _store_plane(data_ptr, first, b, rows, q, 0, p0, M, PU, PU2)
-    _store_plane(data_ptr, first, b, rows, q, 1, p1, M, PU, PU2)
-    _store_plane(data_ptr, first, b, rows, q, 2, p2, M, PU, PU2)
-    _store_plane(data_ptr, first, b, rows, q, 3, p3, M, PU, PU2)
-    _store_plane(data_ptr, first, b, rows, q, 4, p4, M, PU, PU2)
-    _store_plane(data_ptr, first, b, rows, q, 5, p5, M, PU, PU2)
-    _store_plane(data_ptr, first, b, rows, q, 6, p6, M, PU, PU2)
-    _store_plane(data_ptr, first, b, rows, q, 7, p7, M, PU, PU2)
-
-
-@triton.jit
-def _first(x, e3, msk, col, CHECK: tl.constexpr):
-    """Lowest column [BM, 1, 1] of a value equal to the row's extreme e3 [BM, 1, 1] (among ``msk`` when CHECK)."""
-    hit = (x == e3) & msk if CHECK else x == e3
-    return tl.min(tl.min(tl.where(hit, col, 1 << 30), axis=2, keep_dims=True), axis=1, keep_dims=True)
+    off = (first * PU)[None, :] + q[:, None]  # [PU2, BM] int64, built once in the store layout
+    smsk = rmask[None, :] & (q < PU)[:, None]
+    b2 = b[None, :]
+    _store_plane(data_ptr, off, smsk, b2, 0, p0, PU)
+    _store_plane(data_ptr, off, smsk, b2, 1, p1, PU)
+    _store_plane(data_ptr, off, smsk, b2, 2, p2, PU)
+    _store_plane(data_ptr, off, smsk, b2, 3, p3, PU)
+    _store_plane(data_ptr, off, smsk, b2, 4, p4, PU)
+    _store_plane(data_ptr, off, smsk, b2, 5, p5, PU)
+    _store_plane(data_ptr, off, smsk, b2, 6, p6, PU)
+    _store_plane(data_ptr, off, smsk, b2, 7, p7, PU)
 
 
 @triton.jit
 def _unpack_kernel(
     data_ptr, bits_ptr, ws_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, out_ptr,
-    M, NPR,
+    M, NPR, NB,
     G: tl.constexpr, UNIT: tl.constexpr, FIXED: tl.constexpr, TO_X: tl.constexpr, CENTERED: tl.constexpr,
-    HAS_ZERO: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr,
+    HAS_ZERO: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, TPB: tl.constexpr,
+    SUMS: tl.constexpr,
 ):
     PU: tl.constexpr = (G + 8 * UNIT - 1) // (8 * UNIT)
     PU2: tl.constexpr = triton.next_power_of_2(PU)
     G2: tl.constexpr = PU2 * 8 * UNIT
-    tile, rows, b, braw = _tile_setup(bits_ptr, ws_ptr, M, NPR, FIXED, 1, BLOCK_M)
+    tile, rows, b = _tile_rows(bits_ptr, M, NPR, FIXED, 1, BLOCK_M)
     rmask = rows < M
     rows64 = rows.to(tl.int64)
-    if TO_X:  # issued before the look-back
+    if TO_X:  # issued before the offsets
         s = tl.load(scale_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
         if HAS_ZERO:
             z = tl.load(zero_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
         else:
             z = tl.zeros_like(s)
-    first = _tile_first(ws_ptr, tile, rows, b, FIXED)
+    first = _tile_first(ws_ptr, tile, rows, b, NB, FIXED, TPB, SUMS)
     q = tl.arange(0, PU2)
-    w0 = _load_plane(data_ptr, first, b, rows, q, 0, M, UNIT, PU)  # [BM, PU2]
-    w1 = _load_plane(data_ptr, first, b, rows, q, 1, M, UNIT, PU)
-    w2 = _load_plane(data_ptr, first, b, rows, q, 2, M, UNIT, PU)
-    w3 = _load_plane(data_ptr, first, b, rows, q, 3, M, UNIT, PU)
-    w4 = _load_plane(data_ptr, first, b, rows, q, 4, M, UNIT, PU)
-    w5 = _load_plane(data_ptr, first, b, rows, q, 5, M, UNIT, PU)
-    w6 = _load_plane(data_ptr, first, b, rows, q, 6, M, UNIT, PU)
-    w7 = _load_plane(data_ptr, first, b, rows, q, 7, M, UNIT, PU)
+    off = (first * PU)[:, None] + q[None, :]  # [BM, PU2] int64, built once in the load layout
+    lmsk = rmask[:, None] & (q < PU)[None, :]
+    b2 = b[:, None]
+    w0 = _load_plane(data_ptr, off, lmsk, b2, 0, UNIT, PU)  # [BM, PU2]
+    w1 = _load_plane(data_ptr, off, lmsk, b2, 1, UNIT, PU)
+    w2 = _load_plane(data_ptr, off, lmsk, b2, 2, UNIT, PU)
+    w3 = _load_plane(data_ptr, off, lmsk, b2, 3, UNIT, PU)
+    w4 = _load_plane(data_ptr, off, lmsk, b2, 4, UNIT, PU)
+    w5 = _load_plane(data_ptr, off, lmsk, b2, 5, UNIT, PU)
+    w6 = _load_plane(data_ptr, off, lmsk, b2, 6, UNIT, PU)
+    w7 = _load_plane(data_ptr, off, lmsk, b2, 7, UNIT, PU)
     w0, w1, w2, w3, w4, w5, w6, w7 = _transpose8(w0, w1, w2, w3, w4, w5, w6, w7)  # word k: code (q, j, k) in byte j
     mag = _join8(_unit_to_bytes(w0, UNIT), _unit_to_bytes(w1, UNIT), _unit_to_bytes(w2, UNIT),
                  _unit_to_bytes(w3, UNIT), _unit_to_bytes(w4, UNIT), _unit_to_bytes(w5, UNIT),
@@ -393,10 +435,18 @@ def _unit(g: int) -> int:
 
 
 def _block_m(g: int, m: int = 0) -> int:
-    """Groups per program: ~``values_per_program`` values, twice that for big tensors (fewer look-back steps)."""
+    """Groups per program: ~``values_per_program`` values (twice that from ``big_values`` values on)."""
     g2 = triton.next_power_of_2(max(g, 8 * _unit(g)))
     vpp = TUNING["values_per_program"] * (2 if m * g >= TUNING["big_values"] else 1)
     return max(1, triton.next_power_of_2(vpp) // g2)
+
+
+def _tiles(g: int, m: int) -> tuple[int, int, int, int]:
+    """(rows per tile BM, tiles, tiles per block TPB, blocks) of a call on ``m`` groups of ``g`` values."""
+    bm = _block_m(g, m)
+    n_tiles = triton.cdiv(m, bm)
+    tpb = max(1, TUNING["block_rows"] // bm)
+    return bm, n_tiles, tpb, triton.cdiv(n_tiles, tpb)
 
 
 def _units(buf: torch.Tensor, g: int) -> torch.Tensor:
@@ -411,8 +461,20 @@ def _bits_args(bits: torch.Tensor | int) -> tuple[torch.Tensor | None, int]:
 
 
 def workspace_bytes(m: int, g: int) -> int:
-    """Bytes of the look-back workspace of a call on ``m`` groups of ``g`` values (0 past the fixed-width path)."""
-    return 8 * (triton.cdiv(m, _block_m(g, m)) + 2)
+    """Bytes of the width-sum workspace of a call on ``m`` groups of ``g`` values (written once, then read)."""
+    _, _, tpb, nb = _tiles(g, m)
+    return 4 * (2 + tpb) * nb
+
+
+def _width_sums(bits: torch.Tensor, m: int, g: int, n_per_row: int, lo: int,
+                wout: torch.Tensor | None) -> tuple[torch.Tensor, int, int]:
+    """First launch: the workspace (int32 [2 + TPB, blocks]: block sums, invalid counts, tile sums), TPB, blocks."""
+    bm, _, tpb, nb = _tiles(g, m)
+    ws = torch.empty(2 + tpb, nb, dtype=torch.int32, device=bits.device)
+    if m:
+        _width_sums_kernel[(nb,)](bits, wout if wout is not None else ws, ws, m, n_per_row, nb, LO=lo,
+                                  WRITE_W=wout is not None, BLOCK_M=bm, TPB=tpb, num_warps=4)
+    return ws, tpb, nb
 
 
 def packed_size(ws: torch.Tensor, g: int, lo: int) -> int:
@@ -420,7 +482,7 @@ def packed_size(ws: torch.Tensor, g: int, lo: int) -> int:
 
     Raises ValueError when the kernel saw widths outside ``lo..8`` (their planes were clamped).
     """
-    n_bad, total = torch.stack([ws[1], ws[-1] & 0xFFFFFFFF]).tolist()
+    n_bad, total = torch.stack([ws[1].sum(dtype=torch.int64), ws[0].sum(dtype=torch.int64)]).tolist()
     if n_bad:
         raise ValueError(f"bits must lie in {lo}..8{' (symmetric needs >= 2)' if lo == 2 else ''}: "
                          f"{n_bad} groups outside")
@@ -433,10 +495,11 @@ def quantize_pack_triton(
 ) -> dict[str, torch.Tensor | None]:
     """Fused quantize+pack of groups xg [M, G] at widths ``bits`` (int, or a tensor [M / n_per_row] of any int dtype).
 
-    One launch, no host sync. ``total_bytes`` (sum of widths * PB, when the caller knows it)
-    sizes ``data`` exactly; otherwise ``data`` is a worst-case buffer (8 planes per group) and
-    ``ws`` holds the device-side total (``packed_size``). Returns a dict: data, ws (or None),
-    scale, zero, out_val, out_pos, widths (uint8 per token when ``write_widths``).
+    No host sync: with per-token widths two launches (width sums, then the fused kernel), with an
+    int one. ``total_bytes`` (sum of widths * PB, when the caller knows it) sizes ``data``
+    exactly; otherwise ``data`` is a worst-case buffer (8 planes per group) and ``ws`` holds the
+    device-side total (``packed_size``). Returns a dict: data, ws (or None), scale, zero,
+    out_val, out_pos, widths (uint8 per token when ``write_widths``).
     """
     xg = xg.contiguous()
     m, g = xg.shape
@@ -449,23 +512,24 @@ def quantize_pack_triton(
     if fixed:
         total_bytes = m * fixed * pb
     data = torch.empty(total_bytes if total_bytes is not None else m * 8 * pb, dtype=torch.uint8, device=dev)
-    bm = _block_m(g, m)
-    n_tiles = triton.cdiv(m, bm)
-    ws = None if fixed else torch.zeros(n_tiles + 2, dtype=torch.int64, device=dev)
+    widths = torch.empty(m // n_per_row if write_widths else 0, dtype=torch.uint8, device=dev)
+    ws, tpb, nb = (None, 1, 0) if fixed else _width_sums(bt, m, g, n_per_row, lo, widths if write_widths else None)
     out = {
         "data": data, "ws": ws,
         "scale": torch.empty(m, dtype=torch.float16, device=dev),
         "zero": torch.empty(m, dtype=torch.float16, device=dev),
         "out_val": torch.empty(m, 2 * k_tail, dtype=torch.float16, device=dev),
         "out_pos": torch.empty(m, 2 * k_tail, dtype=pos_dtype, device=dev),
-        "widths": torch.empty(m // n_per_row if write_widths else 0, dtype=torch.uint8, device=dev),
+        "widths": widths,
     }
     if m:
-        _pack_kernel[(n_tiles,)](
-            xg, bt if bt is not None else data, ws if ws is not None else data, _units(data, g), out["widths"],
-            out["scale"], out["zero"], out["out_val"], out["out_pos"], m, n_per_row,
+        bm = _block_m(g, m)
+        src = widths if write_widths else bt  # the uint8 copy the first launch wrote (read back from L2)
+        _pack_kernel[(triton.cdiv(m, bm),)](
+            xg, src if src is not None else data, ws if ws is not None else data, _units(data, g),
+            out["scale"], out["zero"], out["out_val"], out["out_pos"], m, n_per_row, nb,
             G=g, UNIT=_unit(g), FIXED=fixed, LO=lo, FROM_X=True, SYMMETRIC=symmetric, K_TAIL=k_tail,
-            WRITE_W=write_widths, BLOCK_M=bm, num_warps=TUNING["num_warps"],
+            BLOCK_M=bm, TPB=tpb, SUMS=TUNING["sums_step"], num_warps=TUNING["num_warps"],
             enable_fp_fusion=False,  # (x - zero) * inv + 0.5 rounded step by step, as in the torch twin
         )
     return out
@@ -490,15 +554,15 @@ def pack_codes_triton(codes: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """Pack codes uint8 [M, G] at widths [M] into the planar byte stream (exact size: one host read)."""
     codes = codes.contiguous()
     m, g = codes.shape
-    bm = _block_m(g, m)
-    n_tiles = triton.cdiv(m, bm)
+    bits = bits.contiguous()
     data = torch.empty(m * 8 * ((g + 7) // 8), dtype=torch.uint8, device=codes.device)
-    ws = torch.zeros(n_tiles + 2, dtype=torch.int64, device=codes.device)
+    ws, tpb, nb = _width_sums(bits, m, g, 1, 1, None)
     if m:
-        _pack_kernel[(n_tiles,)](
-            codes, bits.contiguous(), ws, _units(data, g), data, data, data, data, data, m, 1,
-            G=g, UNIT=_unit(g), FIXED=0, LO=1, FROM_X=False, SYMMETRIC=False, K_TAIL=0, WRITE_W=False,
-            BLOCK_M=bm, num_warps=TUNING["num_warps"],
+        bm = _block_m(g, m)
+        _pack_kernel[(triton.cdiv(m, bm),)](
+            codes, bits, ws, _units(data, g), data, data, data, data, m, 1, nb,
+            G=g, UNIT=_unit(g), FIXED=0, LO=1, FROM_X=False, SYMMETRIC=False, K_TAIL=0,
+            BLOCK_M=bm, TPB=tpb, SUMS=TUNING["sums_step"], num_warps=TUNING["num_warps"],
         )
         return data[: packed_size(ws, g, 1)]
     return data[:0]
@@ -509,19 +573,17 @@ def _unpack(data: torch.Tensor, bits: torch.Tensor | int, m: int, g: int, n_per_
             out_pos: torch.Tensor | None, centered: bool) -> torch.Tensor:
     if m:
         bm = _block_m(g, m)
-        n_tiles = triton.cdiv(m, bm)
         bt, fixed = _bits_args(bits)
-        ws = None if fixed else torch.zeros(n_tiles + 2, dtype=torch.int64, device=data.device)
+        ws, tpb, nb = (None, 1, 0) if fixed else _width_sums(bt, m, g, n_per_row, 1, None)
         to_x = scale is not None
         n_out = out_val.shape[1] if to_x and out_val is not None else 0
         dummy = out
-        _unpack_kernel[(n_tiles,)](
+        _unpack_kernel[(triton.cdiv(m, bm),)](
             _units(data, g), bt if bt is not None else dummy, ws if ws is not None else dummy,
             scale if to_x else dummy, zero if to_x and zero is not None else dummy,
             out_val.contiguous() if n_out else dummy, out_pos.contiguous() if n_out else dummy, out,
-            m, n_per_row, G=g, UNIT=_unit(g), FIXED=fixed, TO_X=to_x, CENTERED=centered, HAS_ZERO=zero is not None,
-            N_OUT=n_out,
-            BLOCK_M=bm, num_warps=TUNING["num_warps"],
+            m, n_per_row, nb, G=g, UNIT=_unit(g), FIXED=fixed, TO_X=to_x, CENTERED=centered,
+            HAS_ZERO=zero is not None, N_OUT=n_out, BLOCK_M=bm, TPB=tpb, SUMS=TUNING["sums_step"], num_warps=TUNING["num_warps"],
         )
     return out
 
@@ -537,7 +599,7 @@ def unpack_dequantize_triton(
     data: torch.Tensor, bits: torch.Tensor | int, scale: torch.Tensor, zero: torch.Tensor | None, out_val: torch.Tensor,
     out_pos: torch.Tensor, g: int, centered: bool, dtype: torch.dtype, n_per_row: int = 1,
 ) -> torch.Tensor:
-    """Fused unpack+dequantize (+ outliers written back): x_hat [M, G] in ``dtype``, one launch.
+    """Fused unpack+dequantize (+ outliers written back): x_hat [M, G] in ``dtype``, one launch (two with per-token widths).
 
     ``bits``: one int, or widths per token [M / n_per_row] (any int dtype); ``zero`` None: 0. bf16 is written as
     fp32 and cast by torch (the Triton interpreter does not round to bf16 the way the GPU and

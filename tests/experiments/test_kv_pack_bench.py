@@ -22,7 +22,7 @@ def test_run_and_summarize(tmp_path: Path) -> None:
     assert 2 <= s["avg_bits"] <= 8 and s["ratio_real"] > 1
     st = raw["storage"]
     n = raw["values"]
-    # bytes touched: fp16 in/out, int64 widths in, every stored byte, the look-back workspace three times
+    # bytes touched: fp16 in/out, int64 widths in, every stored byte, the width-sum workspace twice
     assert raw["bytes_quant_pack"] > 2 * n + st["bytes_real"] + 8 * 128
     assert raw["bytes_unpack_dequant"] > 2 * n + st["bytes_real"]
     for op in ("quant_pack", "unpack_dequant"):

@@ -79,10 +79,13 @@ def test_device_sized_pack_reports_bad_widths_on_read(device: str) -> None:
     assert packed_size(res["ws"], 16, 1) == int(bits.sum()) * 2
 
 
-@pytest.mark.parametrize("g,n_tok,vpp", [(128, 67, 256), (64, 41, 64), (40, 45, 64)])
-def test_lookback_over_many_tiles(g: int, n_tok: int, vpp: int, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Small tiles: offsets summed over many programs (on a GPU, over several 32-tile look-back windows)."""
+@pytest.mark.parametrize("g,n_tok,vpp,block_rows", [(128, 67, 256, 8), (64, 41, 64, 2048), (40, 45, 64, 4), (8, 50, 8, 1)])
+def test_offsets_over_many_tiles_and_blocks(g: int, n_tok: int, vpp: int, block_rows: int, device: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small tiles and blocks: offsets from tile sums and block sums, read a few block sums per step."""
     monkeypatch.setitem(kb.TUNING, "values_per_program", vpp)
+    monkeypatch.setitem(kb.TUNING, "block_rows", block_rows)
+    monkeypatch.setitem(kb.TUNING, "sums_step", 4)
     torch.manual_seed(g + n_tok)
     x = torch.randn(1, 1, n_tok, g, device=device, dtype=torch.float16)
     bits = torch.randint(1, 9, (1, 1, n_tok), device=device, dtype=torch.uint8)
@@ -112,10 +115,13 @@ def test_outliers_with_ties_and_constant_rows(g: int, scheme: str, device: str) 
     x = torch.randint(-3, 4, (1, 2, 6, g), device=device).to(torch.float16)
     x[0, 0, 1] = 2.0  # constant row: max at column 0, min at column 1
     x[0, 1, 2, ::5] = 7.0  # the max repeated: first index wins
+    x[0, 1, 3] = -torch.randint(1, 4, (g,), device=device).to(torch.float16)
+    x[0, 1, 3, 2], x[0, 1, 3, 5] = -0.0, 0.0  # the max is zero, first as -0.0: stored as -0.0, as the twin gathers it
     bits = torch.randint(2, 9, (1, 2, 6), device=device)
     p_ref = quantize_pack(x, bits, scheme=scheme, outliers=0.01, backend="torch")
     p_tri = quantize_pack(x, bits, scheme=scheme, outliers=0.01, backend="triton")
     assert p_ref.out_val.shape[1] == 2
     for name in ("data", "scale", "out_val", "out_pos"):
         _assert_equal(getattr(p_tri, name), getattr(p_ref, name), name)
+    _assert_equal(p_tri.out_val.view(torch.int16), p_ref.out_val.view(torch.int16), "out_val bits")
     _assert_equal(unpack_dequantize(p_tri, backend="triton"), unpack_dequantize(p_ref, backend="torch"), "dequant")
