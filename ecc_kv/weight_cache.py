@@ -195,6 +195,7 @@ class PairedWeightCache:
 
             self._scratch = fused_scratch(n, capacity, buf_dev)  # move lists, chunk counts, barrier state
             self._stats = torch.zeros(4, dtype=torch.int32, device=buf_dev)
+            self._moves = self._stats[2]  # 0-d view: rows written by the last launch (update_async)
             # the launch also writes its counts to pinned host memory: update() reads them after a
             # stream sync, with no device-to-host copy to launch
             self._hstats = torch.zeros(4, dtype=torch.int32).pin_memory() if buf_dev.type == "cuda" else None
@@ -470,14 +471,15 @@ class PairedWeightCache:
         return self._stats.tolist()
 
     def _offloaded_launch(self, k: int) -> None:
-        """Mask block k to the device, then the fused launch over the GPU maps with the pool read
-        from pinned host memory; replayed from graph k, captured on first use (CUDA only)."""
+        """The fused launch over the GPU maps, reading mask block k and the added pool rows from
+        pinned host memory (each program reads its chunk of the mask once and copies it to the
+        device for the slot scan: no separate mask copy); replayed from graph k, captured on
+        first use (CUDA only)."""
         from kernels.weight_cache import plan_and_move
 
         def launch() -> None:
-            self._mask_d.copy_(self._mask_h[k], non_blocking=True)
-            plan_and_move(self._mask_d, self._n2s, self._s2n, self.buffer, self.pool, self._scratch, self._stats,
-                          self._hstats)
+            plan_and_move(self._mask_h[k], self._n2s, self._s2n, self.buffer, self.pool, self._scratch, self._stats,
+                          self._hstats, mask_out=self._mask_d)
 
         if not self.buffer.is_cuda or torch.cuda.is_current_stream_capturing():
             launch()
@@ -571,7 +573,7 @@ class PairedWeightCache:
         new = self._check_mask(mask)
         if self.planner == "fused":
             self._launch_fused(new)
-            return self._stats[2]
+            return self._moves  # a view of the launch's counts
         fused = self._fused_plan(new)
         plan = fused if fused is not None else plan_moves(new, self._n2s, self._s2n)
         _apply_triton(self.buffer, self.pool, plan, None, staged=False)

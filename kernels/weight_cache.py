@@ -216,35 +216,36 @@ def plan_and_commit(
                        BLOCK=block, num_warps=8)
 
 
-SYNC_WORDS = 65  # barrier state: arrivals [0], generation [32], timeouts [64] (own 128-byte lines)
+SYNC_WORDS = 65  # barrier state: arrivals [0], timeouts [64] (own 128-byte line)
 
 
 @triton.jit
-def _grid_sync(sync_ptr, n_prog, SPIN: tl.constexpr):
-    """Sense-reversing barrier over the whole grid (all programs must be resident at once).
-
-    sync_ptr[0] counts arrivals; sync_ptr[32], on its own cache line so that the polls do
-    not slow the arrivals down, is the generation the last arrival bumps; sync_ptr[64]
-    counts waits that gave up after SPIN polls (0 unless programs were starved of SMs).
-    Arrival and release are acq_rel atomics (gpu scope) bracketed by CTA barriers, and the
-    waiters poll with volatile loads then acquire once, so every store any thread made
+def _grid_sync(sync_ptr, pid, flip, SPIN: tl.constexpr):
+    """Grid barrier (all programs must be resident at once), the scheme of CUDA cooperative
+    groups' grid sync: every program adds 1 to the arrival word, program 0 adds ``flip`` =
+    2^31 - (P - 1), so the word's top bit flips exactly when the last program arrives and its
+    low bits return to 0: no reset and no generation word, one atomic per program, and
+    waiters poll until the top bit differs from the value their own arrival returned.
+    sync_ptr[64] counts waits that gave up after SPIN polls (0 unless programs were starved
+    of SMs). The arrival is an acq_rel atomic bracketed by CTA barriers; waiters poll with
+    volatile loads, then acquire once on the same word, so every store any thread made
     before the barrier is visible to every thread after it.
     """
     tl.debug_barrier()  # all threads' stores precede the (single-thread) release below
-    gen_ptr = sync_ptr + 32
-    gen = tl.atomic_add(gen_ptr, 0)
-    arrived = tl.atomic_add(sync_ptr, 1)
-    if arrived == n_prog - 1:
-        tl.atomic_xchg(sync_ptr, 0)
-        tl.atomic_add(gen_ptr, 1)
-    else:
-        spins = gen * 0
-        while (tl.load(gen_ptr, volatile=True) == gen) & (spins < SPIN):
-            spins += 1
-        if spins >= SPIN:
-            tl.atomic_add(sync_ptr + 64, 1)
-        tl.atomic_add(gen_ptr, 0)  # acquire
+    old = tl.atomic_add(sync_ptr, tl.where(pid == 0, flip, 1))
+    spins = old * 0
+    while (((tl.load(sync_ptr, volatile=True) ^ old) >= 0) & (spins < SPIN)):  # top bit not flipped yet
+        spins += 1
+    if spins >= SPIN:
+        tl.atomic_add(sync_ptr + 64, 1)
+    tl.atomic_add(sync_ptr, 0)  # acquire
     tl.debug_barrier()  # every thread's later loads follow the acquire
+
+
+def _flip(progs: int) -> int:
+    """Program 0's barrier arrival, 2^31 - (P - 1), as the int32 it wraps to."""
+    v = (1 << 31) - (progs - 1)
+    return v - (1 << 32) if v >= 1 << 31 else v
 
 
 @triton.jit
@@ -276,12 +277,14 @@ def _plan_move_kernel(
     moved_ptr,  # int32 [CAP] scratch: the neuron landing in dst[j]
     part_ptr,  # int32 [n_prog] scratch: added neurons per program's neuron chunk
     sync_ptr,  # int32 [SYNC_WORDS]: grid barrier state
+    newd_ptr,  # uint8 [N] out (PUBLISH): the device copy of the mask the slot scan reads
     stats_ptr,  # int32 [4] out: (added, removed, moves, new size)
     hstats_ptr,  # int32 [4] out (HOST_STATS): the same, in pinned host memory
     N,
     CAP,
     row_len,
     n_prog,
+    flip,  # program 0's barrier arrival (see _grid_sync)
     NB: tl.constexpr,  # neurons per program (power of two)
     SB: tl.constexpr,  # slots per block (power of two)
     PB: tl.constexpr,  # power of two >= n_prog
@@ -290,13 +293,20 @@ def _plan_move_kernel(
     SPIN: tl.constexpr,
     HOST_STATS: tl.constexpr,
     ONE: tl.constexpr,  # CAP <= SB: the slot block stays in registers from phase 1 to phase 2
+    PUBLISH: tl.constexpr,  # new_ptr may be host memory: read once, copied to newd_ptr for the slot scan
 ):
     pid = tl.program_id(0)
     zero = tl.sum(tl.zeros([SB], dtype=tl.int32), axis=0)
-    # phase 1: added neurons of this program's chunk; stayers over all slots (every program)
+    # phase 1: added neurons of this program's chunk; stayers over all slots (every program;
+    # with PUBLISH after the barrier, from the device copy of the mask the chunks make)
     i = pid * NB + tl.arange(0, NB)
     iok = i < N
     nw = tl.load(new_ptr + i, mask=iok, other=0)
+    if PUBLISH:
+        tl.store(newd_ptr + i, nw, mask=iok)
+        scan_ptr = newd_ptr
+    else:
+        scan_ptr = new_ptr
     sl = tl.load(n2s_ptr + i, mask=iok, other=0)
     add = (iok & (nw != 0) & (sl < 0)).to(tl.int32)  # [NB]
     tl.store(part_ptr + pid, tl.sum(add, axis=0))
@@ -305,12 +315,21 @@ def _plan_move_kernel(
         ok1 = offs < CAP
         nid1 = tl.load(s2n_ptr + offs, mask=ok1, other=-1)
         occ1 = nid1 >= 0
-        stays1 = occ1 & (tl.load(new_ptr + tl.maximum(nid1, 0), mask=ok1 & occ1, other=0) != 0)
-        n_stay = tl.sum(stays1.to(tl.int32), axis=0)
         n_old = tl.sum(occ1.to(tl.int32), axis=0)
-    else:
-        n_stay, n_old = _count_stayers(s2n_ptr, new_ptr, CAP, SB)
-    _grid_sync(sync_ptr, n_prog, SPIN)
+    if not PUBLISH:
+        if ONE:
+            stays1 = occ1 & (tl.load(new_ptr + tl.maximum(nid1, 0), mask=ok1 & occ1, other=0) != 0)
+            n_stay = tl.sum(stays1.to(tl.int32), axis=0)
+        else:
+            n_stay, n_old = _count_stayers(s2n_ptr, new_ptr, CAP, SB)
+    _grid_sync(sync_ptr, pid, flip, SPIN)
+    if PUBLISH:
+        if ONE:
+            nwd = tl.load(newd_ptr + tl.maximum(nid1, 0), mask=ok1 & occ1, other=0, cache_modifier=".cg")
+            stays1 = occ1 & (nwd != 0)
+            n_stay = tl.sum(stays1.to(tl.int32), axis=0)
+        else:
+            n_stay, n_old = _count_stayers(s2n_ptr, newd_ptr, CAP, SB)
     # phase 2: ranks. Added neurons in id order take moves 0..A-1 (program offsets from the
     # per-chunk counts); holes below the new size in slot order are the destinations; stayers
     # in the vacated tail follow the added as sources. Slot block b is written by program b % n_prog.
@@ -337,10 +356,10 @@ def _plan_move_kernel(
             owner = (start // SB) % n_prog
             nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
             occ = nid >= 0
-            stays = occ & (tl.load(new_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0) != 0)
+            stays = occ & (tl.load(scan_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0) != 0)
             n_hole, n_climb = _slot_block(s, ok, ok & ((offs * 0 + owner) == pid), nid, occ, stays, m_new, n_add,
                                           n_hole, n_climb, dst_ptr, src_ptr, moved_ptr, n2s_ptr)
-    _grid_sync(sync_ptr, n_prog, SPIN)
+    _grid_sync(sync_ptr, pid, flip, SPIN)
     # phase 3: work items q = (move j, column chunk c) of C = cdiv(row_len, COLS) chunks a row;
     # items q = t + pid + r * n_prog (r < MB) form one [MB, COLS] tile per copy step, so a
     # program has all its chunks in flight at once and a few moves still spread over every
@@ -409,8 +428,9 @@ def plan_and_move(
     scratch: torch.Tensor,
     stats: torch.Tensor,
     host_stats: torch.Tensor | None = None,
+    mask_out: torch.Tensor | None = None,
 ) -> None:
-    """A whole paired update in ONE launch: plan, row moves and map commit (gpu placement).
+    """A whole paired update in ONE launch: plan, row moves and map commit.
 
     new: bool [N]; n2s: int32 [N]; s2n: int32 [cap] (updated in place unless the new set
     exceeds cap, which changes nothing); buf: [cap, R], pool: [N, R] contiguous, one dtype;
@@ -421,7 +441,11 @@ def plan_and_move(
 
     The grid has one program per SM; two grid barriers (atomics, all programs resident)
     separate counting, ranking and moving, so the scan over N is split across programs and
-    the row copies spread over the whole GPU.
+    the row copies, in (move, 2 KiB column chunk) work items, spread over the whole GPU.
+    Offloaded, ``pool`` sits in pinned host memory (the kernel reads it through unified
+    addressing) and so may ``new``: with ``mask_out`` (bool [N] on the buffer's device)
+    every program reads its chunk of ``new`` once and copies it there, and the scan over
+    the slots reads that copy after the first barrier, so no separate mask copy is needed.
     """
     if new.dtype != torch.bool or new.dim() != 1:
         raise TypeError(f"new must be a 1-D bool mask, got {new.dtype} {tuple(new.shape)}")
@@ -443,12 +467,15 @@ def plan_and_move(
     mb = max(1, min(64, TILE_BYTES // (cols * es)))
     dst, src, moved = scratch[:cap], scratch[cap : 2 * cap], scratch[2 * cap : 3 * cap]
     part, sync = scratch[3 * cap : 3 * cap + progs], scratch[3 * cap + progs :]
+    if mask_out is not None and (mask_out.dtype != torch.bool or mask_out.numel() != n):
+        raise TypeError(f"mask_out must be a bool [N={n}] tensor, got {mask_out.dtype} {tuple(mask_out.shape)}")
     hs = stats if host_stats is None else host_stats
+    newd = new if mask_out is None else mask_out
     _plan_move_kernel[(progs,)](
-        new.view(torch.uint8), n2s, s2n, buf, pool, dst, src, moved, part, sync, stats, hs,
-        n, cap, row_len, progs, NB=triton.next_power_of_2(triton.cdiv(n, progs)), SB=sb,
+        new.view(torch.uint8), n2s, s2n, buf, pool, dst, src, moved, part, sync, newd.view(torch.uint8), stats, hs,
+        n, cap, row_len, progs, _flip(progs), NB=triton.next_power_of_2(triton.cdiv(n, progs)), SB=sb,
         PB=triton.next_power_of_2(progs), MB=mb, COLS=cols, SPIN=SPIN_LIMIT, HOST_STATS=host_stats is not None,
-        ONE=cap <= sb, num_warps=8)
+        ONE=cap <= sb, PUBLISH=mask_out is not None, num_warps=8)
 
 
 def fused_scratch(n: int, cap: int, device: torch.device | str) -> torch.Tensor:

@@ -132,18 +132,20 @@ def test_plan_and_move_matches_plan_moves(n: int, cap: int, r: int, device: str)
     scratch, stats = fused_scratch(n, cap, device), torch.zeros(4, dtype=torch.int32, device=device)
     host = torch.zeros(4, dtype=torch.int32)
     host = host.pin_memory() if device == "cuda" else host
-    for _ in range(8):
+    for step in range(8):
         k = int(torch.randint(0, cap + 3, (1,), generator=gen))  # sometimes past the capacity
         new = torch.zeros(n, dtype=torch.bool)
         new[torch.randperm(n, generator=gen)[:k]] = True
         new = new.to(device)
         want = plan_moves(new, n2s, s2n)
         a, b, got = s2n.clone(), n2s.clone(), buf.clone()
-        plan_and_move(new, b, a, got, pool, scratch, stats, host)
+        copy = torch.zeros_like(new) if step % 2 else None  # odd steps: the mask read once, copied for the slot scan
+        plan_and_move(new, b, a, got, pool, scratch, stats, host, mask_out=copy)
         if device == "cuda":
             torch.cuda.synchronize()
         st = want.stats.tolist()
         assert host.tolist() == stats.tolist()
+        assert copy is None or torch.equal(copy, new)
         if st[3] > cap:
             assert torch.equal(a, s2n) and torch.equal(b, n2s) and torch.equal(got, buf)
             assert [stats.tolist()[i] for i in (0, 1, 3)] == [st[i] for i in (0, 1, 3)]
@@ -183,19 +185,24 @@ def test_moves_read_pinned_host_memory(dtype: torch.dtype) -> None:
 def test_plan_and_move_reads_pinned_pool(n: int, cap: int, r: int, dtype: torch.dtype) -> None:
     """Offloaded fused update: the one launch reads the added rows from a pool in pinned host
     memory (unified addressing), rows split in column chunks over all programs (a 24 KiB row
-    is 12 work items; 1500 fp32 ends in a partial chunk); plan_moves' maps, exact rows."""
+    is 12 work items; 1500 fp32 ends in a partial chunk), and on odd steps the mask from
+    pinned host memory too (mask_out); plan_moves' maps, exact rows."""
     gen = torch.Generator().manual_seed(n + r)
     pool = torch.randn(n, r, generator=gen).to(dtype).pin_memory()  # [N, R] on the host
     s2n = torch.full((cap,), -1, dtype=torch.int32, device="cuda")
     n2s = torch.full((n,), -1, dtype=torch.int32, device="cuda")
     buf = torch.zeros(cap, r, dtype=dtype, device="cuda")
     scratch, stats = fused_scratch(n, cap, "cuda"), torch.zeros(4, dtype=torch.int32, device="cuda")
-    for k in (cap // 2, cap // 2, cap, 3, cap // 3):
+    copy = torch.zeros(n, dtype=torch.bool, device="cuda")
+    for step, k in enumerate((cap // 2, cap // 2, cap, 3, cap // 3, 0)):
         new = torch.zeros(n, dtype=torch.bool)
         new[torch.randperm(n, generator=gen)[:k]] = True
-        new = new.cuda()
-        want = plan_moves(new, n2s, s2n)
-        plan_and_move(new, n2s, s2n, buf, pool, scratch, stats)
+        want = plan_moves(new.cuda(), n2s, s2n)
+        if step % 2:  # the mask in pinned host memory too, read once by the launch and copied for the slot scan
+            pinned = new.pin_memory()  # held until the launch has run
+            plan_and_move(pinned, n2s, s2n, buf, pool, scratch, stats, mask_out=copy)
+        else:
+            plan_and_move(new.cuda(), n2s, s2n, buf, pool, scratch, stats)
         torch.cuda.synchronize()
         st = want.stats.tolist()
         assert stats.tolist() == st
