@@ -37,13 +37,14 @@ from ecc_kv.weight_cache_plans import (
 )
 
 __all__ = ["PairedWeightCache", "MovePlan", "apply_moves_torch", "plan_moves", "plan_moves_host", "plan_rebuild",
-           "PLACEMENTS", "BACKENDS", "OFFLOADS", "PLANNERS", "DTYPES"]
+           "PLACEMENTS", "BACKENDS", "OFFLOADS", "PLANNERS", "MASK_FEEDS", "DTYPES"]
 
 Placement = Literal["cpu", "gpu", "offloaded"]
 PLACEMENTS: tuple[str, ...] = ("cpu", "gpu", "offloaded")
 BACKENDS: tuple[str, ...] = ("torch", "triton")
 OFFLOADS: tuple[str, ...] = ("staged", "direct")
 PLANNERS: tuple[str, ...] = ("torch", "triton", "fused")
+MASK_FEEDS: tuple[str, ...] = ("copy", "ring")
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -96,8 +97,13 @@ class PairedWeightCache:
         updates in one single-program launch, then the move launch) or ``"fused"``
         (``kernels.weight_cache.plan_and_move``: plan, moves and map commit in ONE
         multi-program launch; the counts come back through pinned host memory; default for
-        the gpu placement with the triton backend). cpu/gpu placements; an offloaded cache
-        plans on the host.
+        the gpu placement with the triton backend). Offloaded: ``"torch"`` (the host plans;
+        default) or ``"fused"`` (the host only counts; one launch plans on GPU maps and
+        reads the mask and the added rows from pinned host memory; needs ``offload="direct"``).
+    mask_feed: how the fused update's CUDA graph (gpu placement) gets each call's mask:
+        ``"copy"`` (default: a device copy into the graph's static input, then the replay)
+        or ``"ring"`` (the host writes the mask's address into a ring in pinned host memory
+        that the launch reads: no copy, one replay).
     """
 
     def __init__(
@@ -113,6 +119,7 @@ class PairedWeightCache:
         device: str | torch.device | None = None,
         offload: str | None = None,
         planner: str | None = None,
+        mask_feed: str = "copy",
     ) -> None:
         if up.dim() != 2:
             raise ValueError(f"up must be [N, H], got shape {tuple(up.shape)}")
@@ -158,11 +165,17 @@ class PairedWeightCache:
             raise ValueError("planner='fused' moves the rows in its own Triton launch: it needs backend='triton'")
         if offload not in OFFLOADS:
             raise ValueError(f"offload must be one of {OFFLOADS}, got {offload!r}")
+        if mask_feed not in MASK_FEEDS:
+            raise ValueError(f"mask_feed must be one of {MASK_FEEDS}, got {mask_feed!r}")
+        if mask_feed == "ring" and (planner != "fused" or placement != "gpu"):
+            raise ValueError(f"mask_feed='ring' feeds the fused update's graph: it needs planner='fused' and placement "
+                             f"'gpu', got planner={planner!r}, placement={placement!r}")
         if offload == "direct" and placement == "offloaded" and backend != "triton":
             raise ValueError("offload='direct' needs backend='triton' (the kernel reads the pinned pool)")
 
         self.n_neurons, self.hidden, self.capacity = n, h, capacity
         self.placement, self.backend, self.rebuild_tau, self.offload = placement, backend, rebuild_tau, offload
+        self.mask_feed = mask_feed
         self.gated = gate is not None
         parts = [t.to(pool_dev) for t in mats[:-1]] + [down.to(pool_dev).t()]
         pool = torch.cat(parts, dim=1).contiguous()  # [N, R]: [gate_i | up_i | down_i^T]
@@ -200,6 +213,7 @@ class PairedWeightCache:
             # stream sync, with no device-to-host copy to launch
             self._hstats = torch.zeros(4, dtype=torch.int32).pin_memory() if buf_dev.type == "cuda" else None
             self._graph: torch.cuda.CUDAGraph | None = None  # the launch, captured on first use
+            self._calls = 0  # graph launches that read the mask-address ring (mask_feed='ring')
         self.rows_written = 0  # total over the cache's life
         self.last: dict[str, int] = {"added": 0, "removed": 0, "written": 0, "size": 0, "rebuilt": 0}
         if placement == "offloaded":
@@ -499,25 +513,50 @@ class PairedWeightCache:
 
         A Triton launch costs tens of microseconds of Python on the host (argument binding
         and specialisation), many times the kernel; a graph replay of the same launch a few.
-        The graph reads the mask from a static copy. Launched directly where no graph can be
-        (CPU, or inside a capture the caller is recording).
+        ``mask_feed="copy"``: the graph reads the mask from a static input the call copies it
+        into. ``"ring"``: the host writes the mask's address into the ring slot of this call
+        (pinned host memory) and the launch reads it there (its device counter names the
+        slot): one replay and no copy per call; every half ring the host waits for the
+        launch of half a ring ago, so it never overwrites a slot a queued launch has yet to
+        read. Launched directly where no graph can be (CPU, or inside a capture the caller
+        is recording).
         """
-        from kernels.weight_cache import plan_and_move
+        from kernels.weight_cache import mask_ring, plan_and_move
 
         args = (self._n2s, self._s2n, self.buffer, self.pool, self._scratch, self._stats, self._hstats)
         if not self.buffer.is_cuda or torch.cuda.is_current_stream_capturing():
             plan_and_move(new, *args)
             return
+        if self.mask_feed == "copy":
+            if self._graph is None:
+                plan_and_move(new, *args)  # compiles the kernel; the graph serves the next calls
+                self._mask_in = torch.zeros_like(new)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    plan_and_move(self._mask_in, *args)
+                self._graph = graph
+                return
+            self._mask_in.copy_(new)
+            self._graph.replay()
+            return
         if self._graph is None:
-            plan_and_move(new, *args)  # compiles the kernel; the graph serves the next calls
-            self._mask_in = torch.zeros_like(new)
+            self._ring = mask_ring(self.n_neurons, self.capacity, self.buffer.device)  # [slots, programs, 16], ctr
+            self._ring_np = self._ring[0].numpy()
+            self._ring_event = torch.cuda.Event()
+        slots = self._ring_np.shape[0]
+        self._ring_np[self._calls % slots, :, 0] = new.data_ptr()
+        if self._graph is not None:
+            self._graph.replay()
+        else:
+            plan_and_move(new, *args, ring=self._ring)  # compiles the kernel and runs this update
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                plan_and_move(self._mask_in, *args)
+                plan_and_move(new, *args, ring=self._ring)  # recorded, not run: each replay reads the ring
             self._graph = graph
-            return
-        self._mask_in.copy_(new)
-        self._graph.replay()
+        self._calls += 1
+        if self._calls % (slots // 2) == 0:  # every launch up to half a ring ago has read its slot
+            self._ring_event.synchronize()
+            self._ring_event.record()
 
     def _direct_moves(self, k: int) -> None:
         """Direct offload on a GPU: copy packed plan k to the device, then one move kernel over a

@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "backend": "auto",  # cache moves: auto (triton on CUDA, torch on CPU) | torch | triton
     "planner": "torch",  # torch ops (host numpy offloaded) | triton (plan launch + move launch) | fused (one launch)
     "offload": "staged",  # offloaded pool rows: staged (host gather + one copy) | direct (kernel reads pinned pool)
+    "mask_feed": "copy",  # gpu + fused: the graph's mask by copy into a static input | ring (address ring, no copy)
     "steps": 200,
     "warmup": 20,
     "seed": 0,
@@ -92,6 +93,7 @@ def _config(params: dict[str, Any]) -> dict[str, Any]:
         "backend": sc.choice(params, "backend", ("auto", "torch", "triton"), DEFAULTS["backend"]),
         "offload": sc.choice(params, "offload", ("staged", "direct"), DEFAULTS["offload"]),
         "planner": sc.choice(params, "planner", ("torch", "triton", "fused"), DEFAULTS["planner"]),
+        "mask_feed": sc.choice(params, "mask_feed", ("copy", "ring"), DEFAULTS["mask_feed"]),
         "steps": sc.pos_int(params, "steps", DEFAULTS["steps"]),
         "warmup": sc.pos_int(params, "warmup", DEFAULTS["warmup"], minimum=0),
         "seed": sc.pos_int(params, "seed", DEFAULTS["seed"], minimum=0),
@@ -113,6 +115,9 @@ def _config(params: dict[str, Any]) -> dict[str, Any]:
     if cfg["placement"] == "offloaded" and cfg["planner"] == "fused" and cfg["offload"] != "direct":
         raise ValueError(f"planner='fused' offloaded reads the pinned pool in its launch: it needs offload='direct', "
                          f"got offload={cfg['offload']!r}")
+    if cfg["mask_feed"] == "ring" and (cfg["planner"] != "fused" or cfg["placement"] != "gpu"):
+        raise ValueError(f"mask_feed='ring' needs planner='fused' and placement='gpu', got planner={cfg['planner']!r}, "
+                         f"placement={cfg['placement']!r}")
     for meth in GPU_ONLY:
         if meth in cfg["methods"] and cfg["placement"] != "gpu":
             raise ValueError(f"method {meth!r} needs placement 'gpu', got placement={cfg['placement']!r}")
@@ -171,7 +176,7 @@ def _stepper(
         tau = cfg["tau"] if method == "hybrid" else None
         cache = PairedWeightCache(gate, up, down, cap, placement=place, backend=backend, rebuild_tau=tau,
                                   device=device, offload=cfg["offload"],
-                                  planner=cfg["planner"])
+                                  planner=cfg["planner"], mask_feed=cfg["mask_feed"])
         cache.update(masks[0])
         if method == "paired_graph":
             static = masks[0].clone()

@@ -290,6 +290,10 @@ def test_errors_are_clear_and_leave_cache_intact() -> None:
         PairedWeightCache(*w, capacity=4, backend="cuda")
     with pytest.raises(TypeError, match="dtype"):
         PairedWeightCache(w[0], w[1].double(), w[2], capacity=4)
+    with pytest.raises(ValueError, match="mask_feed must be one of"):
+        PairedWeightCache(*w, capacity=4, mask_feed="post")
+    with pytest.raises(ValueError, match="mask_feed='ring'.*planner='fused'"):
+        PairedWeightCache(*w, capacity=4, mask_feed="ring")  # cpu placement, torch planner
 
 
 @pytest.mark.gpu
@@ -339,18 +343,43 @@ def test_offloaded_on_gpu(backend: str, offload: str, planner: str, tau: float |
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_fused_update_on_gpu_sequences(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(("dtype", "feed"), [(torch.float16, "copy"), (torch.bfloat16, "copy"), (torch.float16, "ring")])
+def test_fused_update_on_gpu_sequences(dtype: torch.dtype, feed: str) -> None:
     """planner='fused' on the GPU (many programs, grid barriers): every regime, with and
-    without hybrid rebuilds, at a size where the neuron scan spans many programs."""
+    without hybrid rebuilds, at a size where the neuron scan spans many programs; the
+    graph's mask by copy or through the address ring."""
     for tau in (None, 0.5):
         w = _weights(True, dtype, "cuda", n=N, h=H)
-        cache = PairedWeightCache(*w, capacity=N, planner="fused", rebuild_tau=tau)
+        cache = PairedWeightCache(*w, capacity=N, planner="fused", rebuild_tau=tau, mask_feed=feed)
         for seq in SEQS:
             _run_sequence(cache, SEQS[seq], torch.randn(2, H, device="cuda", dtype=dtype), w, TOL[dtype])
     big = _weights(True, dtype, "cuda", n=20000, h=8)
-    cache = PairedWeightCache(*big, capacity=3000, planner="fused")
+    cache = PairedWeightCache(*big, capacity=3000, planner="fused", mask_feed=feed)
     for mask in random_walk_masks(20000, 2500, 0.3, 12, seed=8).cuda():
         cache.update(mask)
         cache.check()
         assert sorted(cache.active.tolist()) == mask.nonzero().squeeze(1).tolist()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("feed", ["copy", "ring"])
+def test_fused_graph_many_calls_on_gpu(feed: str) -> None:
+    """The fused graph replayed 300 times without a host sync (mask_feed='ring': the ring of
+    64 slots wraps, the host waits every half ring), masks that are views or temporaries
+    freed right after the call, update() (counts read back) interleaved; exact at every
+    checked step and at the end."""
+    w = _weights(True, torch.float16, "cuda", n=N, h=H)
+    masks = random_walk_masks(N, 30, 5, 301, seed=9).cuda()
+    cache = PairedWeightCache(*w, capacity=30, planner="fused", mask_feed=feed)
+    cache.update(masks[0])
+    for t in range(1, 301):
+        mask = masks[t] if t % 2 else masks[t].clone()  # a clone is freed as soon as the call returns
+        if t % 37 == 0:
+            assert cache.update(mask) == 5
+            cache.check()
+            assert sorted(cache.active.tolist()) == masks[t].nonzero().squeeze(1).tolist()
+        else:
+            cache.update_async(mask)
+    torch.cuda.synchronize()
+    cache.check()
+    assert sorted(cache.active.tolist()) == masks[300].nonzero().squeeze(1).tolist()

@@ -52,6 +52,8 @@ def test_run_and_summarize(tmp_path: Path) -> None:
         ({"methods": ["paired_async"]}, "paired_async"),
         ({"planner": "magic"}, "planner"),
         ({"offload": "teleport"}, "offload"),
+        ({"mask_feed": "ring"}, "mask_feed='ring'"),
+        ({"mask_feed": "pipe"}, "mask_feed"),
         ({"placement": "offloaded", "methods": ["paired"], "planner": "triton"}, "planner='triton'"),
         ({"placement": "offloaded", "methods": ["paired"], "planner": "fused", "offload": "staged"}, "offload='direct'"),
         ({"colour": 1}, "unknown parameter"),
