@@ -30,6 +30,9 @@ import torch
 from ecc_kv.weight_cache_plans import (
     MovePlan,
     apply_moves_torch,
+    apply_packed,
+    apply_plan_triton,
+    commit_host_plan,
     plan_moves,
     plan_moves_host,
     plan_rebuild,
@@ -46,29 +49,6 @@ OFFLOADS: tuple[str, ...] = ("staged", "direct")
 PLANNERS: tuple[str, ...] = ("torch", "triton", "fused")
 MASK_FEEDS: tuple[str, ...] = ("copy", "ring")
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _apply_triton(buf: torch.Tensor, rows: torch.Tensor, plan: MovePlan, n_moves: int | None, staged: bool) -> None:
-    from kernels.weight_cache import apply_moves
-
-    apply_moves(buf, rows, plan.dst, plan.src, plan.counts, max_moves=n_moves, staged=staged)
-
-
-def _apply_packed(buf: torch.Tensor, rows: torch.Tensor, packed: torch.Tensor, cap: int, n_moves: int, *,
-                  staged: bool, backend: str) -> None:
-    """Moves of a packed plan ``[n_pool, n_moves | dst (cap) | src (cap)]`` (int32) into ``buf``.
-
-    ``packed`` and ``rows`` may sit in pinned host memory while ``buf`` is on the GPU: the
-    Triton kernel then reads them through unified addressing (one launch, no copy).
-    """
-    counts, dst, src = packed[:2], packed[2 : 2 + cap], packed[2 + cap :]
-    if backend == "triton":
-        from kernels.weight_cache import apply_moves
-
-        apply_moves(buf, rows, dst, src, counts, max_moves=n_moves, staged=staged)
-    else:
-        n_pool = int(packed[0])
-        apply_moves_torch(buf, rows, dst, src, n_pool, n_moves, staged=staged)
 
 
 class PairedWeightCache:
@@ -97,13 +77,15 @@ class PairedWeightCache:
         updates in one single-program launch, then the move launch) or ``"fused"``
         (``kernels.weight_cache.plan_and_move``: plan, moves and map commit in ONE
         multi-program launch; the counts come back through pinned host memory; default for
-        the gpu placement with the triton backend). Offloaded: ``"torch"`` (the host plans;
-        default) or ``"fused"`` (the host only counts; one launch plans on GPU maps and
-        reads the mask and the added rows from pinned host memory; needs ``offload="direct"``).
+        the gpu placement with the triton backend). Offloaded: ``"torch"`` (the host plans
+        on host maps) or ``"fused"`` (the host only counts; one launch plans on GPU maps and
+        reads the mask and the added rows from pinned host memory; needs ``offload="direct"``;
+        default when the buffer is on CUDA, the backend triton and offload direct).
     mask_feed: how the fused update's CUDA graph (gpu placement) gets each call's mask:
-        ``"copy"`` (default: a device copy into the graph's static input, then the replay)
-        or ``"ring"`` (the host writes the mask's address into a ring in pinned host memory
-        that the launch reads: no copy, one replay).
+        ``"ring"`` (default with planner fused on the gpu placement: the host writes the
+        mask's address into a ring in pinned host memory that the launch reads; one replay,
+        no copy) or ``"copy"`` (a device copy into the graph's static input, then the
+        replay; the only choice for the other planners and placements).
     """
 
     def __init__(
@@ -119,7 +101,7 @@ class PairedWeightCache:
         device: str | torch.device | None = None,
         offload: str | None = None,
         planner: str | None = None,
-        mask_feed: str = "copy",
+        mask_feed: str | None = None,
     ) -> None:
         if up.dim() != 2:
             raise ValueError(f"up must be [N, H], got shape {tuple(up.shape)}")
@@ -152,7 +134,8 @@ class PairedWeightCache:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         gpu_triton = backend == "triton" and buf_dev.type == "cuda"  # the fast paths need a GPU and Triton
-        planner = planner or ("fused" if gpu_triton and placement == "gpu" else "torch")
+        fused_ok = placement == "gpu" or (placement == "offloaded" and offload in (None, "direct"))
+        planner = planner or ("fused" if gpu_triton and fused_ok else "torch")
         offload = offload or ("direct" if gpu_triton or planner == "fused" else "staged")
         if planner not in PLANNERS:
             raise ValueError(f"planner must be one of {PLANNERS}, got {planner!r}")
@@ -165,6 +148,7 @@ class PairedWeightCache:
             raise ValueError("planner='fused' moves the rows in its own Triton launch: it needs backend='triton'")
         if offload not in OFFLOADS:
             raise ValueError(f"offload must be one of {OFFLOADS}, got {offload!r}")
+        mask_feed = mask_feed or ("ring" if planner == "fused" and placement == "gpu" else "copy")
         if mask_feed not in MASK_FEEDS:
             raise ValueError(f"mask_feed must be one of {MASK_FEEDS}, got {mask_feed!r}")
         if mask_feed == "ring" and (planner != "fused" or placement != "gpu"):
@@ -329,57 +313,13 @@ class PairedWeightCache:
         return n_moves
 
     def _commit_host(self, new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Plan an update on the host maps and commit it in place (cpu and offloaded placements).
-
-        The plan of :func:`plan_moves_host` (same moves, same order) or, past the hybrid
-        threshold, of :func:`plan_rebuild`, from a few numpy calls on index lists, with no
-        tensor allocations. Returns (dst, from_pool, climb): slots ``dst[:A]`` receive the
-        pool rows ``from_pool``, slots ``dst[A:]`` the buffer rows at the tail slots
-        ``climb``. Raises ValueError on overflow before changing anything.
-        """
-        # new: bool [N]; s2n: int32 [cap]; n2s: int32 [N]
-        s2n, n2s, size, cap = self._s2n_np, self._n2s_np, self._m, self.capacity
-        held = s2n[:size]  # [m] neurons in slot order
-        freed = np.flatnonzero(~new[held])  # [R] ascending slots of the removed neurons
-        added = np.flatnonzero(new & self._absent)  # [A] ascending neuron ids
-        removed, n_add = freed.shape[0], added.shape[0]
-        m_new = size - removed + n_add
-        if m_new > cap:
-            raise ValueError(f"mask has {m_new} active neurons, more than the cache capacity {cap}")
-        rebuilt = self.rebuild_tau is not None and max(n_add, removed) > self.rebuild_tau * m_new
-        climb = freed[:0]
-        if rebuilt:  # every active neuron, in id order, into slots 0..m'-1
-            ids = np.flatnonzero(new)  # [m']
-            n2s[held] = -1
-            dst = np.arange(m_new, dtype=np.int32)
-            n2s[ids] = dst
-            s2n[:m_new] = ids
-            s2n[m_new:] = -1
-            from_pool = ids
-        elif n_add or removed:
-            gone = held[freed]  # [R] removed neurons (read before the slots change)
-            if m_new < size:  # shrink: holes below m', stayers of the vacated tail move down
-                dst = freed[: np.searchsorted(freed, m_new)]  # [W]
-                climb = m_new + np.flatnonzero(new[held[m_new:]])  # [W - A]
-            else:  # grow or keep: every freed slot, then the new slots
-                dst = freed if m_new == size else np.concatenate([freed, np.arange(size, m_new)])
-            to_pool, to_climb = dst[:n_add], dst[n_add:]
-            if climb.shape[0]:  # sources in the vacated tail, destinations below m': independent
-                climbers = s2n[climb]  # [W - A] (a copy)
-                s2n[to_climb] = climbers
-                n2s[climbers] = to_climb
-            n2s[gone] = -1
-            s2n[m_new:size] = -1
-            s2n[to_pool] = added
-            n2s[added] = to_pool
-            from_pool = added
-        else:  # A = R = 0: nothing moves
-            dst = from_pool = freed
-        np.logical_not(new, out=self._absent)
-        written = dst.shape[0]
-        self._m = m_new
-        self.rows_written += written
-        self.last = {"added": n_add, "removed": removed, "written": written, "size": m_new, "rebuilt": int(rebuilt)}
+        """The host plan committed in place on the numpy map views (cpu and offloaded
+        placements; :func:`commit_host_plan`); returns (dst, from_pool, climb)."""
+        dst, from_pool, climb, last = commit_host_plan(new, self._s2n_np, self._n2s_np, self._absent, self._m,
+                                                       self.rebuild_tau)
+        self._m = last["size"]
+        self.rows_written += last["written"]
+        self.last = last
         return dst, from_pool, climb
 
     def _update_host(self, new: np.ndarray) -> int:
@@ -422,14 +362,14 @@ class PairedWeightCache:
         if self.offload == "direct" and self._events is not None and self.backend == "triton":
             self._direct_moves(k)
         elif self.offload == "direct":
-            _apply_packed(self.buffer, self.pool, ph, cap, w, staged=False, backend=self.backend)
+            apply_packed(self.buffer, self.pool, ph, cap, w, staged=False, backend=self.backend)
         else:
             stage = self._stage_h[k]
             if n_pool:
                 torch.index_select(self.pool, 0, torch.from_numpy(from_pool), out=stage[:n_pool])
             self._plan_d.copy_(ph, non_blocking=True)
             self._stage_d[:n_pool].copy_(stage[:n_pool], non_blocking=True)
-            _apply_packed(self.buffer, self._stage_d, self._plan_d, cap, w, staged=True, backend=self.backend)
+            apply_packed(self.buffer, self._stage_d, self._plan_d, cap, w, staged=True, backend=self.backend)
         if self._events is not None:
             self._events[k].record()
         return w
@@ -454,7 +394,7 @@ class PairedWeightCache:
             plan[0] = plan[1] = m_new
             plan[2 : 2 + m_new] = np.arange(m_new, dtype=np.int32)
             plan[2 + self.capacity : 2 + self.capacity + m_new] = ids
-            _apply_packed(self.buffer, self.pool, self._plan_h[k], self.capacity, m_new, staged=False,
+            apply_packed(self.buffer, self.pool, self._plan_h[k], self.capacity, m_new, staged=False,
                           backend="triton")
             s2n = torch.full((self.capacity,), -1, dtype=torch.int32)
             s2n[:m_new] = torch.from_numpy(ids)
@@ -615,7 +555,7 @@ class PairedWeightCache:
             return self._moves  # a view of the launch's counts
         fused = self._fused_plan(new)
         plan = fused if fused is not None else plan_moves(new, self._n2s, self._s2n)
-        _apply_triton(self.buffer, self.pool, plan, None, staged=False)
+        apply_plan_triton(self.buffer, self.pool, plan, None, staged=False)
         if fused is None:
             self._s2n.copy_(plan.s2n)
             self._n2s.copy_(plan.n2s)
@@ -638,7 +578,7 @@ class PairedWeightCache:
             # a rebuild writes slots 0..m'-1 in order: one index_select straight into the buffer
             torch.index_select(self.pool, 0, plan.src[:n_moves].long(), out=self.buffer[:n_moves])
         elif self.backend == "triton":
-            _apply_triton(self.buffer, self.pool, plan, n_moves, staged=False)
+            apply_plan_triton(self.buffer, self.pool, plan, n_moves, staged=False)
         else:
             apply_moves_torch(self.buffer, self.pool, plan.dst, plan.src, n_pool, n_moves)
 

@@ -6,9 +6,11 @@ are filled first by the added neurons, read from the pool, then by the staying n
 that sit in the vacated tail, read from the buffer. Every source lies in the pool or in
 the tail and every destination below the new size, so the moves run in any order or all
 at once. :func:`plan_moves` is the fixed-shape (GPU, graph-capturable) planner,
-:func:`plan_moves_host` the numpy one, :func:`plan_rebuild` the hybrid policy's full
-rebuild; ``kernels.weight_cache`` has the fused Triton planners that make the same plans.
-Used by :mod:`ecc_kv.weight_cache`.
+:func:`plan_moves_host` the numpy one, :func:`commit_host_plan` the same plan committed
+in place on host maps (the cpu and offloaded updates), :func:`plan_rebuild` the hybrid
+policy's full rebuild; ``kernels.weight_cache`` has the fused Triton planners that make
+the same plans. :func:`apply_moves_torch`, :func:`apply_plan_triton` and
+:func:`apply_packed` apply a plan. Used by :mod:`ecc_kv.weight_cache`.
 """
 
 from __future__ import annotations
@@ -145,6 +147,62 @@ def plan_rebuild(new: torch.Tensor, cap: int) -> MovePlan:
     return MovePlan(dst, src, counts, stats, s2n, n2s)
 
 
+def commit_host_plan(
+    new: np.ndarray, s2n: np.ndarray, n2s: np.ndarray, absent: np.ndarray, size: int, tau: float | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """Plan an update on host maps and commit it in place (the cpu and offloaded updates).
+
+    The plan of :func:`plan_moves_host` (same moves, same order) or, past the hybrid
+    threshold ``tau``, of :func:`plan_rebuild`, from a few numpy calls on index lists, with
+    no tensor allocations. ``absent`` (bool [N], ~cached mask) is updated in place too.
+    Returns (dst, from_pool, climb, last): slots ``dst[:A]`` receive the pool rows
+    ``from_pool``, slots ``dst[A:]`` the buffer rows at the tail slots ``climb``; ``last``
+    = added, removed, written, size, rebuilt. Raises ValueError on overflow before
+    changing anything.
+    """
+    # new: bool [N]; s2n: int32 [cap]; n2s: int32 [N]
+    cap = s2n.shape[0]
+    held = s2n[:size]  # [m] neurons in slot order
+    freed = np.flatnonzero(~new[held])  # [R] ascending slots of the removed neurons
+    added = np.flatnonzero(new & absent)  # [A] ascending neuron ids
+    removed, n_add = freed.shape[0], added.shape[0]
+    m_new = size - removed + n_add
+    if m_new > cap:
+        raise ValueError(f"mask has {m_new} active neurons, more than the cache capacity {cap}")
+    rebuilt = tau is not None and max(n_add, removed) > tau * m_new
+    climb = freed[:0]
+    if rebuilt:  # every active neuron, in id order, into slots 0..m'-1
+        ids = np.flatnonzero(new)  # [m']
+        n2s[held] = -1
+        dst = np.arange(m_new, dtype=np.int32)
+        n2s[ids] = dst
+        s2n[:m_new] = ids
+        s2n[m_new:] = -1
+        from_pool = ids
+    elif n_add or removed:
+        gone = held[freed]  # [R] removed neurons (read before the slots change)
+        if m_new < size:  # shrink: holes below m', stayers of the vacated tail move down
+            dst = freed[: np.searchsorted(freed, m_new)]  # [W]
+            climb = m_new + np.flatnonzero(new[held[m_new:]])  # [W - A]
+        else:  # grow or keep: every freed slot, then the new slots
+            dst = freed if m_new == size else np.concatenate([freed, np.arange(size, m_new)])
+        to_pool, to_climb = dst[:n_add], dst[n_add:]
+        if climb.shape[0]:  # sources in the vacated tail, destinations below m': independent
+            climbers = s2n[climb]  # [W - A] (a copy)
+            s2n[to_climb] = climbers
+            n2s[climbers] = to_climb
+        n2s[gone] = -1
+        s2n[m_new:size] = -1
+        s2n[to_pool] = added
+        n2s[added] = to_pool
+        from_pool = added
+    else:  # A = R = 0: nothing moves
+        dst = from_pool = freed
+    np.logical_not(new, out=absent)
+    last = {"added": n_add, "removed": removed, "written": dst.shape[0], "size": m_new, "rebuilt": int(rebuilt)}
+    return dst, from_pool, climb, last
+
+
 _INT_VIEW = {4: torch.int32, 2: torch.int16}
 
 
@@ -182,3 +240,28 @@ def apply_moves_torch(
     if n_moves > n_pool:
         d, s = dst[n_pool:n_moves].to(buf.device), src[n_pool:n_moves].to(buf.device)
         _scatter_rows(buf, d, buf.index_select(0, s))
+
+
+def apply_plan_triton(buf: torch.Tensor, rows: torch.Tensor, plan: MovePlan, n_moves: int | None,
+                      staged: bool) -> None:
+    """A plan's moves in one Triton launch (``kernels.weight_cache.apply_moves``)."""
+    from kernels.weight_cache import apply_moves
+
+    apply_moves(buf, rows, plan.dst, plan.src, plan.counts, max_moves=n_moves, staged=staged)
+
+
+def apply_packed(buf: torch.Tensor, rows: torch.Tensor, packed: torch.Tensor, cap: int, n_moves: int, *,
+                 staged: bool, backend: str) -> None:
+    """Moves of a packed plan ``[n_pool, n_moves | dst (cap) | src (cap)]`` (int32) into ``buf``.
+
+    ``packed`` and ``rows`` may sit in pinned host memory while ``buf`` is on the GPU: the
+    Triton kernel then reads them through unified addressing (one launch, no copy).
+    """
+    counts, dst, src = packed[:2], packed[2 : 2 + cap], packed[2 + cap :]
+    if backend == "triton":
+        from kernels.weight_cache import apply_moves
+
+        apply_moves(buf, rows, dst, src, counts, max_moves=n_moves, staged=staged)
+    else:
+        n_pool = int(packed[0])
+        apply_moves_torch(buf, rows, dst, src, n_pool, n_moves, staged=staged)

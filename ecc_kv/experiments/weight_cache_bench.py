@@ -63,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "backend": "auto",  # cache moves: auto (triton on CUDA, torch on CPU) | torch | triton
     "planner": "torch",  # torch ops (host numpy offloaded) | triton (plan launch + move launch) | fused (one launch)
     "offload": "staged",  # offloaded pool rows: staged (host gather + one copy) | direct (kernel reads pinned pool)
-    "mask_feed": "copy",  # gpu + fused: the graph's mask by copy into a static input | ring (address ring, no copy)
+    "mask_feed": "auto",  # gpu + fused graph's mask: auto (the cache's default: ring) | copy (into a static input) | ring
     "steps": 200,
     "warmup": 20,
     "seed": 0,
@@ -93,7 +93,7 @@ def _config(params: dict[str, Any]) -> dict[str, Any]:
         "backend": sc.choice(params, "backend", ("auto", "torch", "triton"), DEFAULTS["backend"]),
         "offload": sc.choice(params, "offload", ("staged", "direct"), DEFAULTS["offload"]),
         "planner": sc.choice(params, "planner", ("torch", "triton", "fused"), DEFAULTS["planner"]),
-        "mask_feed": sc.choice(params, "mask_feed", ("copy", "ring"), DEFAULTS["mask_feed"]),
+        "mask_feed": sc.choice(params, "mask_feed", ("auto", "copy", "ring"), DEFAULTS["mask_feed"]),
         "steps": sc.pos_int(params, "steps", DEFAULTS["steps"]),
         "warmup": sc.pos_int(params, "warmup", DEFAULTS["warmup"], minimum=0),
         "seed": sc.pos_int(params, "seed", DEFAULTS["seed"], minimum=0),
@@ -176,7 +176,7 @@ def _stepper(
         tau = cfg["tau"] if method == "hybrid" else None
         cache = PairedWeightCache(gate, up, down, cap, placement=place, backend=backend, rebuild_tau=tau,
                                   device=device, offload=cfg["offload"],
-                                  planner=cfg["planner"], mask_feed=cfg["mask_feed"])
+                                  planner=cfg["planner"], mask_feed=None if cfg["mask_feed"] == "auto" else cfg["mask_feed"])
         cache.update(masks[0])
         if method == "paired_graph":
             static = masks[0].clone()
