@@ -16,8 +16,9 @@ without a copy (the leading dimension is the bundled row length; BLAS accepts it
 The move plans come from ``ecc_kv.weight_cache_plans`` (torch, numpy) or from the fused
 Triton kernels in ``kernels.weight_cache``; all make the same plan, move for move. On the
 GPU the fastest update (``planner="fused"``) is ONE launch that plans, moves the rows and
-commits the maps, replayed from a CUDA graph; offloaded, the host plans in place and one
-kernel reads the added rows from the pinned pool (``offload="direct"``).
+commits the maps, replayed from a CUDA graph; offloaded, the same launch reads the mask
+and the added rows from pinned host memory while the host only counts (or the host plans
+and one kernel reads the added rows from the pinned pool: ``planner="torch"``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,13 @@ moves, same order) in ONE single-program launch: ranks by ``tl.cumsum`` over blo
 a running carry, then it commits the new slot/neuron maps in place (unless the new set
 overflows the capacity, in which case it changes nothing), so a GPU update is two
 launches (plan, move) instead of ~40 small torch ops.
+
+``plan_and_move`` is the whole update in ONE launch of one program per SM: chunk counts,
+a grid barrier, ranks, a second barrier, then the row copies as (move, column chunk)
+work items over every program and the map commit. The pool (and, with ``mask_out``,
+the mask) may sit in pinned host memory (the offloaded cache); with ``ring`` the launch
+reads its mask's address from a ring in pinned host memory, so one CUDA graph of it takes
+a new mask every replay without a copy.
 """
 
 from __future__ import annotations
