@@ -272,7 +272,7 @@ class PairedWeightCache:
             raise TypeError(f"mask must have dtype torch.bool, got {mask.dtype}")
         if mask.dim() != 1 or mask.numel() != self.n_neurons:
             raise ValueError(f"mask must have shape [{self.n_neurons}] (N neurons), got {tuple(mask.shape)}")
-        return mask.to(self._mask_at)
+        return mask.to(self._mask_at).contiguous()  # the kernels read the mask as N consecutive bytes
 
     def update(self, mask: torch.Tensor) -> int:
         """Make the cache hold exactly the neurons of ``mask`` (bool [N]); returns rows written.

@@ -472,6 +472,8 @@ def plan_and_move(
     """
     if new.dtype != torch.bool or new.dim() != 1:
         raise TypeError(f"new must be a 1-D bool mask, got {new.dtype} {tuple(new.shape)}")
+    if not new.is_contiguous():
+        raise ValueError(f"new must be contiguous (the launch reads N consecutive bytes), got stride {new.stride()}")
     for name, t in (("n2s", n2s), ("s2n", s2n), ("scratch", scratch), ("stats", stats)):
         if t.dtype != torch.int32 or not t.is_contiguous():
             raise TypeError(f"{name} must be a contiguous int32 tensor, got {t.dtype}")

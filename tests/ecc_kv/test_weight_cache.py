@@ -216,6 +216,21 @@ def test_offloaded_logic_on_host() -> None:
         PairedWeightCache(*w, capacity=4, placement="offloaded", device="cpu", backend="torch", offload="direct")
 
 
+@pytest.mark.parametrize("planner", ["torch", "fused"])
+def test_strided_mask_views(planner: str, device: str) -> None:
+    """A mask that is a strided view (a column of a [N, 2] tensor) gives the same cache as
+    its contiguous copy: the kernels read N consecutive bytes, so the cache makes it so."""
+    place = "gpu" if device == "cuda" else "cpu"
+    w = _weights(True, device=device)
+    masks = random_walk_masks(N, 30, 6, 5, seed=4).to(device)
+    cache = PairedWeightCache(*w, capacity=30, placement=place, planner=planner)
+    for mask in masks:
+        pair = torch.stack([mask, ~mask], dim=1)  # [N, 2]: column 0 is a view with stride 2
+        cache.update(pair[:, 0])
+        cache.check()
+        assert sorted(cache.active.tolist()) == mask.nonzero().squeeze(1).tolist()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="Triton on CPU tensors needs the interpreter, which is off on a GPU machine")
 def test_offloaded_fused_counts_on_host_shrink_and_rebuild() -> None:
     """Offloaded with planner='fused': the host counts (added, size) from the mask, the launch
