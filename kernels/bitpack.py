@@ -11,18 +11,8 @@ byte lane, transposed with 3 swap stages of word ops (no per-bit work). Units ar
 stored whole (32-bit words when ``UNIT = 4``, a group's planes are contiguous), only for the
 planes a group has.
 
-Offsets without a host round trip and without a serial chain: a tile's byte offset is the sum
-of the widths of all groups before it. The widths are inputs, so a small first launch
-(``_width_sums_kernel``, one program per *block* of ``TPB`` tiles) writes every tile's width
-sum, every block's sum and a count of invalid widths into the workspace ``ws`` (int32, shape
-``[2 + TPB, n_blocks]``: row 0 block sums, row 1 invalid counts, rows 2.. the tile sums); a
-tile's offset is then the sum of the block sums before its block plus the tile sums before it
-in its block (two short vector loads, issued beside the data loads). No atomics, no spinning,
-no zeroed workspace: every program of the main launch finds its offset on its own. The host
-learns the packed size only when it asks (``packed_size``), one read that also reports invalid
-widths (their planes are clamped to 1..8 in the kernels, so nothing is written out of bounds).
-With widths given the pack's first launch also writes them as uint8 (the stored widths), which
-the main launch reads back (from L2).
+Offsets (the prefix sum of the widths) are found on the device in the same launch, without a
+serial chain or a zeroed workspace: see ``kernels.bitpack_offsets``.
 
 Bit-exactness: the same fp32 operations as the twin (correctly rounded division, ``floor(v +
 0.5)``, scales rounded up to fp16, first-index argmax/argmin for outliers, outlier values read
@@ -44,16 +34,24 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.bitpack_offsets import (
+    TUNING,
+    offsets_args,
+    packed_size,
+    produce_widths,
+    tile_first,
+    tile_rows,
+    unit,
+    workspace_bytes,
+)
+
+__all__ = ["TUNING", "packed_size", "workspace_bytes", "quantize_pack_triton", "quantize_groups_triton",
+           "pack_codes_triton", "unpack_codes_triton", "unpack_dequantize_triton"]
+
 _FP16_MAX = tl.constexpr(65504.0)
 _MAGIC = tl.constexpr(8388608.0)  # 2^23: x + 2^23 has x's integer part in its low mantissa bits
 _MAGIC_BITS = tl.constexpr(0x4B000000)  # bits of 2^23 as fp32
 _RMAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: t + _RMAGIC rounds t to an integer for |t| < 2^22
-# Launch shape: values per program (twice that from ``big_values`` on), warps; rows per block of
-# the width-sum launch (``block_rows``, so a block holds block_rows // BLOCK_M tiles).
-# ``sums_step``: block sums a program reads per step when it adds up the blocks before its own.
-TUNING: dict[str, int] = {"values_per_program": 4096, "big_values": 1 << 62, "num_warps": 4, "block_rows": 2048,
-                          "sums_step": 512}
-
 
 @triton.jit
 def _round_up_fp16(s32):
@@ -62,56 +60,6 @@ def _round_up_fp16(s32):
     down = s16.to(tl.float32) < s32
     bumped = (s16.to(tl.int16, bitcast=True) + 1).to(tl.float16, bitcast=True)
     return tl.where(down, bumped, s16)
-
-
-@triton.jit
-def _width_sums_kernel(bits_ptr, wout_ptr, ws_ptr, M, NPR, NB, LO: tl.constexpr, WRITE_W: tl.constexpr,
-                       BLOCK_M: tl.constexpr, TPB: tl.constexpr):
-    """First launch: per block of TPB tiles, each tile's width sum, the block's sum and its invalid widths.
-
-    Widths are clamped to LO..8 (memory safety); ``WRITE_W`` also stores the widths as given (uint8).
-    """
-    blk = tl.program_id(0)
-    rows = blk * (TPB * BLOCK_M) + tl.arange(0, TPB * BLOCK_M)  # [TPB * BM]
-    rm = rows < M
-    braw = tl.load(bits_ptr + rows // NPR, mask=rm, other=LO).to(tl.int32)
-    if WRITE_W:
-        tl.store(wout_ptr + rows // NPR, braw.to(tl.uint8), mask=rm & (rows % NPR == 0))
-    b = tl.where(rm, tl.minimum(tl.maximum(braw, LO), 8), 0)
-    ts = tl.sum(tl.reshape(b, (TPB, BLOCK_M)), axis=1)  # [TPB]
-    tl.store(ws_ptr + 2 * NB + blk * TPB + tl.arange(0, TPB), ts)
-    tl.store(ws_ptr + blk, tl.sum(ts))
-    tl.store(ws_ptr + NB + blk, tl.sum(((braw < LO) | (braw > 8)).to(tl.int32)))
-
-
-@triton.jit
-def _tile_rows(bits_ptr, M, NPR, FIXED: tl.constexpr, LO: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Tile index, rows [BM] and widths [BM] (clamped to LO..8 for memory safety, 0 past M)."""
-    tile = tl.program_id(0)
-    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
-    if FIXED > 0:
-        b = tl.full((BLOCK_M,), FIXED, tl.int32)
-    else:
-        braw = tl.load(bits_ptr + rows // NPR, mask=rows < M, other=LO).to(tl.int32)
-        b = tl.where(rows < M, tl.minimum(tl.maximum(braw, LO), 8), 0)
-    return tile, rows, b
-
-
-@triton.jit
-def _tile_first(ws_ptr, tile, rows, b, NB, FIXED: tl.constexpr, TPB: tl.constexpr, SUMS: tl.constexpr):
-    """Plane index [BM] (int64) of each row's first plane: fixed stride, or block and tile sums before it plus the tile's own."""
-    if FIXED > 0:  # one return: the compiler would still build the other branch after an early one
-        first = rows.to(tl.int64) * FIXED
-    else:
-        blk = tile // TPB
-        j = tl.arange(0, TPB)
-        ts = tl.load(ws_ptr + 2 * NB + blk * TPB + j, mask=j < tile - blk * TPB, other=0)  # [TPB]
-        acc = tl.sum(ts.to(tl.int64))
-        d = tl.arange(0, SUMS)
-        for s0 in range(0, blk, SUMS):
-            acc += tl.sum(tl.load(ws_ptr + s0 + d, mask=s0 + d < blk, other=0).to(tl.int64))
-        first = acc + (tl.cumsum(b, 0) - b).to(tl.int64)
-    return first
 
 
 @triton.jit
@@ -177,19 +125,19 @@ def _lane(x_ptr, rows64, rmask, q, k, J: tl.constexpr, G: tl.constexpr, UNIT: tl
 
 
 @triton.jit
-def _quant(x, zero, inv, lo, hi, c0, CLAMP_LO: tl.constexpr, SYMMETRIC: tl.constexpr):
-    """Codes (int32) of [PU2, BM, 8] values: floor(clip((x - zero) * inv + 0.5, -c0, L-1-c0)) + c0, as the twin.
+def _quant(x, zero, inv, lo, hi, c0, SYMMETRIC: tl.constexpr):
+    """Codes of [PU2, BM, 8] values, floor(clip((x - zero) * inv + 0.5, -c0, L-1-c0)) + c0 as the twin, in the low
+    byte of the int32 returned (the bits of 1.5 * 2^23 + code: the byte is the code's, higher bits are not).
 
-    Row parameters are [1, BM, 1]. Without outliers a min-max grid never needs the lower clip (x >= zero).
+    Row parameters are [1, BM, 1]. The lower clip acts even without outliers: the fp16 zero point can lie
+    above the group's min when the spread is far below the values' fp16 spacing.
     """
     t = (x - zero) * inv + 0.5
-    t = tl.minimum(t, hi)
-    if CLAMP_LO:
-        t = tl.maximum(t, lo)
+    t = tl.maximum(tl.minimum(t, hi), lo)
     r = tl.floor(t) + _RMAGIC  # exact: an integer below 2^22 in the low mantissa bits of 1.5 * 2^23
     if SYMMETRIC:
         r = r + c0
-    return r.to(tl.int32, bitcast=True) - 0x4B400000
+    return r.to(tl.int32, bitcast=True)
 
 
 @triton.jit
@@ -242,16 +190,35 @@ def _first(x, e3, msk, col, CHECK: tl.constexpr):
     return _row_min(tl.where(hit, col, 1 << 30))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["EPOCH"])
 def _pack_kernel(
-    x_ptr, bits_ptr, ws_ptr, data_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr,
-    M, NPR, NB,
+    x_ptr, bits_ptr, ws_ptr, meta_ptr, data_ptr, wout_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr,
+    M, NPR, NB, EPOCH,
+    G: tl.constexpr, UNIT: tl.constexpr, FIXED: tl.constexpr, LO: tl.constexpr, FROM_X: tl.constexpr,
+    SYMMETRIC: tl.constexpr, K_TAIL: tl.constexpr, WRITE_W: tl.constexpr, BLOCK_M: tl.constexpr,
+    TPB: tl.constexpr, SUMS: tl.constexpr,
+):
+    """Programs 0..NB-1 publish width sums (``_produce``); the others each pack one tile (``_pack_tile``)."""
+    pid = tl.program_id(0)
+    if FIXED > 0:
+        _pack_tile(x_ptr, bits_ptr, ws_ptr, data_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, pid, M, NPR, NB, EPOCH,
+                   G, UNIT, FIXED, LO, FROM_X, SYMMETRIC, K_TAIL, BLOCK_M, TPB, SUMS)
+    elif pid < NB:
+        produce_widths(bits_ptr, wout_ptr, ws_ptr, meta_ptr, pid, M, NPR, NB, EPOCH, LO, WRITE_W, BLOCK_M, TPB)
+    else:
+        _pack_tile(x_ptr, bits_ptr, ws_ptr, data_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, pid - NB, M, NPR, NB,
+                   EPOCH, G, UNIT, FIXED, LO, FROM_X, SYMMETRIC, K_TAIL, BLOCK_M, TPB, SUMS)
+
+
+@triton.jit
+def _pack_tile(
+    x_ptr, bits_ptr, ws_ptr, data_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, tile, M, NPR, NB, EPOCH,
     G: tl.constexpr, UNIT: tl.constexpr, FIXED: tl.constexpr, LO: tl.constexpr, FROM_X: tl.constexpr,
     SYMMETRIC: tl.constexpr, K_TAIL: tl.constexpr, BLOCK_M: tl.constexpr, TPB: tl.constexpr, SUMS: tl.constexpr,
 ):
     PU: tl.constexpr = (G + 8 * UNIT - 1) // (8 * UNIT)  # units per plane
     PU2: tl.constexpr = triton.next_power_of_2(PU)
-    tile, rows, b = _tile_rows(bits_ptr, M, NPR, FIXED, LO, BLOCK_M)
+    rows, b = tile_rows(bits_ptr, tile, M, NPR, FIXED, LO, BLOCK_M)
     rmask = rows < M
     rows64 = rows.to(tl.int64)
     q = tl.arange(0, PU2)
@@ -264,7 +231,7 @@ def _pack_kernel(
     x1, m1, col1 = _lane(x_ptr, rows64, rmask, q, k, 1, G, UNIT)
     x2, m2, col2 = _lane(x_ptr, rows64, rmask, q, k, 2, G, UNIT)
     x3, m3, col3 = _lane(x_ptr, rows64, rmask, q, k, 3, G, UNIT)
-    first = _tile_first(ws_ptr, tile, rows, b, NB, FIXED, TPB, SUMS)  # its loads overlap the data loads
+    first = tile_first(ws_ptr, tile, rows, b, NB, EPOCH, FIXED, TPB, SUMS)  # its loads overlap the data loads
     if FROM_X:
         x0, x1, x2, x3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
         PAD: tl.constexpr = (G % (32 * UNIT) != 0) or (UNIT < 4)  # some lanes hold padding
@@ -336,9 +303,8 @@ def _pack_kernel(
         lo = tl.where(s > 0, -c0, 0.0)
         hi = tl.where(s > 0, levels - 1.0 - c0, 0.0)
         z = zero.to(tl.float32)
-        CL: tl.constexpr = SYMMETRIC or (K_TAIL > 0)
-        w = _quant(x0, z, inv, lo, hi, c0, CL, SYMMETRIC) | (_quant(x1, z, inv, lo, hi, c0, CL, SYMMETRIC) << 8) | \
-            (_quant(x2, z, inv, lo, hi, c0, CL, SYMMETRIC) << 16) | (_quant(x3, z, inv, lo, hi, c0, CL, SYMMETRIC) << 24)
+        w = (_quant(x0, z, inv, lo, hi, c0, SYMMETRIC) & 255) | ((_quant(x1, z, inv, lo, hi, c0, SYMMETRIC) & 255) << 8) \
+            | ((_quant(x2, z, inv, lo, hi, c0, SYMMETRIC) & 255) << 16) | (_quant(x3, z, inv, lo, hi, c0, SYMMETRIC) << 24)
     else:
         w = x0.to(tl.int32) | (x1.to(tl.int32) << 8) | (x2.to(tl.int32) << 16) | (x3.to(tl.int32) << 24)
     # w [PU2, BM, 8]: element k is word k (code (q, j, k) in byte j); transposed, word p holds plane p
@@ -369,18 +335,36 @@ def _pack_kernel(
     _store_plane(data_ptr, off, smsk, b2, 7, p7, PU)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["EPOCH"])
 def _unpack_kernel(
-    data_ptr, bits_ptr, ws_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, out_ptr,
-    M, NPR, NB,
+    data_ptr, bits_ptr, ws_ptr, meta_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, out_ptr,
+    M, NPR, NB, EPOCH,
     G: tl.constexpr, UNIT: tl.constexpr, FIXED: tl.constexpr, TO_X: tl.constexpr, CENTERED: tl.constexpr,
     HAS_ZERO: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, TPB: tl.constexpr,
     SUMS: tl.constexpr,
 ):
+    """Programs 0..NB-1 publish width sums (``_produce``); the others each unpack one tile (``_unpack_tile``)."""
+    pid = tl.program_id(0)
+    if FIXED > 0:
+        _unpack_tile(data_ptr, bits_ptr, ws_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, out_ptr, pid, M, NPR, NB,
+                     EPOCH, G, UNIT, FIXED, TO_X, CENTERED, HAS_ZERO, N_OUT, BLOCK_M, TPB, SUMS)
+    elif pid < NB:
+        produce_widths(bits_ptr, ws_ptr, ws_ptr, meta_ptr, pid, M, NPR, NB, EPOCH, 1, False, BLOCK_M, TPB)
+    else:
+        _unpack_tile(data_ptr, bits_ptr, ws_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, out_ptr, pid - NB, M, NPR,
+                     NB, EPOCH, G, UNIT, FIXED, TO_X, CENTERED, HAS_ZERO, N_OUT, BLOCK_M, TPB, SUMS)
+
+
+@triton.jit
+def _unpack_tile(
+    data_ptr, bits_ptr, ws_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, out_ptr, tile, M, NPR, NB, EPOCH,
+    G: tl.constexpr, UNIT: tl.constexpr, FIXED: tl.constexpr, TO_X: tl.constexpr, CENTERED: tl.constexpr,
+    HAS_ZERO: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, TPB: tl.constexpr, SUMS: tl.constexpr,
+):
     PU: tl.constexpr = (G + 8 * UNIT - 1) // (8 * UNIT)
     PU2: tl.constexpr = triton.next_power_of_2(PU)
     G2: tl.constexpr = PU2 * 8 * UNIT
-    tile, rows, b = _tile_rows(bits_ptr, M, NPR, FIXED, 1, BLOCK_M)
+    rows, b = tile_rows(bits_ptr, tile, M, NPR, FIXED, 1, BLOCK_M)
     rmask = rows < M
     rows64 = rows.to(tl.int64)
     if TO_X:  # issued before the offsets
@@ -389,7 +373,7 @@ def _unpack_kernel(
             z = tl.load(zero_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
         else:
             z = tl.zeros_like(s)
-    first = _tile_first(ws_ptr, tile, rows, b, NB, FIXED, TPB, SUMS)
+    first = tile_first(ws_ptr, tile, rows, b, NB, EPOCH, FIXED, TPB, SUMS)
     q = tl.arange(0, PU2)
     off = (first * PU)[:, None] + q[None, :]  # [BM, PU2] int64, built once in the load layout
     lmsk = rmask[:, None] & (q < PU)[None, :]
@@ -428,29 +412,8 @@ def _unpack_kernel(
 
 # ----------------------------------------------------------------------------- launchers
 
-
-def _unit(g: int) -> int:
-    pb = (g + 7) // 8
-    return 4 if pb % 4 == 0 else 2 if pb % 2 == 0 else 1
-
-
-def _block_m(g: int, m: int = 0) -> int:
-    """Groups per program: ~``values_per_program`` values (twice that from ``big_values`` values on)."""
-    g2 = triton.next_power_of_2(max(g, 8 * _unit(g)))
-    vpp = TUNING["values_per_program"] * (2 if m * g >= TUNING["big_values"] else 1)
-    return max(1, triton.next_power_of_2(vpp) // g2)
-
-
-def _tiles(g: int, m: int) -> tuple[int, int, int, int]:
-    """(rows per tile BM, tiles, tiles per block TPB, blocks) of a call on ``m`` groups of ``g`` values."""
-    bm = _block_m(g, m)
-    n_tiles = triton.cdiv(m, bm)
-    tpb = max(1, TUNING["block_rows"] // bm)
-    return bm, n_tiles, tpb, triton.cdiv(n_tiles, tpb)
-
-
 def _units(buf: torch.Tensor, g: int) -> torch.Tensor:
-    u = _unit(g)
+    u = unit(g)
     return buf.view(torch.int32) if u == 4 else buf.view(torch.int16) if u == 2 else buf
 
 
@@ -460,46 +423,16 @@ def _bits_args(bits: torch.Tensor | int) -> tuple[torch.Tensor | None, int]:
     return bits.contiguous(), 0
 
 
-def workspace_bytes(m: int, g: int) -> int:
-    """Bytes of the width-sum workspace of a call on ``m`` groups of ``g`` values (written once, then read)."""
-    _, _, tpb, nb = _tiles(g, m)
-    return 4 * (2 + tpb) * nb
-
-
-def _width_sums(bits: torch.Tensor, m: int, g: int, n_per_row: int, lo: int,
-                wout: torch.Tensor | None) -> tuple[torch.Tensor, int, int]:
-    """First launch: the workspace (int32 [2 + TPB, blocks]: block sums, invalid counts, tile sums), TPB, blocks."""
-    bm, _, tpb, nb = _tiles(g, m)
-    ws = torch.empty(2 + tpb, nb, dtype=torch.int32, device=bits.device)
-    if m:
-        _width_sums_kernel[(nb,)](bits, wout if wout is not None else ws, ws, m, n_per_row, nb, LO=lo,
-                                  WRITE_W=wout is not None, BLOCK_M=bm, TPB=tpb, num_warps=4)
-    return ws, tpb, nb
-
-
-def packed_size(ws: torch.Tensor, g: int, lo: int) -> int:
-    """Bytes written by a pack whose widths were summed on the device (one device-to-host read).
-
-    Raises ValueError when the kernel saw widths outside ``lo..8`` (their planes were clamped).
-    """
-    n_bad, total = torch.stack([ws[1].sum(dtype=torch.int64), ws[0].sum(dtype=torch.int64)]).tolist()
-    if n_bad:
-        raise ValueError(f"bits must lie in {lo}..8{' (symmetric needs >= 2)' if lo == 2 else ''}: "
-                         f"{n_bad} groups outside")
-    return total * ((g + 7) // 8)
-
-
 def quantize_pack_triton(
     xg: torch.Tensor, bits: torch.Tensor | int, symmetric: bool, k_tail: int, n_per_row: int = 1,
     total_bytes: int | None = None, pos_dtype: torch.dtype = torch.int16, write_widths: bool = False,
 ) -> dict[str, torch.Tensor | None]:
     """Fused quantize+pack of groups xg [M, G] at widths ``bits`` (int, or a tensor [M / n_per_row] of any int dtype).
 
-    No host sync: with per-token widths two launches (width sums, then the fused kernel), with an
-    int one. ``total_bytes`` (sum of widths * PB, when the caller knows it) sizes ``data``
-    exactly; otherwise ``data`` is a worst-case buffer (8 planes per group) and ``ws`` holds the
-    device-side total (``packed_size``). Returns a dict: data, ws (or None), scale, zero,
-    out_val, out_pos, widths (uint8 per token when ``write_widths``).
+    One launch, no host sync. ``total_bytes`` (sum of widths * PB, when the caller knows it)
+    sizes ``data`` exactly; otherwise ``data`` is a worst-case buffer (8 planes per group) and
+    ``ws`` holds the device-side block sums (``packed_size``). Returns a dict: data, ws (or None),
+    scale, zero, out_val, out_pos, widths (uint8 per token when ``write_widths``).
     """
     xg = xg.contiguous()
     m, g = xg.shape
@@ -512,24 +445,22 @@ def quantize_pack_triton(
     if fixed:
         total_bytes = m * fixed * pb
     data = torch.empty(total_bytes if total_bytes is not None else m * 8 * pb, dtype=torch.uint8, device=dev)
-    widths = torch.empty(m // n_per_row if write_widths else 0, dtype=torch.uint8, device=dev)
-    ws, tpb, nb = (None, 1, 0) if fixed else _width_sums(bt, m, g, n_per_row, lo, widths if write_widths else None)
+    words, meta, epoch, bm, tpb, nb, grid = offsets_args(dev, m, g, fixed)
     out = {
-        "data": data, "ws": ws,
+        "data": data, "ws": meta,
         "scale": torch.empty(m, dtype=torch.float16, device=dev),
         "zero": torch.empty(m, dtype=torch.float16, device=dev),
         "out_val": torch.empty(m, 2 * k_tail, dtype=torch.float16, device=dev),
         "out_pos": torch.empty(m, 2 * k_tail, dtype=pos_dtype, device=dev),
-        "widths": widths,
+        "widths": torch.empty(m // n_per_row if write_widths else 0, dtype=torch.uint8, device=dev),
     }
     if m:
-        bm = _block_m(g, m)
-        src = widths if write_widths else bt  # the uint8 copy the first launch wrote (read back from L2)
-        _pack_kernel[(triton.cdiv(m, bm),)](
-            xg, src if src is not None else data, ws if ws is not None else data, _units(data, g),
-            out["scale"], out["zero"], out["out_val"], out["out_pos"], m, n_per_row, nb,
-            G=g, UNIT=_unit(g), FIXED=fixed, LO=lo, FROM_X=True, SYMMETRIC=symmetric, K_TAIL=k_tail,
-            BLOCK_M=bm, TPB=tpb, SUMS=TUNING["sums_step"], num_warps=TUNING["num_warps"],
+        _pack_kernel[(grid,)](
+            xg, bt if bt is not None else data, words if words is not None else data,
+            meta if meta is not None else data, _units(data, g), out["widths"],
+            out["scale"], out["zero"], out["out_val"], out["out_pos"], m, n_per_row, nb, epoch,
+            G=g, UNIT=unit(g), FIXED=fixed, LO=lo, FROM_X=True, SYMMETRIC=symmetric, K_TAIL=k_tail,
+            WRITE_W=write_widths, BLOCK_M=bm, TPB=tpb, SUMS=TUNING["sums_step"], num_warps=TUNING["num_warps"],
             enable_fp_fusion=False,  # (x - zero) * inv + 0.5 rounded step by step, as in the torch twin
         )
     return out
@@ -554,17 +485,15 @@ def pack_codes_triton(codes: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """Pack codes uint8 [M, G] at widths [M] into the planar byte stream (exact size: one host read)."""
     codes = codes.contiguous()
     m, g = codes.shape
-    bits = bits.contiguous()
     data = torch.empty(m * 8 * ((g + 7) // 8), dtype=torch.uint8, device=codes.device)
-    ws, tpb, nb = _width_sums(bits, m, g, 1, 1, None)
     if m:
-        bm = _block_m(g, m)
-        _pack_kernel[(triton.cdiv(m, bm),)](
-            codes, bits, ws, _units(data, g), data, data, data, data, m, 1, nb,
-            G=g, UNIT=_unit(g), FIXED=0, LO=1, FROM_X=False, SYMMETRIC=False, K_TAIL=0,
+        words, meta, epoch, bm, tpb, nb, grid = offsets_args(codes.device, m, g, 0)
+        _pack_kernel[(grid,)](
+            codes, bits.contiguous(), words, meta, _units(data, g), data, data, data, data, data, m, 1, nb, epoch,
+            G=g, UNIT=unit(g), FIXED=0, LO=1, FROM_X=False, SYMMETRIC=False, K_TAIL=0, WRITE_W=False,
             BLOCK_M=bm, TPB=tpb, SUMS=TUNING["sums_step"], num_warps=TUNING["num_warps"],
         )
-        return data[: packed_size(ws, g, 1)]
+        return data[: packed_size(meta, g, 1)]
     return data[:0]
 
 
@@ -572,18 +501,19 @@ def _unpack(data: torch.Tensor, bits: torch.Tensor | int, m: int, g: int, n_per_
             scale: torch.Tensor | None, zero: torch.Tensor | None, out_val: torch.Tensor | None,
             out_pos: torch.Tensor | None, centered: bool) -> torch.Tensor:
     if m:
-        bm = _block_m(g, m)
         bt, fixed = _bits_args(bits)
-        ws, tpb, nb = (None, 1, 0) if fixed else _width_sums(bt, m, g, n_per_row, 1, None)
+        words, meta, epoch, bm, tpb, nb, grid = offsets_args(data.device, m, g, fixed)
         to_x = scale is not None
         n_out = out_val.shape[1] if to_x and out_val is not None else 0
         dummy = out
-        _unpack_kernel[(triton.cdiv(m, bm),)](
-            _units(data, g), bt if bt is not None else dummy, ws if ws is not None else dummy,
+        _unpack_kernel[(grid,)](
+            _units(data, g), bt if bt is not None else dummy, words if words is not None else dummy,
+            meta if meta is not None else dummy,
             scale if to_x else dummy, zero if to_x and zero is not None else dummy,
             out_val.contiguous() if n_out else dummy, out_pos.contiguous() if n_out else dummy, out,
-            m, n_per_row, nb, G=g, UNIT=_unit(g), FIXED=fixed, TO_X=to_x, CENTERED=centered,
-            HAS_ZERO=zero is not None, N_OUT=n_out, BLOCK_M=bm, TPB=tpb, SUMS=TUNING["sums_step"], num_warps=TUNING["num_warps"],
+            m, n_per_row, nb, epoch, G=g, UNIT=unit(g), FIXED=fixed, TO_X=to_x, CENTERED=centered,
+            HAS_ZERO=zero is not None, N_OUT=n_out, BLOCK_M=bm, TPB=tpb, SUMS=TUNING["sums_step"],
+            num_warps=TUNING["num_warps"],
         )
     return out
 

@@ -125,3 +125,15 @@ def test_outliers_with_ties_and_constant_rows(g: int, scheme: str, device: str) 
         _assert_equal(getattr(p_tri, name), getattr(p_ref, name), name)
     _assert_equal(p_tri.out_val.view(torch.int16), p_ref.out_val.view(torch.int16), "out_val bits")
     _assert_equal(unpack_dequantize(p_tri, backend="triton"), unpack_dequantize(p_ref, backend="torch"), "dequant")
+
+
+def test_zero_point_above_the_min_clips_low(device: str) -> None:
+    """Spread far below the values' fp16 spacing: the fp16 zero point lies above the min, so codes clip at 0."""
+    torch.manual_seed(3)
+    x = 1000.3 + 0.01 * torch.rand(2, 3, 5, 32, device=device)  # fp32; fp16(1000.3) = 1000.5
+    bits = torch.randint(2, 9, (2, 3, 5), device=device)
+    p_ref = quantize_pack(x, bits, backend="torch")
+    p_tri = quantize_pack(x, bits, backend="triton")
+    assert bool((p_ref.zero.float() > x.reshape(-1, 32).amin(1)).all())
+    for name in ("data", "scale", "zero"):
+        _assert_equal(getattr(p_tri, name), getattr(p_ref, name), name)
