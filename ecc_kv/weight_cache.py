@@ -83,10 +83,10 @@ class PairedWeightCache:
         reads the mask and the added rows from pinned host memory; needs ``offload="direct"``;
         default when the buffer is on CUDA, the backend triton and offload direct).
     mask_feed: how the fused update's CUDA graph (gpu placement) gets each call's mask:
-        ``"ring"`` (default with planner fused on the gpu placement: the host writes the
-        mask's address into a ring in pinned host memory that the launch reads; one replay,
-        no copy) or ``"copy"`` (a device copy into the graph's static input, then the
-        replay; the only choice for the other planners and placements).
+        ``"copy"`` (default: a device copy into the graph's static input, then the replay)
+        or ``"ring"`` (planner fused, gpu placement: the host writes the mask's address into
+        a ring in pinned host memory that the launch reads; one replay, no copy; measured
+        faster on the H100, see docs/weight_cache.md).
     """
 
     def __init__(
@@ -149,7 +149,7 @@ class PairedWeightCache:
             raise ValueError("planner='fused' moves the rows in its own Triton launch: it needs backend='triton'")
         if offload not in OFFLOADS:
             raise ValueError(f"offload must be one of {OFFLOADS}, got {offload!r}")
-        mask_feed = mask_feed or ("ring" if planner == "fused" and placement == "gpu" else "copy")
+        mask_feed = mask_feed or "copy"
         if mask_feed not in MASK_FEEDS:
             raise ValueError(f"mask_feed must be one of {MASK_FEEDS}, got {mask_feed!r}")
         if mask_feed == "ring" and (planner != "fused" or placement != "gpu"):

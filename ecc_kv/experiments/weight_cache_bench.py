@@ -63,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "backend": "auto",  # cache moves: auto (triton on CUDA, torch on CPU) | torch | triton
     "planner": "torch",  # torch ops (host numpy offloaded) | triton (plan launch + move launch) | fused (one launch)
     "offload": "staged",  # offloaded pool rows: staged (host gather + one copy) | direct (kernel reads pinned pool)
-    "mask_feed": "auto",  # gpu + fused graph's mask: auto (the cache's default: ring) | copy (into a static input) | ring
+    "mask_feed": "auto",  # gpu + fused graph's mask: auto (the cache's default: copy) | copy (into a static input) | ring
     "steps": 200,
     "warmup": 20,
     "seed": 0,
