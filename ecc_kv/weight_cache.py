@@ -215,10 +215,10 @@ class PairedWeightCache:
                 self._plan_dev = [torch.empty(2 * capacity + 2, dtype=torch.int32, device=buf_dev) for _ in range(2)]
                 self._direct_graphs: list[torch.cuda.CUDAGraph | None] = [None, None]
             if planner == "fused":
-                # per turn: the mask in pinned host memory; one graph of (mask copy, fused launch) each
+                # per turn: the mask in pinned host memory and a graph of the fused launch that reads it
                 self._mask_h = [torch.zeros(n, dtype=torch.bool, pin_memory=pin) for _ in range(2)]
                 self._mask_hnp = [t.numpy() for t in self._mask_h]
-                self._mask_d = torch.zeros(n, dtype=torch.bool, device=buf_dev)
+                self._mask_d = torch.zeros(n, dtype=torch.bool, device=buf_dev)  # the launch's device copy
                 self._added = np.zeros(n, dtype=bool)  # [N] scratch: new & absent (the counts, on the host)
                 self._off_graphs: list[torch.cuda.CUDAGraph | None] = [None, None]
             if offload == "staged":
