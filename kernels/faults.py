@@ -23,6 +23,13 @@ of ``event_thresholds`` (the same for every caller):
   only while some word of the tile still lacks events (a tile-level loop, almost never entered at
   small p). This is the Bernoulli(p)^n pattern up to a mass below ``TAIL_BOUND = 2^-40`` per word.
 
+32-bit words (the packed stored layouts) are drawn in aligned groups of four: one count draw per
+group ``g`` (words 4g .. 4g+3, 128 bits) from the 128-bit plan, positions as 7-bit chunks (bit b & 31
+of word 4g + (b >> 5)), more than 64 events placed as the complement of 128 - k positions
+(``group_masks``). Each bit is still an independent Bernoulli(p); a tile that holds whole groups
+pays one draw per four words, a tile of scattered words one per word (``flip_mask``), with the same
+faults either way. Widths below 32 keep one draw per word.
+
 Loops run to tile-level bounds (the largest count in the tile), never to per-lane ones, so the cost
 follows the events actually present. BSC: an event flips its bit. Burst: an event at bit b starts a
 burst flipping bits b .. b + burst_len - 1 (clipped at the top of the word, overlapping bursts merge);
@@ -45,6 +52,9 @@ ROW = 40  # table entries per word width: [K, 0, C_0 .. C_{K-1}] (K <= 32)
 MAX_BITS = 32
 RESIDUAL_BITS = 16  # bits of the count draw's residual used for positions (bias <= 2^(16-64-1) per count)
 MAX_DRAWS = 63  # position draws per word after the first; not finishing has probability < 2^-200
+GROUP_WORDS = 4  # 32-bit words are drawn in aligned groups of four (128 bits, one 128-bit load)
+GROUP_BITS = 32 * GROUP_WORDS
+GROUP_ROW = ROW * (MAX_BITS + 1)  # the 128-bit group's plan follows the per-width rows: [K, 0, C_0 .. C_{K-1}]
 
 
 def event_probability(ber: float, model: str, burst_len: int) -> float:
@@ -64,8 +74,8 @@ def fault_plan(p: float, n: int) -> tuple[int, tuple[int, ...]]:
     K is the smallest count with P(Binomial(n, p) > K) < TAIL_BOUND / 2 (at least 1 when p > 0, so even
     a tiny p keeps its single events; K = n when p = 1). The positions' bias adds at most K * 2^-49.
     """
-    if not 1 <= n <= MAX_BITS:
-        raise ValueError(f"bits_per_word={n} must be in 1..{MAX_BITS}")
+    if not (1 <= n <= MAX_BITS or n == GROUP_BITS):
+        raise ValueError(f"bits_per_word={n} must be in 1..{MAX_BITS} (or {GROUP_BITS}, a group of 32-bit words)")
     if p <= 0.0:
         return 0, ()
     pf = Fraction(min(p, 1.0))
@@ -81,16 +91,17 @@ def fault_plan(p: float, n: int) -> tuple[int, tuple[int, ...]]:
 
 @functools.lru_cache(maxsize=64)
 def _table_values(p: float) -> tuple[int, ...]:
-    vals = [0] * (ROW * (MAX_BITS + 1))
-    for n in range(1, MAX_BITS + 1):
+    vals = [0] * (GROUP_ROW + 2 + GROUP_BITS)
+    for n in [*range(1, MAX_BITS + 1), GROUP_BITS]:
         k, c = fault_plan(p, n)
         row = [k, 0] + [v - 2**64 if v >= 2**63 else v for v in c]
-        vals[ROW * n : ROW * n + len(row)] = row
+        at = GROUP_ROW if n == GROUP_BITS else ROW * n
+        vals[at : at + len(row)] = row
     return tuple(vals)
 
 
 def event_thresholds(p: float, bits_per_word: int, device: torch.device | str) -> torch.Tensor:
-    """int64 table of the sampling plans of every word width 1..32 at event probability p (``fault_plan``).
+    """int64 table of the sampling plans of every word width 1..32 and of the 128-bit group at event probability p.
 
     ``bits_per_word`` is only checked: one table serves every width, so callers that build it for 32 bits
     and draw 16- or 24-bit words get the same faults as ``inject_triton`` on those widths. The tensor is
@@ -142,34 +153,52 @@ def _take(s, cnt, k, b, N_BITS: tl.constexpr):
 
 
 @triton.jit
-def flip_mask(seed, word_index, stream, thr_ptr, N_BITS: tl.constexpr, BURST_LEN: tl.constexpr):
-    """XOR mask (int32, low N_BITS bits) for each global ``word_index`` (int tile of any shape).
-
-    seed: int scalar; stream: int scalar separating independent channels (values, scales, ...);
-    thr_ptr: int64 table from ``event_thresholds`` (any width); BURST_LEN = 1 is the BSC.
-    A word's mask is a pure function of (seed, stream, word_index): the tile only sets loop bounds.
-    """
-    CB: tl.constexpr = 1 + (N_BITS > 2) + (N_BITS > 4) + (N_BITS > 8) + (N_BITS > 16)  # chunk_bits
-    RCH: tl.constexpr = 16 // CB  # chunks in the residual's low RESIDUAL_BITS
-    DCH: tl.constexpr = 64 // CB  # chunks per further draw
-    row = thr_ptr + N_BITS * 40  # ROW
-    n_thr = tl.load(row).to(tl.int32)
-    zero = tl.zeros(word_index.shape, tl.uint64)
+def _key(seed, stream):
     z0 = tl.full([], 0, tl.uint64)  # the key is a scalar: computed once per thread, not per word
-    key = mix64(mix64(z0 + seed + 0x9E3779B97F4A7C15) + (z0 + stream + 1) * 0x9E3779B97F4A7C15)
-    ctr = word_index.to(tl.uint64) * 64
-    u = _draw(key, ctr, 0)
+    return mix64(mix64(z0 + seed + 0x9E3779B97F4A7C15) + (z0 + stream + 1) * 0x9E3779B97F4A7C15)
+
+
+@triton.jit
+def _event_count(u, row):
+    """(k, k_tile, base) of the count draws ``u`` against the plan at ``row`` ([K, 0, C_0 .. C_{K-1}]).
+
+    k: thresholds at or below u; k_tile: the tile's largest k (loop bound); base: C_{k-1} (0 when k = 0).
+    """
+    n_thr = tl.load(row).to(tl.int32)
     umax = tl.max(u)  # counts above the tile's largest draw occur nowhere in it: loop only to there
     k_tile = tl.full([], 0, tl.int32)
     for jt in range(n_thr):
         k_tile += (umax >= tl.load(row + 2 + jt).to(tl.uint64, bitcast=True)).to(tl.int32)
-    k = tl.zeros(word_index.shape, tl.int32)
-    base = zero  # C_{k-1}: the bottom of the interval of u that selected k
+    k = tl.zeros(u.shape, tl.int32)
+    base = tl.zeros(u.shape, tl.uint64)
     for j in range(k_tile):
         cj = tl.load(row + 2 + j).to(tl.uint64, bitcast=True)
         hit = u >= cj
         k += hit.to(tl.int32)
         base = tl.where(hit, cj, base)
+    return k, k_tile, base
+
+
+@triton.jit
+def _burst(s, BURST_LEN: tl.constexpr, N_BITS: tl.constexpr):
+    m = s
+    for i in tl.static_range(1, BURST_LEN):  # a start at b flips b .. b + BURST_LEN - 1
+        m |= s << i
+    if N_BITS < 32:
+        m &= (1 << N_BITS) - 1
+    return m.to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _word_mask(seed, word_index, stream, thr_ptr, N_BITS: tl.constexpr, BURST_LEN: tl.constexpr):
+    # the per-word law of widths 1..31 (module docstring)
+    CB: tl.constexpr = 1 + (N_BITS > 2) + (N_BITS > 4) + (N_BITS > 8) + (N_BITS > 16)  # chunk_bits
+    RCH: tl.constexpr = 16 // CB  # chunks in the residual's low RESIDUAL_BITS
+    DCH: tl.constexpr = 64 // CB  # chunks per further draw
+    key = _key(seed, stream)
+    ctr = word_index.to(tl.uint64) * 64
+    u = _draw(key, ctr, 0)
+    k, k_tile, base = _event_count(u, thr_ptr + N_BITS * 40)  # ROW
     s = tl.zeros(word_index.shape, tl.uint32)
     cnt = tl.zeros(word_index.shape, tl.int32)
     res = ((u - base) & 0xFFFF).to(tl.uint32)
@@ -188,26 +217,192 @@ def flip_mask(seed, word_index, stream, thr_ptr, N_BITS: tl.constexpr, BURST_LEN
             s, cnt = _take(s, cnt, k, ((v >> (i * CB)) & ((1 << CB) - 1)).to(tl.uint32), N_BITS)
         c += 1
         short = tl.max((cnt < k).to(tl.int32)) * (c <= 63)  # MAX_DRAWS
-    m = s
-    for i in tl.static_range(1, BURST_LEN):  # a start at b flips b .. b + BURST_LEN - 1
-        m |= s << i
-    if N_BITS < 32:
-        m &= (1 << N_BITS) - 1
-    return m.to(tl.int32, bitcast=True)
+    return _burst(s, BURST_LEN, N_BITS)
+
+
+@triton.jit
+def _take4(s0, s1, s2, s3, cnt, k, b):
+    # add position b (uint32 in 0..127: bit b & 31 of word b >> 5) unless it is taken or the set is full
+    wi = b >> 5
+    bit = tl.full(b.shape, 1, tl.uint32) << (b & 31)
+    cur = tl.where(wi == 0, s0, tl.where(wi == 1, s1, tl.where(wi == 2, s2, s3)))
+    add = tl.where(((cur & bit) == 0) & (cnt < k), bit, 0)
+    s0 |= tl.where(wi == 0, add, 0)
+    s1 |= tl.where(wi == 1, add, 0)
+    s2 |= tl.where(wi == 2, add, 0)
+    s3 |= tl.where(wi == 3, add, 0)
+    return s0, s1, s2, s3, cnt + (add != 0).to(tl.int32)
+
+
+@triton.jit
+def _group_events(u, key, ctr, row):
+    """Event sets (four uint32 tiles) of the groups with count draws ``u``: the full sampling rule."""
+    k, k_tile, base = _event_count(u, row)
+    flip = k > 64  # place the 128 - k bits that do not flip instead
+    k = tl.where(flip, 128 - k, k)
+    z = tl.zeros(u.shape, tl.uint32)
+    s0, s1, s2, s3 = z, z, z, z
+    cnt = tl.zeros(u.shape, tl.int32)
+    res = ((u - base) & 0xFFFF).to(tl.uint32)
+    n_res = tl.minimum(k_tile, 2)  # two 7-bit chunks in the residual's low RESIDUAL_BITS
+    for ir in range(n_res):
+        s0, s1, s2, s3, cnt = _take4(s0, s1, s2, s3, cnt, k, (res >> (ir * 7)) & 127)
+    short = tl.max((cnt < k).to(tl.int32))
+    while (short > 0) & (n_res < 2):
+        s0, s1, s2, s3, cnt = _take4(s0, s1, s2, s3, cnt, k, (res >> (n_res * 7)) & 127)
+        n_res += 1
+        short = tl.max((cnt < k).to(tl.int32))
+    c = tl.full([], 1, tl.int32)
+    while short > 0:  # a group of the tile needs more chunks: further draws
+        v = _draw(key, ctr, c)
+        for i in tl.static_range(9):
+            s0, s1, s2, s3, cnt = _take4(s0, s1, s2, s3, cnt, k, ((v >> (i * 7)) & 127).to(tl.uint32))
+        c += 1
+        short = tl.max((cnt < k).to(tl.int32)) * (c <= 63)  # MAX_DRAWS
+    return tl.where(flip, ~s0, s0), tl.where(flip, ~s1, s1), tl.where(flip, ~s2, s2), tl.where(flip, ~s3, s3)
+
+
+@triton.jit
+def _group_fast(u, row):
+    """Event sets of count draws ``u`` assuming counts <= 2 and distinct residual chunks, and a per-group
+    flag where that assumption fails (a count above 2 or a duplicate): those need ``_group_events``."""
+    n_thr = tl.load(row).to(tl.int32)
+    c0 = tl.load(row + 2).to(tl.uint64, bitcast=True)
+    c1 = tl.load(row + 3).to(tl.uint64, bitcast=True)
+    h0 = (u >= c0) & (n_thr > 0)
+    h1 = (u >= c1) & (n_thr > 1)
+    h2 = (u >= tl.load(row + 4).to(tl.uint64, bitcast=True)) & (n_thr > 2)
+    k = h0.to(tl.int32) + h1.to(tl.int32)
+    res = ((u - tl.where(h1, c1, tl.where(h0, c0, 0))) & 0xFFFF).to(tl.uint32)
+    z = tl.zeros(u.shape, tl.uint32)
+    s0, s1, s2, s3, cnt = _take4(z, z, z, z, tl.zeros(u.shape, tl.int32), k, res & 127)
+    s0, s1, s2, s3, cnt = _take4(s0, s1, s2, s3, cnt, k, (res >> 7) & 127)
+    return s0, s1, s2, s3, (cnt < k) | h2
+
+
+@triton.jit
+def _bursts(s0, s1, s2, s3, BURST_LEN: tl.constexpr):
+    return _burst(s0, BURST_LEN, 32), _burst(s1, BURST_LEN, 32), _burst(s2, BURST_LEN, 32), _burst(s3, BURST_LEN, 32)
+
+
+@triton.jit
+def group_masks(seed, group_index, stream, thr_ptr, BURST_LEN: tl.constexpr):
+    """XOR masks (four int32 tiles) of the 32-bit words 4g, 4g+1, 4g+2, 4g+3 of each ``group_index`` g.
+
+    The law of 32-bit words: one count draw per aligned group of four words (Binomial(128, p) from the
+    group plan), positions as 7-bit chunks of the residual and further draws (``_group_events``). More
+    than 64 events are placed as the complement of 128 - k chosen positions, so no group needs more than
+    64 distinct chunks. A group's masks are a pure function of (seed, stream, group index).
+
+    Fast path (``_group_fast``): counts 0..2 from three scalar thresholds and the residual's two
+    chunks, one tile-level test; only a tile where that does not suffice runs the full rule.
+    """
+    key = _key(seed, stream)
+    ctr = group_index.to(tl.uint64) * 64
+    u = _draw(key, ctr, 0)
+    row = thr_ptr + 1320  # GROUP_ROW
+    s0, s1, s2, s3, bad = _group_fast(u, row)
+    if tl.max(bad.to(tl.int32)) > 0:  # rare at small p
+        s0, s1, s2, s3 = _group_events(u, key, ctr, row)
+    return _bursts(s0, s1, s2, s3, BURST_LEN)
+
+
+@triton.jit
+def select4(m0, m1, m2, m3, j):
+    """m_j per element (j: int tile in 0..3, broadcast against the m's)."""
+    return tl.where(j == 0, m0, tl.where(j == 1, m1, tl.where(j == 2, m2, m3)))
+
+
+@triton.jit
+def run_masks(seed, first, stream, thr_ptr, BURST_LEN: tl.constexpr):
+    """Masks of the 32-bit words first .. first + 3 (any alignment): the two groups they touch, one test."""
+    f = first.to(tl.int64)
+    ga = f >> 2
+    r = (f & 3).to(tl.int32)
+    key = _key(seed, stream)
+    row = thr_ptr + 1320  # GROUP_ROW
+    ca = ga.to(tl.uint64) * 64
+    cb = ca + 64
+    ua = _draw(key, ca, 0)
+    ub = _draw(key, cb, 0)
+    a0, a1, a2, a3, bad_a = _group_fast(ua, row)
+    b0, b1, b2, b3, bad_b = _group_fast(ub, row)
+    if tl.max((bad_a | bad_b).to(tl.int32)) > 0:
+        a0, a1, a2, a3 = _group_events(ua, key, ca, row)
+        b0, b1, b2, b3 = _group_events(ub, key, cb, row)
+    a0, a1, a2, a3 = _bursts(a0, a1, a2, a3, BURST_LEN)
+    b0, b1, b2, b3 = _bursts(b0, b1, b2, b3, BURST_LEN)
+    m0 = tl.where(r < 4, select4(a0, a1, a2, a3, r), select4(b0, b1, b2, b3, r - 4))
+    m1 = tl.where(r + 1 < 4, select4(a0, a1, a2, a3, r + 1), select4(b0, b1, b2, b3, r - 3))
+    m2 = tl.where(r + 2 < 4, select4(a0, a1, a2, a3, r + 2), select4(b0, b1, b2, b3, r - 2))
+    m3 = tl.where(r + 3 < 4, select4(a0, a1, a2, a3, r + 3), select4(b0, b1, b2, b3, r - 1))
+    return m0, m1, m2, m3
+
+
+@triton.jit
+def word_masks3(seed, w0, w1, w2, stream, thr_ptr, BURST_LEN: tl.constexpr):
+    """Masks of three scattered 32-bit words per element (three group draws, one tile-level test)."""
+    key = _key(seed, stream)
+    row = thr_ptr + 1320  # GROUP_ROW
+    c0 = (w0.to(tl.int64) >> 2).to(tl.uint64) * 64
+    c1 = (w1.to(tl.int64) >> 2).to(tl.uint64) * 64
+    c2 = (w2.to(tl.int64) >> 2).to(tl.uint64) * 64
+    u0 = _draw(key, c0, 0)
+    u1 = _draw(key, c1, 0)
+    u2 = _draw(key, c2, 0)
+    a0, a1, a2, a3, bad0 = _group_fast(u0, row)
+    b0, b1, b2, b3, bad1 = _group_fast(u1, row)
+    d0, d1, d2, d3, bad2 = _group_fast(u2, row)
+    if tl.max((bad0 | bad1 | bad2).to(tl.int32)) > 0:
+        a0, a1, a2, a3 = _group_events(u0, key, c0, row)
+        b0, b1, b2, b3 = _group_events(u1, key, c1, row)
+        d0, d1, d2, d3 = _group_events(u2, key, c2, row)
+    m0 = _burst(select4(a0, a1, a2, a3, (w0 & 3).to(tl.int32)), BURST_LEN, 32)
+    m1 = _burst(select4(b0, b1, b2, b3, (w1 & 3).to(tl.int32)), BURST_LEN, 32)
+    m2 = _burst(select4(d0, d1, d2, d3, (w2 & 3).to(tl.int32)), BURST_LEN, 32)
+    return m0, m1, m2
+
+
+@triton.jit
+def flip_mask(seed, word_index, stream, thr_ptr, N_BITS: tl.constexpr, BURST_LEN: tl.constexpr):
+    """XOR mask (int32, low N_BITS bits) for each global ``word_index`` (int tile of any shape).
+
+    seed: int scalar; stream: int scalar separating independent channels (values, scales, ...);
+    thr_ptr: int64 table from ``event_thresholds`` (any width); BURST_LEN = 1 is the BSC.
+    A word's mask is a pure function of (seed, stream, word_index): the tile only sets loop bounds.
+    32-bit words follow the group law (``group_masks``); a tile holding whole aligned groups should call
+    ``group_masks`` once per group instead, which is four times cheaper.
+    """
+    if N_BITS == 32:
+        wi = word_index.to(tl.int64)
+        m0, m1, m2, m3 = group_masks(seed, wi >> 2, stream, thr_ptr, BURST_LEN)
+        return select4(m0, m1, m2, m3, wi & 3)
+    else:
+        return _word_mask(seed, word_index, stream, thr_ptr, N_BITS, BURST_LEN)
 
 
 @triton.jit(do_not_specialize=["seed", "word_offset", "stream"])
 def _inject_kernel(
     w_ptr, out_ptr, count_ptr, thr_ptr, N, word_offset, seed, stream,
-    N_BITS: tl.constexpr, BURST_LEN: tl.constexpr, BLOCK: tl.constexpr,
+    N_BITS: tl.constexpr, BURST_LEN: tl.constexpr, BLOCK: tl.constexpr, GROUPED: tl.constexpr,
 ):
     # words: [N] (uint8 / int16 / int32) -> out [N] = words ^ flip_mask; count += flipped bits
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    valid = offs < N
-    w = tl.load(w_ptr + offs, mask=valid, other=0).to(tl.int32)
-    m = flip_mask(seed, offs + word_offset, stream, thr_ptr, N_BITS, BURST_LEN)
+    # the loads are issued first, so their latency overlaps the (data-independent) mask computation
+    if GROUPED:  # 32-bit words, word_offset % 4 == 0: a [BLOCK / 4, 4] tile of whole groups, one draw each
+        grp = tl.program_id(0).to(tl.int64) * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
+        col = tl.arange(0, 4)[None, :]
+        offs = grp[:, None] * 4 + col
+        valid = offs < N
+        w = tl.load(w_ptr + offs, mask=valid, other=0).to(tl.int32)
+        m0, m1, m2, m3 = group_masks(seed, grp + word_offset // 4, stream, thr_ptr, BURST_LEN)
+        m = select4(m0[:, None], m1[:, None], m2[:, None], m3[:, None], col)
+    else:
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        valid = offs < N
+        w = tl.load(w_ptr + offs, mask=valid, other=0).to(tl.int32)
+        m = flip_mask(seed, offs + word_offset, stream, thr_ptr, N_BITS, BURST_LEN)
     tl.store(out_ptr + offs, (w ^ m).to(out_ptr.dtype.element_ty), mask=valid)
-    tl.atomic_add(count_ptr, tl.sum(tl.where(valid, popcount32(m), 0).to(tl.int64)))
+    tl.atomic_add(count_ptr, tl.sum(tl.where(valid, popcount32(m), 0).to(tl.int64)), sem="relaxed")
 
 
 def inject_triton(
@@ -235,7 +430,8 @@ def inject_triton(
     if n:
         blen = 1 if model == "bsc" else burst_len
         thr = event_thresholds(event_probability(ber, model, burst_len), bits_per_word, words.device)
+        grouped = bits_per_word == 32 and word_offset % GROUP_WORDS == 0 and block % GROUP_WORDS == 0
         _inject_kernel[(triton.cdiv(n, block),)](
-            flat, dst, count, thr, n, word_offset, seed, stream, bits_per_word, blen, block
+            flat, dst, count, thr, n, word_offset, seed, stream, bits_per_word, blen, block, grouped
         )
     return dst.reshape(words.shape), count

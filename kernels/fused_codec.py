@@ -29,8 +29,8 @@ from kernels.codecs import (
     hamming84_encode_word,
     status_counts,
 )
-from kernels.faults import event_probability, event_thresholds
-from kernels.packed_codecs import _join4, _load_words, _split4, read_golay_group, read_h74_group
+from kernels.faults import event_probability, event_thresholds, group_masks, select4
+from kernels.packed_codecs import _join4, _load_words, _split4, _xor_faults, read_golay_group, read_h74_group
 from kernels.quant import int4_dequantize, int4_quantize, int4_scale
 
 FUSED_IDS = {"hamming74": 0, "hamming84": 1, "golay2412": 2, "int4": 3}
@@ -129,9 +129,13 @@ def _decode_dequant_kernel(
         n_corr = 0
         n_det = 0
     elif CODEC == 1:
-        if INJECT:  # 1-D index tiles for flip_mask (see kernels.packed_codecs._load_words)
-            lo = _load_words(src, 2 * g, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-            hi = _load_words(src, 2 * g + 1, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+        if INJECT:  # the pair (2g, 2g + 1) never crosses a group of four words: one group draw per pair
+            lo = tl.load(src + 2 * g, mask=gmask, other=0)
+            hi = tl.load(src + 2 * g + 1, mask=gmask, other=0)
+            m0, m1, m2, m3 = group_masks(seed, g >> 1, stream, thr_ptr, BURST_LEN)
+            r = 2 * (g & 1)
+            m_lo, m_hi = select4(m0, m1, m2, m3, r), select4(m0, m1, m2, m3, r + 1)
+            lo, hi = _xor_faults(lo, gmask, m_lo), _xor_faults(hi, gmask, m_hi)
         else:
             o = g[:, None] * 2 + tl.arange(0, 2)[None, :]
             lo, hi = tl.split(_load_words(src, o, gmask[:, None], seed, stream, thr_ptr, INJECT, BURST_LEN))
@@ -158,8 +162,8 @@ def _decode_dequant_kernel(
         s = tl.load(scales_ptr + rows[:, None] * NG + grp[None, :], mask=valid, other=0.0).to(tl.float32)
     y = int4_dequantize(code, s)
     tl.store(out_ptr + rows[:, None] * D + pos[None, :], y.to(out_ptr.dtype.element_ty), mask=valid)
-    tl.atomic_add(cnt_ptr, n_corr)
-    tl.atomic_add(cnt_ptr + 1, n_det)
+    tl.atomic_add(cnt_ptr, n_corr, sem="relaxed")
+    tl.atomic_add(cnt_ptr + 1, n_det, sem="relaxed")
 
 
 def _geometry(name: str, d: int, group_size: int | None) -> tuple[int, int, int, int, int, int, int, int]:

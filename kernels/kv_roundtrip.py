@@ -239,12 +239,12 @@ def _roundtrip_kernel(
             right = tl.where(gr & ~has_r, vr, right)
             has_r = has_r | gr
         v = tl.where(bad, interp_fill(left, has_l, right, has_r), v)
-        tl.atomic_add(stats_ptr + 3, tl.sum(bad.to(tl.int64)))
+        tl.atomic_add(stats_ptr + 3, tl.sum(bad.to(tl.int64)), sem="relaxed")
     offs = row.to(tl.int64)[:, None] * D + d[None, :]
     store_value(out_ptr, offs, v, valid)
-    tl.atomic_add(stats_ptr + 0, nf)
-    tl.atomic_add(stats_ptr + 1, nc)
-    tl.atomic_add(stats_ptr + 2, nd)
+    tl.atomic_add(stats_ptr + 0, nf, sem="relaxed")
+    tl.atomic_add(stats_ptr + 1, nc, sem="relaxed")
+    tl.atomic_add(stats_ptr + 2, nd, sem="relaxed")
 
 
 @triton.jit(do_not_specialize=["seed", "faults"])
@@ -263,7 +263,7 @@ def _fp16_kernel(x_ptr, out_ptr, stats_ptr, thr_ptr, flip_ptr, N, seed, faults,
         m = tl.load(flip_ptr + offs, mask=ok, other=0).to(tl.int32) & 0xFFFF
     y = (x.to(tl.int16, bitcast=True).to(tl.int32) ^ m).to(tl.int16).to(x.dtype, bitcast=True)
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=ok)
-    tl.atomic_add(stats_ptr, tl.sum(tl.where(ok, popcount32(m), 0).to(tl.int64)))
+    tl.atomic_add(stats_ptr, tl.sum(tl.where(ok, popcount32(m), 0).to(tl.int64)), sem="relaxed")
 
 
 @functools.lru_cache(maxsize=16)

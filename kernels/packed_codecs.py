@@ -39,7 +39,7 @@ from kernels.codecs import (
     hamming84_encode_word,
     status_counts,
 )
-from kernels.faults import event_probability, event_thresholds, flip_mask
+from kernels.faults import event_probability, event_thresholds, flip_mask, group_masks, run_masks, select4, word_masks3
 
 # launch configs per codec id: (groups per program, warps), from a sweep on an H100 at 64M values
 # (docs/codecs.md): encoders with strided parity stores like small programs, decoders large ones.
@@ -78,6 +78,12 @@ def _load_words(ptr, idx, valid, seed, stream, thr_ptr, INJECT: tl.constexpr, BU
 
 
 @triton.jit
+def _xor_faults(x, valid, m):
+    """Loaded int32 words ``x`` XORed with fault masks ``m`` (only where valid), as uint32."""
+    return _u32(x ^ tl.where(valid, m, 0))
+
+
+@triton.jit
 def read_h74_group(src, g, GPR, mask, seed, stream, thr_ptr, INJECT: tl.constexpr, BURST_LEN: tl.constexpr):
     """Load and correct Hamming(7,4) groups ``g`` of the stored layout (rows of ``GPR`` groups).
 
@@ -88,18 +94,25 @@ def read_h74_group(src, g, GPR, mask, seed, stream, thr_ptr, INJECT: tl.constexp
     j = g - row * GPR
     base = row * (7 * GPR)
     d0 = base + 4 * j
-    if INJECT:  # four 1-D loads (see _load_words)
-        x = _join4(
-            _load_words(src, d0, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
-            _load_words(src, d0 + 1, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
-            _load_words(src, d0 + 2, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
-            _load_words(src, d0 + 3, mask, seed, stream, thr_ptr, INJECT, BURST_LEN),
-        )
+    if INJECT:  # four 1-D loads (issued before the masks); the run of four data words costs one or two draws
+        x0 = tl.load(src + d0, mask=mask, other=0)
+        x1 = tl.load(src + d0 + 1, mask=mask, other=0)
+        x2 = tl.load(src + d0 + 2, mask=mask, other=0)
+        x3 = tl.load(src + d0 + 3, mask=mask, other=0)
+        m0, m1, m2, m3 = run_masks(seed, d0, stream, thr_ptr, BURST_LEN)
+        x = _join4(_xor_faults(x0, mask, m0), _xor_faults(x1, mask, m1), _xor_faults(x2, mask, m2),
+                   _xor_faults(x3, mask, m3))
     else:
         x = _load_words(src, d0[:, None] + tl.arange(0, 4)[None, :], mask[:, None], seed, stream, thr_ptr, INJECT, BURST_LEN)
-    q0 = _load_words(src, base + 4 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-    q1 = _load_words(src, base + 5 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-    q2 = _load_words(src, base + 6 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+    i0 = base + 4 * GPR + j
+    q0 = tl.load(src + i0, mask=mask, other=0)
+    q1 = tl.load(src + i0 + GPR, mask=mask, other=0)
+    q2 = tl.load(src + i0 + 2 * GPR, mask=mask, other=0)
+    if INJECT:  # three parity words in three groups: one tile-level test for the three draws
+        n0, n1, n2 = word_masks3(seed, i0, i0 + GPR, i0 + 2 * GPR, stream, thr_ptr, BURST_LEN)
+        q0, q1, q2 = _xor_faults(q0, mask, n0), _xor_faults(q1, mask, n1), _xor_faults(q2, mask, n2)
+    else:
+        q0, q1, q2 = _u32(q0), _u32(q1), _u32(q2)
     w0, w1, w2, w3 = _split4(x)
     return hamming74_decode_group(w0, w1, w2, w3, q0, q1, q2)
 
@@ -116,12 +129,19 @@ def read_golay_group(src, g, GPR, mask, seed, stream, thr_ptr, table_ptr,
     j = g - row * GPR
     d = row * (6 * GPR) + 3 * j
     p = d + 3 * GPR
-    w0 = _load_words(src, d, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-    w1 = _load_words(src, d + 1, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-    w2 = _load_words(src, d + 2, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-    p0 = _load_words(src, p, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-    p1 = _load_words(src, p + 1, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-    p2 = _load_words(src, p + 2, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
+    w0 = tl.load(src + d, mask=mask, other=0)
+    w1 = tl.load(src + d + 1, mask=mask, other=0)
+    w2 = tl.load(src + d + 2, mask=mask, other=0)
+    p0 = tl.load(src + p, mask=mask, other=0)
+    p1 = tl.load(src + p + 1, mask=mask, other=0)
+    p2 = tl.load(src + p + 2, mask=mask, other=0)
+    if INJECT:  # two runs of three words: at most four group draws for six words
+        md0, md1, md2, _ = run_masks(seed, d, stream, thr_ptr, BURST_LEN)
+        mp0, mp1, mp2, _ = run_masks(seed, p, stream, thr_ptr, BURST_LEN)
+        w0, w1, w2 = _xor_faults(w0, mask, md0), _xor_faults(w1, mask, md1), _xor_faults(w2, mask, md2)
+        p0, p1, p2 = _xor_faults(p0, mask, mp0), _xor_faults(p1, mask, mp1), _xor_faults(p2, mask, mp2)
+    else:
+        w0, w1, w2, p0, p1, p2 = _u32(w0), _u32(w1), _u32(w2), _u32(p0), _u32(p1), _u32(p2)
     return golay_decode_group(w0, w1, w2, p0, p1, p2, table_ptr, ALGEBRAIC)
 
 
@@ -174,7 +194,26 @@ def _decode_packed_kernel(
     # src: stored words; dst: packed INT4 words; st_ptr: status bytes as words; cnt_ptr: int32[2]
     g = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = g < NG
-    if CODEC == 1:
+    if CODEC == 1 and INJECT:
+        # whole aligned groups of four stored words (two output words) per row: one fault draw per group
+        grp = tl.program_id(0) * (BLOCK // 2) + tl.arange(0, BLOCK // 2)
+        col = tl.arange(0, 4)[None, :]
+        o4 = grp[:, None] * 4 + col  # [B/2, 4] stored word index
+        v4 = o4 < 2 * NG
+        x = tl.load(src + o4, mask=v4, other=0)
+        m0, m1, m2, m3 = group_masks(seed, grp, stream, thr_ptr, BURST_LEN)
+        x = _u32(x ^ tl.where(v4, select4(m0[:, None], m1[:, None], m2[:, None], m3[:, None], col), 0))
+        lo, hi = tl.split(tl.reshape(x, [BLOCK // 2, 2, 2]))  # [B/2, 2]: output words 2 grp + (0, 1)
+        w, corr, det = hamming84_decode_word(lo, hi)
+        o2 = grp[:, None] * 2 + tl.arange(0, 2)[None, :]
+        tl.store(dst + o2, _i32(w), mask=o2 < NG)
+        if WRITE_STATUS:
+            st = corr | (det << 1)
+            st4 = tl.reshape(tl.join(_spread16(st), _spread16(st >> 16)), [BLOCK // 2, 4])
+            tl.store(st_ptr + o4, _i32(st4), mask=v4)
+        n_corr = tl.sum(tl.sum(_count_swar(corr).to(tl.int32), axis=1), axis=0)
+        n_det = tl.sum(tl.sum(_count_swar(det).to(tl.int32), axis=1), axis=0)
+    elif CODEC == 1:
         o = tl.program_id(0) * (2 * BLOCK) + tl.arange(0, 2 * BLOCK)  # 1-D: 128-bit loads
         x = _load_words(src, o, o < 2 * NG, seed, stream, thr_ptr, INJECT, BURST_LEN)
         lo, hi = tl.split(tl.reshape(x, [BLOCK, 2]))
@@ -212,8 +251,8 @@ def _decode_packed_kernel(
             tl.store(st_ptr + 2 * g, _i32(sa), mask=mask)
             tl.store(st_ptr + 2 * g + 1, _i32(sb), mask=mask)
         n_corr, n_det = status_counts(sa, sb)
-    tl.atomic_add(cnt_ptr, n_corr)
-    tl.atomic_add(cnt_ptr + 1, n_det)
+    tl.atomic_add(cnt_ptr, n_corr, sem="relaxed")
+    tl.atomic_add(cnt_ptr + 1, n_det, sem="relaxed")
 
 
 def stored_nbytes(name: str, n: int) -> int:

@@ -98,3 +98,39 @@ def test_positions_are_uniform_given_the_count(device: str) -> None:
     assert chi2 < 70, per_bit.tolist()
     pairs = bits[bits.sum(1) == 2]
     assert pairs.shape[0] > 500 and (pairs.sum(0) > 0).sum() >= 28
+
+
+@pytest.mark.parametrize("ber", [0.02, 0.6])  # 0.6: more than 64 events per group, drawn as the complement
+def test_32_bit_words_follow_the_group_law(ber: float, device: str) -> None:
+    # one draw per aligned group of four 32-bit words: group counts are Binomial(128, p), every bit is hit
+    size = 4000
+    w = torch.zeros(size, dtype=torch.int32, device=device)
+    out, k = inject_triton(w, 32, ber, seed=3)
+    bits = ((out.to(torch.int64)[:, None] >> torch.arange(32, device=device)) & 1).cpu()
+    assert int(k) == int(bits.sum())
+    per_group = bits.reshape(-1, 128).sum(1).double()
+    mean, var = 128 * ber, 128 * ber * (1 - ber)
+    groups = per_group.numel()
+    assert abs(float(per_group.mean()) - mean) <= 5 * math.sqrt(var / groups)
+    assert 0.7 * var <= float(per_group.var()) <= 1.3 * var
+    assert int((bits.sum(0) > 0).sum()) == 32
+    # a tile of unaligned words (per-word path) sees the same faults as the grouped tiles
+    part, _ = inject_triton(w[101:3003], 32, ber, seed=3, word_offset=101)
+    assert torch.equal(part, out[101:3003])
+    assert fault_plan(ber, 128)[0] >= 1
+
+
+def test_every_bit_of_a_group_flips_at_ber_one(device: str) -> None:
+    w = torch.randint(-(2**31), 2**31 - 1, (37,), dtype=torch.int32, device=device)
+    out, k = inject_triton(w, 32, 1.0, seed=0)
+    assert torch.equal(out, ~w) and int(k) == 32 * 37
+
+
+def test_group_fast_path_equals_the_full_rule(device: str) -> None:
+    # small tiles mostly take the fast path (counts <= 2), large ones mostly the full rule: same faults
+    w = torch.randint(-(2**31), 2**31 - 1, (16_000,), dtype=torch.int32, device=device)
+    small, ks = inject_triton(w, 32, 3e-3, seed=8, block=64)
+    large, kl = inject_triton(w, 32, 3e-3, seed=8, block=4096)
+    assert torch.equal(small, large) and int(ks) == int(kl) > 0
+    per_word, _ = inject_triton(w[1:], 32, 3e-3, seed=8, word_offset=1, block=256)  # one draw per word
+    assert torch.equal(per_word, small[1:])
