@@ -5,19 +5,19 @@ kernels reproduce them bit for bit. Group ``m`` (``G`` values) owns ``bits[m]`` 
 ``PB = ceil(G / 8)`` bytes at byte offset ``PB * sum_{i<m} bits[i]``.
 
 One fused launch per call (after a width-sum launch when widths vary). A program handles
-``BLOCK_M`` consecutive groups (a *tile*) and works on plane *units* of ``UNIT`` bytes (4 when ``PB % 4 == 0``, else 2 or 1): a unit of plane ``p``
-holds bit ``p`` of ``8 * UNIT`` codes, so the 8 units of planes 0..7 are an 8x8 bit matrix per
-byte lane, transposed with 3 swap stages of word ops (no per-bit work). Units are loaded and
+``BLOCK_M`` consecutive groups (a *tile*) and works on plane *units* of ``UNIT`` bytes (4 when
+``PB % 4 == 0``, else 2 or 1): a unit of plane ``p`` holds bit ``p`` of ``8 * UNIT`` codes, so
+the 8 units of planes 0..7 are an 8x8 bit matrix per byte lane, transposed with 3 swap stages of word ops (no per-bit work). Units are loaded and
 stored whole (32-bit words when ``UNIT = 4``, a group's planes are contiguous), only for the
 planes a group has.
 
-Offsets (the prefix sum of the widths) are found on the device in the same launch, without a
-serial chain or a zeroed workspace: see ``kernels.bitpack_offsets``.
+Offsets (the prefix sum of the widths) are found on the device without a host round trip, a
+serial chain or a zeroed workspace: a small width-sum launch first, see ``kernels.bitpack_offsets``.
 
 Bit-exactness: the same fp32 operations as the twin (correctly rounded division, ``floor(v +
 0.5)``, scales rounded up to fp16, first-index argmax/argmin for outliers, outlier values read
-back from x as the twin gathers them). Codes are
-``floor(clip(t))`` moved into an integer by adding 1.5 * 2^23 (exact for |t| < 2^22);
+back from x as the twin gathers them). Codes are ``floor(clip(t))`` moved into an integer by
+adding 1.5 * 2^23 (exact for |t| < 2^22);
 dequantization ors the code into the bits of 2^23 (no int-to-float conversion);
 ``(code - c0) * scale + zero`` has an exact product, so a fused multiply-add rounds the same
 as the twin's separate multiply and add. Pack tiles are ``[PU2, BLOCK_M, 8]`` per byte lane of
@@ -36,9 +36,10 @@ import triton.language as tl
 
 from kernels.bitpack_offsets import (
     TUNING,
-    offsets_args,
+    block_m,
+    launch_width_sums,
+    new_workspace,
     packed_size,
-    produce_widths,
     tile_first,
     tile_rows,
     unit,
@@ -190,34 +191,15 @@ def _first(x, e3, msk, col, CHECK: tl.constexpr):
     return _row_min(tl.where(hit, col, 1 << 30))
 
 
-@triton.jit(do_not_specialize=["EPOCH"])
-def _pack_kernel(
-    x_ptr, bits_ptr, ws_ptr, meta_ptr, data_ptr, wout_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr,
-    M, NPR, NB, EPOCH,
-    G: tl.constexpr, UNIT: tl.constexpr, FIXED: tl.constexpr, LO: tl.constexpr, FROM_X: tl.constexpr,
-    SYMMETRIC: tl.constexpr, K_TAIL: tl.constexpr, WRITE_W: tl.constexpr, BLOCK_M: tl.constexpr,
-    TPB: tl.constexpr, SUMS: tl.constexpr,
-):
-    """Programs 0..NB-1 publish width sums (``_produce``); the others each pack one tile (``_pack_tile``)."""
-    pid = tl.program_id(0)
-    if FIXED > 0:
-        _pack_tile(x_ptr, bits_ptr, ws_ptr, data_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, pid, M, NPR, NB, EPOCH,
-                   G, UNIT, FIXED, LO, FROM_X, SYMMETRIC, K_TAIL, BLOCK_M, TPB, SUMS)
-    elif pid < NB:
-        produce_widths(bits_ptr, wout_ptr, ws_ptr, meta_ptr, pid, M, NPR, NB, EPOCH, LO, WRITE_W, BLOCK_M, TPB)
-    else:
-        _pack_tile(x_ptr, bits_ptr, ws_ptr, data_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, pid - NB, M, NPR, NB,
-                   EPOCH, G, UNIT, FIXED, LO, FROM_X, SYMMETRIC, K_TAIL, BLOCK_M, TPB, SUMS)
-
-
 @triton.jit
-def _pack_tile(
-    x_ptr, bits_ptr, ws_ptr, data_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, tile, M, NPR, NB, EPOCH,
+def _pack_kernel(
+    x_ptr, bits_ptr, ws_ptr, data_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, M, NPR, NB,
     G: tl.constexpr, UNIT: tl.constexpr, FIXED: tl.constexpr, LO: tl.constexpr, FROM_X: tl.constexpr,
     SYMMETRIC: tl.constexpr, K_TAIL: tl.constexpr, BLOCK_M: tl.constexpr, TPB: tl.constexpr, SUMS: tl.constexpr,
 ):
     PU: tl.constexpr = (G + 8 * UNIT - 1) // (8 * UNIT)  # units per plane
     PU2: tl.constexpr = triton.next_power_of_2(PU)
+    tile = tl.program_id(0)
     rows, b = tile_rows(bits_ptr, tile, M, NPR, FIXED, LO, BLOCK_M)
     rmask = rows < M
     rows64 = rows.to(tl.int64)
@@ -231,7 +213,7 @@ def _pack_tile(
     x1, m1, col1 = _lane(x_ptr, rows64, rmask, q, k, 1, G, UNIT)
     x2, m2, col2 = _lane(x_ptr, rows64, rmask, q, k, 2, G, UNIT)
     x3, m3, col3 = _lane(x_ptr, rows64, rmask, q, k, 3, G, UNIT)
-    first = tile_first(ws_ptr, tile, rows, b, NB, EPOCH, FIXED, TPB, SUMS)  # its loads overlap the data loads
+    first = tile_first(ws_ptr, tile, rows, b, NB, FIXED, TPB, SUMS)  # its loads overlap the data loads
     if FROM_X:
         x0, x1, x2, x3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
         PAD: tl.constexpr = (G % (32 * UNIT) != 0) or (UNIT < 4)  # some lanes hold padding
@@ -335,35 +317,16 @@ def _pack_tile(
     _store_plane(data_ptr, off, smsk, b2, 7, p7, PU)
 
 
-@triton.jit(do_not_specialize=["EPOCH"])
-def _unpack_kernel(
-    data_ptr, bits_ptr, ws_ptr, meta_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, out_ptr,
-    M, NPR, NB, EPOCH,
-    G: tl.constexpr, UNIT: tl.constexpr, FIXED: tl.constexpr, TO_X: tl.constexpr, CENTERED: tl.constexpr,
-    HAS_ZERO: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, TPB: tl.constexpr,
-    SUMS: tl.constexpr,
-):
-    """Programs 0..NB-1 publish width sums (``_produce``); the others each unpack one tile (``_unpack_tile``)."""
-    pid = tl.program_id(0)
-    if FIXED > 0:
-        _unpack_tile(data_ptr, bits_ptr, ws_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, out_ptr, pid, M, NPR, NB,
-                     EPOCH, G, UNIT, FIXED, TO_X, CENTERED, HAS_ZERO, N_OUT, BLOCK_M, TPB, SUMS)
-    elif pid < NB:
-        produce_widths(bits_ptr, ws_ptr, ws_ptr, meta_ptr, pid, M, NPR, NB, EPOCH, 1, False, BLOCK_M, TPB)
-    else:
-        _unpack_tile(data_ptr, bits_ptr, ws_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, out_ptr, pid - NB, M, NPR,
-                     NB, EPOCH, G, UNIT, FIXED, TO_X, CENTERED, HAS_ZERO, N_OUT, BLOCK_M, TPB, SUMS)
-
-
 @triton.jit
-def _unpack_tile(
-    data_ptr, bits_ptr, ws_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, out_ptr, tile, M, NPR, NB, EPOCH,
+def _unpack_kernel(
+    data_ptr, bits_ptr, ws_ptr, scale_ptr, zero_ptr, oval_ptr, opos_ptr, out_ptr, M, NPR, NB,
     G: tl.constexpr, UNIT: tl.constexpr, FIXED: tl.constexpr, TO_X: tl.constexpr, CENTERED: tl.constexpr,
     HAS_ZERO: tl.constexpr, N_OUT: tl.constexpr, BLOCK_M: tl.constexpr, TPB: tl.constexpr, SUMS: tl.constexpr,
 ):
     PU: tl.constexpr = (G + 8 * UNIT - 1) // (8 * UNIT)
     PU2: tl.constexpr = triton.next_power_of_2(PU)
     G2: tl.constexpr = PU2 * 8 * UNIT
+    tile = tl.program_id(0)
     rows, b = tile_rows(bits_ptr, tile, M, NPR, FIXED, 1, BLOCK_M)
     rmask = rows < M
     rows64 = rows.to(tl.int64)
@@ -373,7 +336,7 @@ def _unpack_tile(
             z = tl.load(zero_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
         else:
             z = tl.zeros_like(s)
-    first = tile_first(ws_ptr, tile, rows, b, NB, EPOCH, FIXED, TPB, SUMS)
+    first = tile_first(ws_ptr, tile, rows, b, NB, FIXED, TPB, SUMS)
     q = tl.arange(0, PU2)
     off = (first * PU)[:, None] + q[None, :]  # [BM, PU2] int64, built once in the load layout
     lmsk = rmask[:, None] & (q < PU)[None, :]
@@ -429,10 +392,11 @@ def quantize_pack_triton(
 ) -> dict[str, torch.Tensor | None]:
     """Fused quantize+pack of groups xg [M, G] at widths ``bits`` (int, or a tensor [M / n_per_row] of any int dtype).
 
-    One launch, no host sync. ``total_bytes`` (sum of widths * PB, when the caller knows it)
-    sizes ``data`` exactly; otherwise ``data`` is a worst-case buffer (8 planes per group) and
-    ``ws`` holds the device-side block sums (``packed_size``). Returns a dict: data, ws (or None),
-    scale, zero, out_val, out_pos, widths (uint8 per token when ``write_widths``).
+    No host sync: with per-token widths two launches (width sums, then the fused kernel), with an
+    int one. ``total_bytes`` (sum of widths * PB, when the caller knows it) sizes ``data``
+    exactly; otherwise ``data`` is a worst-case buffer (8 planes per group) and ``ws`` holds the
+    device-side total (``packed_size``). Returns a dict: data, ws (or None), scale, zero,
+    out_val, out_pos, widths (uint8 per token when ``write_widths``).
     """
     xg = xg.contiguous()
     m, g = xg.shape
@@ -444,23 +408,28 @@ def quantize_pack_triton(
         raise ValueError(f"bits={fixed} must lie in {lo}..8")
     if fixed:
         total_bytes = m * fixed * pb
+    # every allocation first: the two launches then leave the host back to back
     data = torch.empty(total_bytes if total_bytes is not None else m * 8 * pb, dtype=torch.uint8, device=dev)
-    words, meta, epoch, bm, tpb, nb, grid = offsets_args(dev, m, g, fixed)
+    ws, tpb, nb = (None, 1, 0) if fixed else new_workspace(dev, m, g)
     out = {
-        "data": data, "ws": meta,
+        "data": data, "ws": ws,
         "scale": torch.empty(m, dtype=torch.float16, device=dev),
         "zero": torch.empty(m, dtype=torch.float16, device=dev),
         "out_val": torch.empty(m, 2 * k_tail, dtype=torch.float16, device=dev),
         "out_pos": torch.empty(m, 2 * k_tail, dtype=pos_dtype, device=dev),
         "widths": torch.empty(m // n_per_row if write_widths else 0, dtype=torch.uint8, device=dev),
     }
+    units = _units(data, g)
     if m:
-        _pack_kernel[(grid,)](
-            xg, bt if bt is not None else data, words if words is not None else data,
-            meta if meta is not None else data, _units(data, g), out["widths"],
-            out["scale"], out["zero"], out["out_val"], out["out_pos"], m, n_per_row, nb, epoch,
+        src = bt
+        if not fixed:
+            launch_width_sums(bt, ws, m, g, n_per_row, lo, out["widths"] if write_widths else None)
+            src = out["widths"] if write_widths else bt  # the uint8 copy the first launch wrote (read from L2)
+        _pack_kernel[(triton.cdiv(m, block_m(g, m)),)](
+            xg, src if src is not None else data, ws if ws is not None else data, units,
+            out["scale"], out["zero"], out["out_val"], out["out_pos"], m, n_per_row, nb,
             G=g, UNIT=unit(g), FIXED=fixed, LO=lo, FROM_X=True, SYMMETRIC=symmetric, K_TAIL=k_tail,
-            WRITE_W=write_widths, BLOCK_M=bm, TPB=tpb, SUMS=TUNING["sums_step"], num_warps=TUNING["num_warps"],
+            BLOCK_M=block_m(g, m), TPB=tpb, SUMS=TUNING["sums_step"], num_warps=TUNING["num_warps"],
             enable_fp_fusion=False,  # (x - zero) * inv + 0.5 rounded step by step, as in the torch twin
         )
     return out
@@ -484,17 +453,19 @@ def quantize_groups_triton(
 def pack_codes_triton(codes: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """Pack codes uint8 [M, G] at widths [M] into the planar byte stream (exact size: one host read)."""
     codes = codes.contiguous()
+    bits = bits.contiguous()
     m, g = codes.shape
     data = torch.empty(m * 8 * ((g + 7) // 8), dtype=torch.uint8, device=codes.device)
-    if m:
-        words, meta, epoch, bm, tpb, nb, grid = offsets_args(codes.device, m, g, 0)
-        _pack_kernel[(grid,)](
-            codes, bits.contiguous(), words, meta, _units(data, g), data, data, data, data, data, m, 1, nb, epoch,
-            G=g, UNIT=unit(g), FIXED=0, LO=1, FROM_X=False, SYMMETRIC=False, K_TAIL=0, WRITE_W=False,
-            BLOCK_M=bm, TPB=tpb, SUMS=TUNING["sums_step"], num_warps=TUNING["num_warps"],
-        )
-        return data[: packed_size(meta, g, 1)]
-    return data[:0]
+    if not m:
+        return data[:0]
+    ws, tpb, nb = new_workspace(codes.device, m, g)
+    launch_width_sums(bits, ws, m, g, 1, 1, None)
+    _pack_kernel[(triton.cdiv(m, block_m(g, m)),)](
+        codes, bits, ws, _units(data, g), data, data, data, data, m, 1, nb,
+        G=g, UNIT=unit(g), FIXED=0, LO=1, FROM_X=False, SYMMETRIC=False, K_TAIL=0,
+        BLOCK_M=block_m(g, m), TPB=tpb, SUMS=TUNING["sums_step"], num_warps=TUNING["num_warps"],
+    )
+    return data[: packed_size(ws, g, 1)]
 
 
 def _unpack(data: torch.Tensor, bits: torch.Tensor | int, m: int, g: int, n_per_row: int, out: torch.Tensor,
@@ -502,18 +473,19 @@ def _unpack(data: torch.Tensor, bits: torch.Tensor | int, m: int, g: int, n_per_
             out_pos: torch.Tensor | None, centered: bool) -> torch.Tensor:
     if m:
         bt, fixed = _bits_args(bits)
-        words, meta, epoch, bm, tpb, nb, grid = offsets_args(data.device, m, g, fixed)
+        ws, tpb, nb = (None, 1, 0) if fixed else new_workspace(data.device, m, g)
         to_x = scale is not None
         n_out = out_val.shape[1] if to_x and out_val is not None else 0
         dummy = out
-        _unpack_kernel[(grid,)](
-            _units(data, g), bt if bt is not None else dummy, words if words is not None else dummy,
-            meta if meta is not None else dummy,
-            scale if to_x else dummy, zero if to_x and zero is not None else dummy,
-            out_val.contiguous() if n_out else dummy, out_pos.contiguous() if n_out else dummy, out,
-            m, n_per_row, nb, epoch, G=g, UNIT=unit(g), FIXED=fixed, TO_X=to_x, CENTERED=centered,
-            HAS_ZERO=zero is not None, N_OUT=n_out, BLOCK_M=bm, TPB=tpb, SUMS=TUNING["sums_step"],
-            num_warps=TUNING["num_warps"],
+        args = (_units(data, g), bt if bt is not None else dummy, ws if ws is not None else dummy,
+                scale if to_x else dummy, zero if to_x and zero is not None else dummy,
+                out_val.contiguous() if n_out else dummy, out_pos.contiguous() if n_out else dummy, out,
+                m, n_per_row, nb)
+        if not fixed:
+            launch_width_sums(bt, ws, m, g, n_per_row, 1, None)
+        _unpack_kernel[(triton.cdiv(m, block_m(g, m)),)](
+            *args, G=g, UNIT=unit(g), FIXED=fixed, TO_X=to_x, CENTERED=centered, HAS_ZERO=zero is not None,
+            N_OUT=n_out, BLOCK_M=block_m(g, m), TPB=tpb, SUMS=TUNING["sums_step"], num_warps=TUNING["num_warps"],
         )
     return out
 

@@ -1,20 +1,19 @@
-"""Group offsets of the bit-planar packing, found on the device inside the pack/unpack launch.
+"""Group offsets of the bit-planar packing, found on the device without a serial chain.
 
 A group's byte offset is ``PB`` times the sum of the widths of all groups before it. The widths
-are inputs, so no serial chain is needed: the first ``NB`` programs of a launch are *producers*
-(``produce_widths``), one per block of ``TPB`` tiles; each sums its tiles' widths and publishes
-every tile sum and its block sum as int64 *words* ``(epoch << 32) | sum``. Every other program
-packs or unpacks one tile: it issues its data loads, then adds the block sums before its block
-and the tile sums before it in its block (``tile_first``), waiting only until those words carry
-this call's epoch (producers never wait, and have the lowest program ids, so they run first).
+are inputs, so a small first launch (``_width_sums_kernel``, one program per *block* of ``TPB``
+tiles) writes every tile's width sum, every block's sum and a count of invalid widths into the
+workspace ``ws`` (int32 ``[2 + TPB, blocks]``: row 0 block sums, row 1 invalid counts, rows 2..
+the tile sums); in the main launch a tile's offset is the sum of the block sums before its block
+plus the tile sums before it in its block (``tile_first``: short vector loads that overlap the
+data loads). No atomics, no spinning, no zeroed workspace: every program finds its offset on
+its own. With widths given, the pack's first launch also writes them as uint8 (the stored
+widths), which the main launch reads back from L2. The host learns the packed size only when it
+asks (``packed_size``), one read that also reports invalid widths (the kernels clamp them to
+1..8, so nothing is written out of bounds).
 
-The words live in a buffer kept per device and stream (``_published_words``); a new epoch per
-call makes the words of earlier calls stale, so nothing is zeroed and a call is one launch.
-Calls on one stream run in order, so no two share the buffer at once (CUDA graph replay would
-reuse an epoch: not supported). Producers also write the block sums and counts of invalid
-widths into a per-call ``meta`` tensor; the host reads it only when it asks for the packed
-size (``packed_size``), which raises for invalid widths (the kernels clamp them to 1..8, so
-nothing is written out of bounds).
+(A one-launch variant, producer programs publishing the sums with a per-call epoch, measured
+0.57-0.60 of copy at 256M values on the H100 against 0.86-0.91 for this one: docs/qaq.md.)
 """
 
 from __future__ import annotations
@@ -24,20 +23,20 @@ import triton
 import triton.language as tl
 
 # Launch shape of kernels.bitpack (H100, kv_pack_bench): values per program (twice that from ``big_values``
-# values on: off), warps; rows per producer block (``block_rows``: block_rows // BLOCK_M tiles a block);
-# ``sums_step``: block sums a program reads per step when it adds up the blocks before its own.
-TUNING: dict[str, int] = {"values_per_program": 4096, "big_values": 1 << 62, "num_warps": 4, "block_rows": 1024,
+# values on: off), warps; rows per block of the width-sum launch (``block_rows``: block_rows // BLOCK_M
+# tiles a block); ``sums_step``: block sums a program reads per step when it adds up the blocks before its own.
+TUNING: dict[str, int] = {"values_per_program": 4096, "big_values": 1 << 62, "num_warps": 4, "block_rows": 2048,
                           "sums_step": 512}
 
 
 @triton.jit
-def produce_widths(bits_ptr, wout_ptr, ws_ptr, meta_ptr, blk, M, NPR, NB, EPOCH, LO: tl.constexpr,
-                   WRITE_W: tl.constexpr, BLOCK_M: tl.constexpr, TPB: tl.constexpr):
-    """A producer program: block ``blk``'s tile width sums and block sum, published with this call's epoch.
+def _width_sums_kernel(bits_ptr, wout_ptr, ws_ptr, M, NPR, NB, LO: tl.constexpr, WRITE_W: tl.constexpr,
+                       BLOCK_M: tl.constexpr, TPB: tl.constexpr):
+    """First launch: per block of TPB tiles, each tile's width sum, the block's sum and its invalid widths.
 
-    Widths are clamped to LO..8 (memory safety); ``WRITE_W`` also stores them as given (uint8).
-    ``meta`` gets the block sum and its count of invalid widths (the host sums them lazily).
+    Widths are clamped to LO..8 (memory safety); ``WRITE_W`` also stores the widths as given (uint8).
     """
+    blk = tl.program_id(0)
     rows = blk * (TPB * BLOCK_M) + tl.arange(0, TPB * BLOCK_M)  # [TPB * BM]
     rm = rows < M
     braw = tl.load(bits_ptr + rows // NPR, mask=rm, other=LO).to(tl.int32)
@@ -45,23 +44,9 @@ def produce_widths(bits_ptr, wout_ptr, ws_ptr, meta_ptr, blk, M, NPR, NB, EPOCH,
         tl.store(wout_ptr + rows // NPR, braw.to(tl.uint8), mask=rm & (rows % NPR == 0))
     b = tl.where(rm, tl.minimum(tl.maximum(braw, LO), 8), 0)
     ts = tl.sum(tl.reshape(b, (TPB, BLOCK_M)), axis=1)  # [TPB]
-    tag = EPOCH.to(tl.int64) << 32  # a word is (epoch << 32) | sum: value and flag in one store
-    tl.store(ws_ptr + NB + blk * TPB + tl.arange(0, TPB), tag | ts.to(tl.int64))
-    bs = tl.sum(ts)
-    tl.store(ws_ptr + blk, tag | bs.to(tl.int64))
-    tl.store(meta_ptr + blk, bs)
-    tl.store(meta_ptr + NB + blk, tl.sum(((braw < LO) | (braw > 8)).to(tl.int32)))
-
-
-@triton.jit
-def _sum_published(ptr, need, EPOCH):
-    """Sum of the words at ``ptr`` where ``need``, once all of them carry this call's epoch (spins until then)."""
-    w = tl.load(ptr, mask=need, other=0, volatile=True)
-    ready = tl.min(tl.where(need, (w >> 32) == EPOCH, True).to(tl.int32))
-    while ready == 0:
-        w = tl.load(ptr, mask=need, other=0, volatile=True)
-        ready = tl.min(tl.where(need, (w >> 32) == EPOCH, True).to(tl.int32))
-    return tl.sum(tl.where(need, w & 0xFFFFFFFF, 0))
+    tl.store(ws_ptr + 2 * NB + blk * TPB + tl.arange(0, TPB), ts)
+    tl.store(ws_ptr + blk, tl.sum(ts))
+    tl.store(ws_ptr + NB + blk, tl.sum(((braw < LO) | (braw > 8)).to(tl.int32)))
 
 
 @triton.jit
@@ -77,24 +62,20 @@ def tile_rows(bits_ptr, tile, M, NPR, FIXED: tl.constexpr, LO: tl.constexpr, BLO
 
 
 @triton.jit
-def tile_first(ws_ptr, tile, rows, b, NB, EPOCH, FIXED: tl.constexpr, TPB: tl.constexpr, SUMS: tl.constexpr):
-    """Plane index [BM] (int64) of each row's first plane: fixed stride, or the published block and tile sums
-    before it plus the tile's own."""
+def tile_first(ws_ptr, tile, rows, b, NB, FIXED: tl.constexpr, TPB: tl.constexpr, SUMS: tl.constexpr):
+    """Plane index [BM] (int64) of each row's first plane: fixed stride, or block and tile sums before it plus the tile's own."""
     if FIXED > 0:  # one return: the compiler would still build the other branch after an early one
         first = rows.to(tl.int64) * FIXED
     else:
         blk = tile // TPB
         j = tl.arange(0, TPB)
-        acc = _sum_published(ws_ptr + NB + blk * TPB + j, j < tile - blk * TPB, EPOCH)
+        ts = tl.load(ws_ptr + 2 * NB + blk * TPB + j, mask=j < tile - blk * TPB, other=0)  # [TPB]
+        acc = tl.sum(ts.to(tl.int64))
         d = tl.arange(0, SUMS)
         for s0 in range(0, blk, SUMS):
-            acc += _sum_published(ws_ptr + s0 + d, s0 + d < blk, EPOCH)
+            acc += tl.sum(tl.load(ws_ptr + s0 + d, mask=s0 + d < blk, other=0).to(tl.int64))
         first = acc + (tl.cumsum(b, 0) - b).to(tl.int64)
     return first
-
-
-_EPOCH_MAX = (1 << 31) - 1
-_WORDS: dict[tuple[str, int], list] = {}  # (device, stream) -> [int64 words, last epoch]
 
 
 def unit(g: int) -> int:
@@ -110,7 +91,7 @@ def block_m(g: int, m: int = 0) -> int:
     return max(1, triton.next_power_of_2(vpp) // g2)
 
 
-def _tiles(g: int, m: int) -> tuple[int, int, int, int]:
+def tiles(g: int, m: int) -> tuple[int, int, int, int]:
     """(rows per tile BM, tiles, tiles per block TPB, blocks) of a call on ``m`` groups of ``g`` values."""
     bm = block_m(g, m)
     n_tiles = triton.cdiv(m, bm)
@@ -118,47 +99,34 @@ def _tiles(g: int, m: int) -> tuple[int, int, int, int]:
     return bm, n_tiles, tpb, triton.cdiv(n_tiles, tpb)
 
 
-def _published_words(dev: torch.device, n: int) -> tuple[torch.Tensor, int]:
-    """The stream's persistent word buffer (>= ``n`` int64) and a fresh epoch for this call.
-
-    Words written by earlier calls carry older epochs, so nothing is zeroed per call; calls on one
-    stream run in order, so they never share the buffer at the same time (not for CUDA graph replay).
-    """
-    key = (str(dev), torch.cuda.current_stream(dev).cuda_stream if dev.type == "cuda" else 0)
-    ent = _WORDS.get(key)
-    if ent is None or ent[0].numel() < n or ent[1] >= _EPOCH_MAX:
-        size = max(n, 2 * ent[0].numel() if ent is not None else 0, 1024)
-        ent = [torch.zeros(size, dtype=torch.int64, device=dev), 0]
-        _WORDS[key] = ent
-    ent[1] += 1
-    return ent[0], ent[1]
-
-
 def workspace_bytes(m: int, g: int) -> int:
-    """Bytes of width-sum words (block and tile sums, int64) and per-call sums (int32) a call on ``m`` groups writes."""
-    _, _, tpb, nb = _tiles(g, m)
-    return 8 * nb * (1 + tpb) + 4 * 2 * nb
+    """Bytes of the width-sum workspace of a call on ``m`` groups of ``g`` values (written once, then read)."""
+    _, _, tpb, nb = tiles(g, m)
+    return 4 * (2 + tpb) * nb
 
 
-def packed_size(meta: torch.Tensor, g: int, lo: int) -> int:
+def new_workspace(dev: torch.device, m: int, g: int) -> tuple[torch.Tensor, int, int]:
+    """The workspace of a call (int32 [2 + TPB, blocks], not zeroed: every entry is written), TPB, blocks."""
+    _, _, tpb, nb = tiles(g, m)
+    return torch.empty(2 + tpb, nb, dtype=torch.int32, device=dev), tpb, nb
+
+
+def launch_width_sums(bits: torch.Tensor, ws: torch.Tensor, m: int, g: int, n_per_row: int, lo: int,
+                      wout: torch.Tensor | None) -> None:
+    """First launch (see the module docstring); ``wout``: uint8 [m / n_per_row] to receive the widths, or None."""
+    bm, _, tpb, nb = tiles(g, m)
+    if m:
+        _width_sums_kernel[(nb,)](bits, wout if wout is not None else ws, ws, m, n_per_row, nb, LO=lo,
+                                  WRITE_W=wout is not None, BLOCK_M=bm, TPB=tpb, num_warps=4)
+
+
+def packed_size(ws: torch.Tensor, g: int, lo: int) -> int:
     """Bytes written by a pack whose widths were summed on the device (one device-to-host read).
 
-    ``meta``: int32 [2, blocks] (block width sums, invalid widths per block). Raises ValueError when
-    the kernel saw widths outside ``lo..8`` (their planes were clamped).
+    Raises ValueError when the kernel saw widths outside ``lo..8`` (their planes were clamped).
     """
-    n_bad, total = torch.stack([meta[1].sum(dtype=torch.int64), meta[0].sum(dtype=torch.int64)]).tolist()
+    n_bad, total = torch.stack([ws[1].sum(dtype=torch.int64), ws[0].sum(dtype=torch.int64)]).tolist()
     if n_bad:
         raise ValueError(f"bits must lie in {lo}..8{' (symmetric needs >= 2)' if lo == 2 else ''}: "
                          f"{n_bad} groups outside")
     return total * ((g + 7) // 8)
-
-
-def offsets_args(dev: torch.device, m: int, g: int, fixed: int) -> tuple[torch.Tensor | None, torch.Tensor | None,
-                                                                          int, int, int, int, int]:
-    """(words, meta, epoch, BM, TPB, blocks, grid): what a launch needs for its offsets (no words when fixed)."""
-    bm, n_tiles, tpb, nb = _tiles(g, m)
-    if fixed:
-        return None, None, 0, bm, 1, 0, n_tiles
-    words, epoch = _published_words(dev, nb * (1 + tpb))
-    meta = torch.empty(2, nb, dtype=torch.int32, device=dev)
-    return words, meta, epoch, bm, tpb, nb, nb + n_tiles
