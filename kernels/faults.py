@@ -340,30 +340,6 @@ def run_masks(seed, first, stream, thr_ptr, BURST_LEN: tl.constexpr):
 
 
 @triton.jit
-def word_masks3(seed, w0, w1, w2, stream, thr_ptr, BURST_LEN: tl.constexpr):
-    """Masks of three scattered 32-bit words per element (three group draws, one tile-level test)."""
-    key = _key(seed, stream)
-    row = thr_ptr + 1320  # GROUP_ROW
-    c0 = (w0.to(tl.int64) >> 2).to(tl.uint64) * 64
-    c1 = (w1.to(tl.int64) >> 2).to(tl.uint64) * 64
-    c2 = (w2.to(tl.int64) >> 2).to(tl.uint64) * 64
-    u0 = _draw(key, c0, 0)
-    u1 = _draw(key, c1, 0)
-    u2 = _draw(key, c2, 0)
-    a0, a1, a2, a3, bad0 = _group_fast(u0, row)
-    b0, b1, b2, b3, bad1 = _group_fast(u1, row)
-    d0, d1, d2, d3, bad2 = _group_fast(u2, row)
-    if tl.max((bad0 | bad1 | bad2).to(tl.int32)) > 0:
-        a0, a1, a2, a3 = _group_events(u0, key, c0, row)
-        b0, b1, b2, b3 = _group_events(u1, key, c1, row)
-        d0, d1, d2, d3 = _group_events(u2, key, c2, row)
-    m0 = _burst(select4(a0, a1, a2, a3, (w0 & 3).to(tl.int32)), BURST_LEN, 32)
-    m1 = _burst(select4(b0, b1, b2, b3, (w1 & 3).to(tl.int32)), BURST_LEN, 32)
-    m2 = _burst(select4(d0, d1, d2, d3, (w2 & 3).to(tl.int32)), BURST_LEN, 32)
-    return m0, m1, m2
-
-
-@triton.jit
 def flip_mask(seed, word_index, stream, thr_ptr, N_BITS: tl.constexpr, BURST_LEN: tl.constexpr):
     """XOR mask (int32, low N_BITS bits) for each global ``word_index`` (int tile of any shape).
 
