@@ -7,8 +7,8 @@ kernels reproduce them bit for bit. Group ``m`` (``G`` values) owns ``bits[m]`` 
 One fused launch per call (after a width-sum launch when widths vary). A program handles
 ``BLOCK_M`` consecutive groups (a *tile*) and works on plane *units* of ``UNIT`` bytes (4 when
 ``PB % 4 == 0``, else 2 or 1): a unit of plane ``p`` holds bit ``p`` of ``8 * UNIT`` codes, so
-the 8 units of planes 0..7 are an 8x8 bit matrix per byte lane, transposed with 3 swap stages of word ops (no per-bit work). Units are loaded and
-stored whole (32-bit words when ``UNIT = 4``, a group's planes are contiguous), only for the
+the 8 units of planes 0..7 are an 8x8 bit matrix per byte lane, transposed with 3 swap stages
+of word ops (no per-bit work). Units are loaded and stored whole (32-bit words when ``UNIT = 4``, a group's planes are contiguous), only for the
 planes a group has.
 
 Offsets (the prefix sum of the widths) are found on the device without a host round trip, a
@@ -285,8 +285,10 @@ def _pack_kernel(
         lo = tl.where(s > 0, -c0, 0.0)
         hi = tl.where(s > 0, levels - 1.0 - c0, 0.0)
         z = zero.to(tl.float32)
-        w = (_quant(x0, z, inv, lo, hi, c0, SYMMETRIC) & 255) | ((_quant(x1, z, inv, lo, hi, c0, SYMMETRIC) & 255) << 8) \
-            | ((_quant(x2, z, inv, lo, hi, c0, SYMMETRIC) & 255) << 16) | (_quant(x3, z, inv, lo, hi, c0, SYMMETRIC) << 24)
+        q0 = _quant(x0, z, inv, lo, hi, c0, SYMMETRIC) & 255
+        q1 = _quant(x1, z, inv, lo, hi, c0, SYMMETRIC) & 255
+        q2 = _quant(x2, z, inv, lo, hi, c0, SYMMETRIC) & 255
+        w = q0 | (q1 << 8) | (q2 << 16) | (_quant(x3, z, inv, lo, hi, c0, SYMMETRIC) << 24)
     else:
         w = x0.to(tl.int32) | (x1.to(tl.int32) << 8) | (x2.to(tl.int32) << 16) | (x3.to(tl.int32) << 24)
     # w [PU2, BM, 8]: element k is word k (code (q, j, k) in byte j); transposed, word p holds plane p
@@ -501,9 +503,9 @@ def unpack_dequantize_triton(
     data: torch.Tensor, bits: torch.Tensor | int, scale: torch.Tensor, zero: torch.Tensor | None, out_val: torch.Tensor,
     out_pos: torch.Tensor, g: int, centered: bool, dtype: torch.dtype, n_per_row: int = 1,
 ) -> torch.Tensor:
-    """Fused unpack+dequantize (+ outliers written back): x_hat [M, G] in ``dtype``, one launch (two with per-token widths).
+    """Fused unpack+dequantize (+ outliers written back): x_hat [M, G] in ``dtype``.
 
-    ``bits``: one int, or widths per token [M / n_per_row] (any int dtype); ``zero`` None: 0. bf16 is written as
+    One launch, two with per-token widths (width sums first), no host sync. ``bits``: one int, or widths per token [M / n_per_row] (any int dtype); ``zero`` None: 0. bf16 is written as
     fp32 and cast by torch (the Triton interpreter does not round to bf16 the way the GPU and
     torch do); fp16 and fp32 are stored directly.
     """

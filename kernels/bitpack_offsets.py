@@ -63,7 +63,10 @@ def tile_rows(bits_ptr, tile, M, NPR, FIXED: tl.constexpr, LO: tl.constexpr, BLO
 
 @triton.jit
 def tile_first(ws_ptr, tile, rows, b, NB, FIXED: tl.constexpr, TPB: tl.constexpr, SUMS: tl.constexpr):
-    """Plane index [BM] (int64) of each row's first plane: fixed stride, or block and tile sums before it plus the tile's own."""
+    """Plane index [BM] (int64) of each row's first plane.
+
+    Fixed stride, or the block sums before the tile's block, the tile sums before it in its block and the tile's own.
+    """
     if FIXED > 0:  # one return: the compiler would still build the other branch after an early one
         first = rows.to(tl.int64) * FIXED
     else:

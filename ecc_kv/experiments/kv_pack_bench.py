@@ -6,14 +6,13 @@ One run = one (size, width distribution, outliers, backend) point. The tensor is
 ``ecc_kv.timing`` (CUDA events, warm-up excluded, L2 flushed): the whole ``quantize_pack``
 call (two launches, width sums then the fused kernel: offsets found on the device, no host
 sync) and the whole ``unpack_dequantize`` call (the same two launches), and in the same run a
-device-to-device copy of the fp16 tensor.
-Effective bandwidth counts every byte each call reads plus writes: pack reads the fp16
+device-to-device copy of the fp16 tensor. Effective bandwidth counts every byte each call reads plus writes: pack reads the fp16
 values and the widths as given (int64 per token, as QAQ allocates them) and writes codes,
 uint8 widths, scales, zeros and outliers (``byte_report``'s real bytes); unpack reads those
 real bytes and writes the fp16 values; both also touch the width-sum workspace (written by the
 first launch, read by the second). Re-reads that hit L2 (the uint8 widths the pack's first
-launch writes and its second reads, each program's block sums) are not counted. Target (issue 7, H100, >= 16M values): both ops
->= 50% of copy bandwidth. Torch and Triton are compared byte for byte in the same run.
+launch writes and its second reads, each program's block sums) are not counted. Target
+(issue 7, H100, >= 16M values): both ops >= 50% of copy bandwidth. Torch and Triton are compared byte for byte in the same run.
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ def test_device_sized_pack_reports_bad_widths_on_read(device: str) -> None:
     assert packed_size(res["ws"], 16, 1) == int(bits.sum()) * 2
 
 
-@pytest.mark.parametrize("g,n_tok,vpp,block_rows", [(128, 67, 256, 8), (64, 41, 64, 2048), (40, 45, 64, 4), (8, 50, 8, 1)])
+@pytest.mark.parametrize("g,n_tok,vpp,block_rows",
+                         [(128, 67, 256, 8), (64, 41, 64, 2048), (40, 45, 64, 4), (8, 50, 8, 1)])
 def test_offsets_over_many_tiles_and_blocks(g: int, n_tok: int, vpp: int, block_rows: int, device: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Small tiles and blocks: offsets from tile sums and block sums, read a few block sums per step."""
