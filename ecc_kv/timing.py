@@ -7,6 +7,7 @@ tasks can store them in ``raw`` and summarise with median and IQR.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -21,14 +22,21 @@ def time_fn(
     warmup: int = 5,
     repeats: int = 50,
     flush_l2: bool = False,
+    host_lead_ms: float = 0.0,
 ) -> list[float]:
     """Milliseconds per call of ``fn`` for ``repeats`` calls after ``warmup`` untimed ones.
 
     On CUDA each call is bracketed by its own pair of events; with ``flush_l2`` a 256 MB
     buffer is zeroed before every call so bandwidth numbers are not served from L2.
+    ``host_lead_ms`` > 0: the GPU also sleeps that long before each start event, so the host
+    has queued the whole call before the window opens and the window holds the call's device
+    time only. Without it, a call whose host side (Python, several launches) outlasts the
+    flush leaves the GPU idle inside the window, and the time includes that host latency.
     """
     if warmup < 0 or repeats < 1:
         raise ValueError(f"warmup must be >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
+    if host_lead_ms < 0:
+        raise ValueError(f"host_lead_ms must be >= 0, got {host_lead_ms}")
     is_cuda = torch.device(device).type == "cuda"
     for _ in range(warmup):
         fn()
@@ -42,15 +50,31 @@ def time_fn(
     flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device=device) if flush_l2 else None
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    sleep = round(host_lead_ms * _sleep_cycles_per_ms(str(torch.device(device)))) if host_lead_ms > 0 else 0
     torch.cuda.synchronize(device)
     for i in range(repeats):
         if flush is not None:
             flush.zero_()
+        if sleep:
+            torch.cuda._sleep(sleep)  # keeps the GPU busy while the host queues the call
         starts[i].record()
         fn()
         ends[i].record()
     torch.cuda.synchronize(device)
     return [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
+
+
+@functools.lru_cache(maxsize=8)
+def _sleep_cycles_per_ms(device: str) -> float:
+    """GPU clock cycles per millisecond of ``torch.cuda._sleep``, measured once per device."""
+    with torch.cuda.device(torch.device(device)):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(1_000_000)  # warm-up
+        start.record()
+        torch.cuda._sleep(10_000_000)
+        end.record()
+        torch.cuda.synchronize()
+        return 10_000_000 / start.elapsed_time(end)
 
 
 def time_stats(times_ms: list[float]) -> dict[str, float]:

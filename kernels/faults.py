@@ -51,7 +51,7 @@ TAIL_BOUND = 2.0**-40  # per-word total variation between the sampled pattern an
 ROW = 40  # table entries per word width: [K, 0, C_0 .. C_{K-1}] (K <= 32)
 MAX_BITS = 32
 RESIDUAL_BITS = 16  # bits of the count draw's residual used for positions (bias <= 2^(16-64-1) per count)
-MAX_DRAWS = 63  # position draws per word after the first; not finishing has probability < 2^-200
+MAX_DRAWS = 63  # position draws after the first; not finishing: < 2^-200 for k <= n/2 (docs/error_model.md)
 GROUP_WORDS = 4  # 32-bit words are drawn in aligned groups of four (128 bits, one 128-bit load)
 GROUP_BITS = 32 * GROUP_WORDS
 GROUP_ROW = ROW * (MAX_BITS + 1)  # the 128-bit group's plan follows the per-width rows: [K, 0, C_0 .. C_{K-1}]

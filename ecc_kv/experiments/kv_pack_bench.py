@@ -5,7 +5,10 @@ One run = one (size, width distribution, outliers, backend) point. The tensor is
 (uniform over ``bits_lo..bits_hi``, as QAQ produces) or one fixed width. Timed with
 ``ecc_kv.timing`` (CUDA events, warm-up excluded, L2 flushed): the whole ``quantize_pack``
 call (two launches, width sums then the fused kernel: offsets found on the device, no host
-sync) and the whole ``unpack_dequantize`` call (the same two launches), and in the same run a
+sync) and the whole ``unpack_dequantize`` call (the same two launches), each twice: with the
+host queued ``host_lead_ms`` ahead (``time_fn``: the window holds device time, the headline
+``*_frac_copy``), and without (``*_with_host_*``: at 16M values the Python side of a call,
+90-190 us on the H100 host, outlasts the kernels, so that number is host latency), and in the same run a
 device-to-device copy of the fp16 tensor. Effective bandwidth counts every byte each call reads plus writes: pack reads the fp16
 values and the widths as given (int64 per token, as QAQ allocates them) and writes codes,
 uint8 widths, scales, zeros and outliers (``byte_report``'s real bytes); unpack reads those
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 DEFAULTS: dict[str, Any] = {
     "values": 1 << 24, "heads": 8, "head_dim": 128, "bits_lo": 2, "bits_hi": 8, "outliers": 0.0,
     "scheme": "minmax", "backend": "triton", "warmup": 5, "repeats": 30, "flush_l2": True, "seed": 0,
+    "host_lead_ms": 0.5,
 }
 
 
@@ -68,10 +72,14 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     ws = workspace_bytes(x.numel() // p["head_dim"], p["head_dim"])  # written, then read
     bytes_q = 2 * x.numel() + bits.numel() * bits.element_size() + rep["bytes_real"] + 2 * ws
     bytes_dq = rep["bytes_real"] + 2 * x.numel() + 2 * ws
-    tq = time_fn(lambda: quantize_pack(x, bits, **kw), device=dev, warmup=p["warmup"], repeats=p["repeats"],
-                 flush_l2=p["flush_l2"])
-    tdq = time_fn(lambda: unpack_dequantize(packed, torch.float16, p["backend"]), device=dev, warmup=p["warmup"],
-                  repeats=p["repeats"], flush_l2=p["flush_l2"])
+    ops = {"quant_pack": lambda: quantize_pack(x, bits, **kw),
+           "unpack_dequant": lambda: unpack_dequantize(packed, torch.float16, p["backend"])}
+    timed = {}
+    for op, fn in ops.items():  # device time (host queued ahead), then with the host's latency in the window
+        timed[f"times_{op}_ms"] = time_fn(fn, device=dev, warmup=p["warmup"], repeats=p["repeats"],
+                                          flush_l2=p["flush_l2"], host_lead_ms=p["host_lead_ms"])
+        timed[f"times_{op}_with_host_ms"] = time_fn(fn, device=dev, warmup=p["warmup"], repeats=p["repeats"],
+                                                    flush_l2=p["flush_l2"])
     copy = copy_bandwidth_gbps(2 * x.numel(), device=dev)
     ref = quantize_pack(x, bits, **{**kw, "backend": "torch"})
     ok = all(torch.equal(getattr(ref, f), getattr(packed, f)) for f in ("data", "widths", "scale", "zero", "out_val"))
@@ -79,7 +87,7 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     ok = ok and torch.equal(unpack_dequantize(packed, torch.float16, "torch"),
                             unpack_dequantize(packed, torch.float16, p["backend"]))
     del ref
-    return {"times_quant_pack_ms": tq, "times_unpack_dequant_ms": tdq, "copy_gbps": copy, "bytes_quant_pack": bytes_q,
+    return {**timed, "copy_gbps": copy, "bytes_quant_pack": bytes_q,
             "bytes_unpack_dequant": bytes_dq, "storage": rep, "bit_exact_vs_torch": bool(ok), "values": x.numel(),
             "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"}
 
@@ -96,6 +104,10 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         out[f"{op}_iqr_ms"] = st["iqr_ms"]
         out[f"{op}_gbps"] = gbps
         out[f"{op}_frac_copy"] = gbps / raw["copy_gbps"]
+        if f"times_{op}_with_host_ms" in raw:  # host latency inside the window (launch-bound at small sizes)
+            wall = time_stats(raw[f"times_{op}_with_host_ms"])["median_ms"]
+            out[f"{op}_with_host_median_ms"] = wall
+            out[f"{op}_with_host_frac_copy"] = raw[f"bytes_{op}"] / (wall * 1e-3) / 1e9 / raw["copy_gbps"]
     return out
 
 
