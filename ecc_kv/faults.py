@@ -14,7 +14,8 @@ Backends are each deterministic for a seed but draw different streams: the torch
 number of events (binomial) and their positions (uniform without replacement) on a CPU generator,
 never one random number per bit unless ber is large; the Triton path (``kernels.faults``) draws SplitMix64
 numbers keyed by (seed, global word index), independent of the launch grid, with a per-word plan chosen
-on the host (exact up to a neglected mass below 2^-40 per word, docs/error_model.md). ``n_flips`` counts
+on the host (exact up to a neglected mass below 2^-40 per word, docs/error_model.md); 32-bit words are
+drawn in aligned groups of four (one draw per 128 bits, the same independent bits). ``n_flips`` counts
 flipped bits (after merging overlapping bursts).
 """
 
