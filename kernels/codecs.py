@@ -321,6 +321,17 @@ def golay_decode_group(w0, w1, w2, p0, p1, p2, table_ptr, ALGEBRAIC: tl.constexp
 
 
 @triton.jit
+def add_counts(cnt_ptr, n_corr, n_det):
+    """Add a program's (corrected, detected) totals to ``cnt_ptr[0:2]``.
+
+    Relaxed atomics: the counts are read only after the kernel, and Triton's default (acq_rel)
+    puts a GPU-wide memory fence in every program, which then waits for its own stores.
+    """
+    tl.atomic_add(cnt_ptr, n_corr.to(cnt_ptr.dtype.element_ty), sem="relaxed")
+    tl.atomic_add(cnt_ptr + 1, n_det.to(cnt_ptr.dtype.element_ty), sem="relaxed")
+
+
+@triton.jit
 def status_counts(st_a, st_b):
     """(corrected, detected) totals of status bytes packed 4 per word (values 0/1/2)."""
     lo = (st_a & 0x01010101) + (st_b & 0x01010101)

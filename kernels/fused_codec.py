@@ -22,6 +22,7 @@ import triton.language as tl
 from kernels.codecs import (
     _count_swar,
     _i32,
+    add_counts,
     golay_encode_group,
     golay_tables,
     hamming74_encode_group,
@@ -126,8 +127,8 @@ def _decode_dequant_kernel(
     if CODEC == 3:
         w = _load_words(src, g, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
         words = tl.reshape(w, [BU, 1])
-        n_corr = 0
-        n_det = 0
+        n_corr = tl.zeros([], tl.int32)
+        n_det = n_corr
     elif CODEC == 1:
         if INJECT:  # the pair (2g, 2g + 1) never crosses a group of four words: one group draw per pair
             lo = tl.load(src + 2 * g, mask=gmask, other=0)
@@ -162,8 +163,7 @@ def _decode_dequant_kernel(
         s = tl.load(scales_ptr + rows[:, None] * NG + grp[None, :], mask=valid, other=0.0).to(tl.float32)
     y = int4_dequantize(code, s)
     tl.store(out_ptr + rows[:, None] * D + pos[None, :], y.to(out_ptr.dtype.element_ty), mask=valid)
-    tl.atomic_add(cnt_ptr, n_corr, sem="relaxed")
-    tl.atomic_add(cnt_ptr + 1, n_det, sem="relaxed")
+    add_counts(cnt_ptr, n_corr, n_det)
 
 
 def _geometry(name: str, d: int, group_size: int | None) -> tuple[int, int, int, int, int, int, int, int]:

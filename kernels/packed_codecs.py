@@ -30,6 +30,7 @@ from kernels.codecs import (
     _i32,
     _spread16,
     _u32,
+    add_counts,
     golay_decode_group,
     golay_encode_group,
     golay_tables,
@@ -246,8 +247,7 @@ def _decode_packed_kernel(
             tl.store(st_ptr + 2 * g, _i32(sa), mask=mask)
             tl.store(st_ptr + 2 * g + 1, _i32(sb), mask=mask)
         n_corr, n_det = status_counts(sa, sb)
-    tl.atomic_add(cnt_ptr, n_corr, sem="relaxed")
-    tl.atomic_add(cnt_ptr + 1, n_det, sem="relaxed")
+    add_counts(cnt_ptr, n_corr, n_det)
 
 
 def stored_nbytes(name: str, n: int) -> int:

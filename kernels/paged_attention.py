@@ -271,8 +271,7 @@ def _paged_decode_kernel(
         n_corr += nc_
         n_det += nd_
     if COUNT:
-        tl.atomic_add(cnt_ptr, n_corr.to(tl.int64), sem="relaxed")
-        tl.atomic_add(cnt_ptr + 1, n_det.to(tl.int64), sem="relaxed")
+        kc.add_counts(cnt_ptr, n_corr, n_det)
     ptr, fac = _output_rows(b, h, s, g, gm, m_i, l_i, pacc_ptr, pml_ptr, out_ptr, stride_ob, stride_oh,
                             split_off, S_TOTAL, D, G, PARTIAL)
     acc0 = acc0 * fac

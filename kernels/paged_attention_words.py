@@ -411,8 +411,7 @@ def _paged_decode_words_kernel(
             ks = ksn
             vs = vsn
     if COUNT:
-        tl.atomic_add(cnt_ptr, tl.sum(tl.sum(n_corr, axis=1), axis=0).to(tl.int64), sem="relaxed")
-        tl.atomic_add(cnt_ptr + 1, tl.sum(tl.sum(n_det, axis=1), axis=0).to(tl.int64), sem="relaxed")
+        kc.add_counts(cnt_ptr, tl.sum(tl.sum(n_corr, axis=1), axis=0), tl.sum(tl.sum(n_det, axis=1), axis=0))
     ptr, fac = _output_rows(b, h, s, g, gm, m_i, l_i, pacc_ptr, pml_ptr, out_ptr, stride_ob, stride_oh,
                             split_off, S_TOTAL, D, G, PARTIAL)
     ptr = ptr + col[None, :]
