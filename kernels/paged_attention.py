@@ -274,10 +274,7 @@ def _paged_decode_kernel(
         kc.add_counts(cnt_ptr, n_corr, n_det)
     ptr, fac = _output_rows(b, h, s, g, gm, m_i, l_i, pacc_ptr, pml_ptr, out_ptr, stride_ob, stride_oh,
                             split_off, S_TOTAL, D, G, PARTIAL)
-    acc0 = acc0 * fac
-    acc1 = acc1 * fac
-    acc2 = acc2 * fac
-    _store_parts(ptr, acc0, acc1, acc2, d0, om, D, R)
+    _store_parts(ptr, fac, acc0, acc1, acc2, d0, om, D, R)
 
 
 @triton.jit(do_not_specialize=["HQ", "S_TOTAL"])

@@ -168,6 +168,20 @@ def _raw(kd_ptr, vd_ptr, row, tm, limit, NC: tl.constexpr, NCP: tl.constexpr, NW
 
 
 @triton.jit
+def _tile(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt_ptr, t0, end, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh,
+          stride_st, limit, BS: tl.constexpr, BLOCK_N: tl.constexpr, NC: tl.constexpr, NCP: tl.constexpr,
+          NW: tl.constexpr, NWP: tl.constexpr, WORDS: tl.constexpr):  # fmt: skip
+    """The loads of tokens t0 .. t0 + BLOCK_N - 1 (masked at ``end``): data rows, K and V planes, their scales."""
+    t = t0 + tl.arange(0, BLOCK_N)
+    tm = t < end
+    row, srow = _rows(bt_ptr, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+    k0, k1, k2, v0, v1, v2 = _raw(kd_ptr, vd_ptr, row, tm, limit, NC, NCP, NW, NWP, WORDS)
+    ks = tl.load(ks_ptr + srow, mask=tm, other=0.0)
+    vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
+    return row, k0, k1, k2, v0, v1, v2, ks, vs
+
+
+@triton.jit
 def _columns(CP: tl.constexpr, WORDS: tl.constexpr):
     """Codeword index of each part column (the word path interleaves codewords 4i + e)."""
     col = tl.arange(0, CP)
@@ -215,27 +229,20 @@ def _paged_decode_golay_kernel(
     n_det = tl.zeros([], dtype=tl.int32)
     bt = bt_ptr + b.to(tl.int64) * stride_bt
     if PREFETCH:
-        t = start + tl.arange(0, BLOCK_N)
-        tm = t < end
-        row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-        k0, k1, k2, v0, v1, v2 = _raw(kd_ptr, vd_ptr, row, tm, limit, NC, NCP, NW, NWP, WORDS)
-        ks = tl.load(ks_ptr + srow, mask=tm, other=0.0)
-        vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
+        row, k0, k1, k2, v0, v1, v2, ks, vs = _tile(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, start, end, h, stride_db,
+                                                    stride_dh, stride_dt, stride_sb, stride_sh, stride_st, limit,
+                                                    BS, BLOCK_N, NC, NCP, NW, NWP, WORDS)  # fmt: skip
     for t0 in range(start, end, BLOCK_N):
-        t = t0 + tl.arange(0, BLOCK_N)
-        tm = t < end
+        tm = (t0 + tl.arange(0, BLOCK_N)) < end
         if PREFETCH:
-            tn = t0 + BLOCK_N + tl.arange(0, BLOCK_N)
-            tmn = tn < end
-            rown, srown = _rows(bt, tn, tmn, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-            k0n, k1n, k2n, v0n, v1n, v2n = _raw(kd_ptr, vd_ptr, rown, tmn, limit, NC, NCP, NW, NWP, WORDS)
-            ksn = tl.load(ks_ptr + srown, mask=tmn, other=0.0)
-            vsn = tl.load(vs_ptr + srown, mask=tmn, other=0.0)
+            rown, k0n, k1n, k2n, v0n, v1n, v2n, ksn, vsn = _tile(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, t0 + BLOCK_N, end,
+                                                                h, stride_db, stride_dh, stride_dt, stride_sb,
+                                                                stride_sh, stride_st, limit, BS, BLOCK_N, NC, NCP,
+                                                                NW, NWP, WORDS)  # fmt: skip
         else:
-            row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-            k0, k1, k2, v0, v1, v2 = _raw(kd_ptr, vd_ptr, row, tm, limit, NC, NCP, NW, NWP, WORDS)
-            ks = tl.load(ks_ptr + srow, mask=tm, other=0.0)
-            vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
+            row, k0, k1, k2, v0, v1, v2, ks, vs = _tile(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, t0, end, h, stride_db,
+                                                        stride_dh, stride_dt, stride_sb, stride_sh, stride_st, limit,
+                                                        BS, BLOCK_N, NC, NCP, NW, NWP, WORDS)  # fmt: skip
         if WORDS:
             kx02, kx13, vx02, vx13, nc_, nd_ = _golay_words_kv(k0, k1, k2, v0, v1, v2, row, gtab_ptr, NC, NWP)
             qk = tl.dot(q0, tl.trans(_part(kx02, kx13, 0, dtype)))  # [GP, BLOCK_N] fp32
@@ -277,7 +284,4 @@ def _paged_decode_golay_kernel(
         kc.add_counts(cnt_ptr, n_corr, n_det)
     ptr, fac = _output_rows(b, h, s, g, gm, m_i, l_i, pacc_ptr, pml_ptr, out_ptr, stride_ob, stride_oh,
                             split_off, S_TOTAL, D, G, PARTIAL)
-    acc0 = acc0 * fac
-    acc1 = acc1 * fac
-    acc2 = acc2 * fac
-    _store_parts(ptr, acc0, acc1, acc2, d0, cm, D, 3)
+    _store_parts(ptr, fac, acc0, acc1, acc2, d0, cm, D, 3)

@@ -84,6 +84,19 @@ def _raw_tile(data_ptr, row, tmask, CODEC: tl.constexpr, DW: tl.constexpr, DWP: 
 
 
 @triton.jit
+def _tile_words(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt_ptr, t0, end, h, stride_db, stride_dh, stride_dt, stride_sb,
+                stride_sh, stride_st, BS: tl.constexpr, BLOCK_N: tl.constexpr, CODEC: tl.constexpr,
+                DW: tl.constexpr, DWP: tl.constexpr):  # fmt: skip
+    """The loads of tokens t0 .. t0 + BLOCK_N - 1 (masked at ``end``): K and V raw words, then their scales."""
+    t = t0 + tl.arange(0, BLOCK_N)
+    tm = t < end
+    row, srow = _rows(bt_ptr, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+    kr = _raw_tile(kd_ptr, row, tm, CODEC, DW, DWP)
+    vr = _raw_tile(vd_ptr, row, tm, CODEC, DW, DWP)
+    return kr, vr, tl.load(ks_ptr + srow, mask=tm, other=0.0), tl.load(vs_ptr + srow, mask=tm, other=0.0)
+
+
+@triton.jit
 def _h74_group(lo, hi):
     """Bytes 0-3 (lo) and 4-6 (hi, low 3 bytes) of one Hamming(7,4) group -> (packed data word, corrected flags)."""
     hi = hi & 0x00FFFFFF
@@ -307,14 +320,14 @@ def _load_parts(ptr, d0, cm, D, R: tl.constexpr):
 
 
 @triton.jit
-def _store_parts(ptr, acc0, acc1, acc2, d0, cm, D, R: tl.constexpr):
-    """Inverse of ``_load_parts``: accumulators (scaled already) to columns ``d0 + i``, i < R."""
+def _store_parts(ptr, fac, acc0, acc1, acc2, d0, cm, D, R: tl.constexpr):
+    """Inverse of ``_load_parts``: accumulators times ``fac`` (``_output_rows``) to columns ``d0 + i``, i < R."""
     ety = ptr.dtype.element_ty
-    tl.store(ptr + d0[None, :], acc0.to(ety), mask=cm & (d0 < D)[None, :])
+    tl.store(ptr + d0[None, :], (acc0 * fac).to(ety), mask=cm & (d0 < D)[None, :])
     if R > 1:
-        tl.store(ptr + (d0 + 1)[None, :], acc1.to(ety), mask=cm & (d0 + 1 < D)[None, :])
+        tl.store(ptr + (d0 + 1)[None, :], (acc1 * fac).to(ety), mask=cm & (d0 + 1 < D)[None, :])
     if R > 2:
-        tl.store(ptr + (d0 + 2)[None, :], acc2.to(ety), mask=cm & (d0 + 2 < D)[None, :])
+        tl.store(ptr + (d0 + 2)[None, :], (acc2 * fac).to(ety), mask=cm & (d0 + 2 < D)[None, :])
 
 
 @triton.jit
@@ -365,30 +378,17 @@ def _paged_decode_words_kernel(
     n_det = tl.zeros([BLOCK_N, DWP], dtype=tl.int32)
     bt = bt_ptr + b.to(tl.int64) * stride_bt
     if PREFETCH:  # prologue: raw words and scales of the first tile
-        t = start + tl.arange(0, BLOCK_N)
-        tm = t < end
-        row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-        kr = _raw_tile(kd_ptr, row, tm, CODEC, DW, DWP)
-        vr = _raw_tile(vd_ptr, row, tm, CODEC, DW, DWP)
-        ks = tl.load(ks_ptr + srow, mask=tm, other=0.0)
-        vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
+        kr, vr, ks, vs = _tile_words(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, start, end, h, stride_db, stride_dh,
+                                     stride_dt, stride_sb, stride_sh, stride_st, BS, BLOCK_N, CODEC, DW, DWP)
     for t0 in range(start, end, BLOCK_N):
-        t = t0 + tl.arange(0, BLOCK_N)
-        tm = t < end
+        tm = (t0 + tl.arange(0, BLOCK_N)) < end
         if PREFETCH:  # the next tile's loads (masked off past the end) go out before this tile's math
-            tn = t0 + BLOCK_N + tl.arange(0, BLOCK_N)
-            tmn = tn < end
-            rown, srown = _rows(bt, tn, tmn, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-            krn = _raw_tile(kd_ptr, rown, tmn, CODEC, DW, DWP)
-            vrn = _raw_tile(vd_ptr, rown, tmn, CODEC, DW, DWP)
-            ksn = tl.load(ks_ptr + srown, mask=tmn, other=0.0)
-            vsn = tl.load(vs_ptr + srown, mask=tmn, other=0.0)
+            krn, vrn, ksn, vsn = _tile_words(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, t0 + BLOCK_N, end, h, stride_db,
+                                             stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS, BLOCK_N,
+                                             CODEC, DW, DWP)
         else:
-            row, srow = _rows(bt, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
-            kr = _raw_tile(kd_ptr, row, tm, CODEC, DW, DWP)
-            vr = _raw_tile(vd_ptr, row, tm, CODEC, DW, DWP)
-            ks = tl.load(ks_ptr + srow, mask=tm, other=0.0)
-            vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
+            kr, vr, ks, vs = _tile_words(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, t0, end, h, stride_db, stride_dh,
+                                         stride_dt, stride_sb, stride_sh, stride_st, BS, BLOCK_N, CODEC, DW, DWP)
         kw, kcor, kdet = _words_of(kr, CODEC, DWP)
         vw, vcor, vdet = _words_of(vr, CODEC, DWP)
         if COUNT:  # per-element running counts: no cross-thread reduction inside the loop
