@@ -45,6 +45,7 @@ from kernels.bitpack_offsets import (
     unit,
     workspace_bytes,
 )
+from kernels.tiles import split8
 
 __all__ = ["TUNING", "packed_size", "workspace_bytes", "quantize_pack_triton", "quantize_groups_triton",
            "pack_codes_triton", "unpack_codes_triton", "unpack_dequantize_triton"]
@@ -292,15 +293,8 @@ def _pack_kernel(
     else:
         w = x0.to(tl.int32) | (x1.to(tl.int32) << 8) | (x2.to(tl.int32) << 16) | (x3.to(tl.int32) << 24)
     # w [PU2, BM, 8]: element k is word k (code (q, j, k) in byte j); transposed, word p holds plane p
-    w = tl.reshape(w, (PU2, BLOCK_M, 2, 2, 2))
-    e, o = tl.split(w)  # k = 4a + 2b + c: the last axis is c
-    e0, e1 = tl.split(e)
-    o0, o1 = tl.split(o)
-    c0_, c4_ = tl.split(e0)
-    c2_, c6_ = tl.split(e1)
-    c1_, c5_ = tl.split(o0)
-    c3_, c7_ = tl.split(o1)
-    p0, p1, p2, p3, p4, p5, p6, p7 = _transpose8(c0_, c1_, c2_, c3_, c4_, c5_, c6_, c7_)  # [PU2, BM]
+    w0, w1, w2, w3, w4, w5, w6, w7 = split8(w)
+    p0, p1, p2, p3, p4, p5, p6, p7 = _transpose8(w0, w1, w2, w3, w4, w5, w6, w7)  # [PU2, BM]
     if G % (8 * UNIT) != 0:  # values past G in the last unit are padding: code 0, as in the twin
         n_valid = tl.minimum(tl.maximum(G - 8 * UNIT * q, 0), 8 * UNIT)  # bit 8j+k of a unit is its value 8j+k
         keep = tl.where(n_valid >= 32, -1, (1 << tl.minimum(n_valid, 31)) - 1)[:, None]  # [PU2, 1]

@@ -31,8 +31,9 @@ from kernels.codecs import (
     status_counts,
 )
 from kernels.faults import event_probability, event_thresholds, group_masks, select4
-from kernels.packed_codecs import _join4, _load_words, _split4, _xor_faults, read_golay_group, read_h74_group
+from kernels.packed_codecs import _load_words, _xor_faults, read_golay_group, read_h74_group
 from kernels.quant import int4_dequantize, int4_quantize, int4_scale
+from kernels.tiles import join4, split4
 
 FUSED_IDS = {"hamming74": 0, "hamming84": 1, "golay2412": 2, "int4": 3}
 UNIT_VALUES = {"hamming74": 32, "hamming84": 8, "golay2412": 24, "int4": 8}
@@ -91,7 +92,7 @@ def _quant_encode_kernel(
         o = g[:, None] * 2 + tl.arange(0, 2)[None, :]
         tl.store(dst + o, _i32(tl.join(lo, hi)), mask=gmask[:, None])
     elif CODEC == 0:
-        w0, w1, w2, w3 = _split4(words)
+        w0, w1, w2, w3 = split4(words)
         q0, q1, q2 = hamming74_encode_group(w0, w1, w2, w3)
         row = g // NU
         j = g - row * NU
@@ -101,7 +102,7 @@ def _quant_encode_kernel(
         tl.store(dst + base + 5 * NU + j, _i32(q1), mask=gmask)
         tl.store(dst + base + 6 * NU + j, _i32(q2), mask=gmask)
     else:
-        w0, w1, w2, w3 = _split4(words)
+        w0, w1, w2, w3 = split4(words)
         p0, p1, p2 = golay_encode_group(w0, w1, w2)
         row = g // NU
         j = g - row * NU
@@ -146,13 +147,13 @@ def _decode_dequant_kernel(
         n_det = tl.sum(_count_swar(det).to(tl.int32), axis=0)
     elif CODEC == 0:
         w0, w1, w2, w3, f0, f1, f2, f3 = read_h74_group(src, g, NU, gmask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        words = _join4(w0, w1, w2, w3)
+        words = join4(w0, w1, w2, w3)
         n_corr = tl.sum((_count_swar(f0) + _count_swar(f1) + _count_swar(f2) + _count_swar(f3)).to(tl.int32), axis=0)
         n_det = n_corr * 0
     else:
         o0, o1, o2, sa, sb = read_golay_group(src, g, NU, gmask, seed, stream, thr_ptr, table_ptr, False, INJECT,
                                               BURST_LEN)
-        words = _join4(o0, o1, o2, o2)
+        words = join4(o0, o1, o2, o2)
         n_corr, n_det = status_counts(sa, sb)
     shift = (tl.arange(0, 8) * 4).to(tl.uint32)
     code = tl.reshape((words[:, :, None] >> shift[None, None, :]) & 15, [BLOCK_R, NU_P * UWP * 8]).to(tl.int32)

@@ -41,6 +41,7 @@ from kernels.codecs import (
     status_counts,
 )
 from kernels.faults import event_probability, event_thresholds, flip_mask, group_masks, run_masks, select4
+from kernels.tiles import join4, split4
 
 # launch configs per codec id: (groups per program, warps), from a sweep on an H100 at 64M values
 # (docs/codecs.md): encoders with strided parity stores like small programs, decoders large ones.
@@ -50,21 +51,6 @@ TUNING_DECODE: dict[int, tuple[int, int]] = {0: (512, 4), 1: (2048, 4), 2: (512,
 # tile-level fault tests stall fewer warps); best of a (block, warps) sweep at 64M values, BER 1e-3,
 # H100 (docs/codecs.md)
 TUNING_INJECT_DECODE: dict[int, tuple[int, int]] = {0: (64, 1), 1: (512, 4), 2: (64, 1)}
-
-
-@triton.jit
-def _split4(x):
-    """[B, 4] -> its four columns."""
-    a, b = tl.split(tl.reshape(x, [x.shape[0], 2, 2]))
-    w0, w2 = tl.split(a)
-    w1, w3 = tl.split(b)
-    return w0, w1, w2, w3
-
-
-@triton.jit
-def _join4(w0, w1, w2, w3):
-    """Four [B] tensors -> [B, 4] with them as columns."""
-    return tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [w0.shape[0], 4])
 
 
 @triton.jit
@@ -102,14 +88,14 @@ def read_h74_group(src, g, GPR, mask, seed, stream, thr_ptr, INJECT: tl.constexp
         x2 = tl.load(src + d0 + 2, mask=mask, other=0)
         x3 = tl.load(src + d0 + 3, mask=mask, other=0)
         m0, m1, m2, m3 = run_masks(seed, d0, stream, thr_ptr, BURST_LEN)
-        x = _join4(_xor_faults(x0, mask, m0), _xor_faults(x1, mask, m1), _xor_faults(x2, mask, m2),
+        x = join4(_xor_faults(x0, mask, m0), _xor_faults(x1, mask, m1), _xor_faults(x2, mask, m2),
                    _xor_faults(x3, mask, m3))
     else:
         x = _load_words(src, d0[:, None] + tl.arange(0, 4)[None, :], mask[:, None], seed, stream, thr_ptr, INJECT, BURST_LEN)
     q0 = _load_words(src, base + 4 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
     q1 = _load_words(src, base + 5 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
     q2 = _load_words(src, base + 6 * GPR + j, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-    w0, w1, w2, w3 = _split4(x)
+    w0, w1, w2, w3 = split4(x)
     return hamming74_decode_group(w0, w1, w2, w3, q0, q1, q2)
 
 
@@ -157,7 +143,7 @@ def _encode_packed_kernel(src, dst, NG, GPR, CODEC: tl.constexpr, BLOCK: tl.cons
         i4 = g[:, None] * 4 + tl.arange(0, 4)[None, :]
         m4 = i4 < 4 * NG
         x = _u32(tl.load(src + i4, mask=m4, other=0))  # [B, 4]
-        w0, w1, w2, w3 = _split4(x)
+        w0, w1, w2, w3 = split4(x)
         q0, q1, q2 = hamming74_encode_group(w0, w1, w2, w3)
         base = row * (7 * GPR)
         tl.store(dst + (base + 4 * j)[:, None] + tl.arange(0, 4)[None, :], _i32(x), mask=m4)
@@ -224,7 +210,7 @@ def _decode_packed_kernel(
     elif CODEC == 0:
         m4 = (g < NG)[:, None] & (tl.arange(0, 4) < 4)[None, :]
         w0, w1, w2, w3, f0, f1, f2, f3 = read_h74_group(src, g, GPR, mask, seed, stream, thr_ptr, INJECT, BURST_LEN)
-        tl.store(dst + g[:, None] * 4 + tl.arange(0, 4)[None, :], _i32(_join4(w0, w1, w2, w3)), mask=m4)
+        tl.store(dst + g[:, None] * 4 + tl.arange(0, 4)[None, :], _i32(join4(w0, w1, w2, w3)), mask=m4)
         if WRITE_STATUS:
             s8 = g * 8
             tl.store(st_ptr + s8, _i32(_spread16(f0)), mask=mask)

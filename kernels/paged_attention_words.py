@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from kernels import codecs as kc
+from kernels.tiles import split8
 
 
 @triton.jit
@@ -111,7 +112,7 @@ def _h74_group(lo, hi):
 
 
 @triton.jit
-def _join4(a, b, c, d):
+def _interleave4(a, b, c, d):
     """Four [N, M] tensors -> [N, 4M], column 4i + 2 (k & 1) + (k >> 1) holding tensor k's column i."""
     j = tl.join(tl.join(a, b), tl.join(c, d))  # [N, M, 2, 2]: [i, y, x] holds tensor 2x + y
     return tl.reshape(j, [a.shape[0], 4 * a.shape[1]])
@@ -151,20 +152,13 @@ def _words_of(raw, CODEC: tl.constexpr, DWP: tl.constexpr):
         corr = kc._nonzero_swar(s)
         det = tl.zeros(words.shape, dtype=tl.uint32)
     else:
-        x = tl.reshape(raw.to(tl.uint32, bitcast=True), [raw.shape[0], raw.shape[1], 2, 2, 2])
-        x0, x1 = tl.split(x)  # word w = 4a + 2b + c: c = 0 / 1
-        x00, x01 = tl.split(x0)
-        x10, x11 = tl.split(x1)
-        w0, w4 = tl.split(x00)
-        w2, w6 = tl.split(x01)
-        w1, w5 = tl.split(x10)
-        w3, _w7 = tl.split(x11)
+        w0, w1, w2, w3, w4, w5, w6, _w7 = split8(raw.to(tl.uint32, bitcast=True))
         g0, f0 = _h74_group(w0, w1)  # group bytes 0-6
         g1, f1 = _h74_group((w1 >> 24) | (w2 << 8), (w2 >> 24) | (w3 << 8))  # bytes 7-13
         g2, f2 = _h74_group((w3 >> 16) | (w4 << 16), (w4 >> 16) | (w5 << 16))  # bytes 14-20
         g3, f3 = _h74_group((w5 >> 8) | (w6 << 24), w6 >> 8)  # bytes 21-27
-        words = _join4(g0, g1, g2, g3)  # word 4 sg + 2 (k & 1) + (k >> 1) = group 4 sg + k
-        corr = _join4(f0, f1, f2, f3)
+        words = _interleave4(g0, g1, g2, g3)  # word 4 sg + 2 (k & 1) + (k >> 1) = group 4 sg + k
+        corr = _interleave4(f0, f1, f2, f3)
         det = tl.zeros(words.shape, dtype=tl.uint32)
     return words, corr, det
 
@@ -336,7 +330,7 @@ def _columns(DWP: tl.constexpr, CODEC: tl.constexpr):
     dd = tl.arange(0, 8 * DWP)
     if CODEC == 1:
         dd = (dd & ~7) | ((dd & 7) >> 1) | ((dd & 1) << 2)
-    if CODEC == 3:  # word w holds group (w & ~3) | (w & 1) << 1 | (w >> 1) & 1 (see _join4)
+    if CODEC == 3:  # word w holds group (w & ~3) | (w & 1) << 1 | (w >> 1) & 1 (see _interleave4)
         w = dd >> 3
         dd = 8 * ((w & ~3) | ((w & 1) << 1) | ((w >> 1) & 1)) + (dd & 7)
     return dd
