@@ -101,6 +101,27 @@ def apply_moves(
 
 
 @triton.jit
+def _in_mask(mask_ptr, nid, occ, ok, CG: tl.constexpr = False):
+    """Whether each slot's neuron ``nid`` (occupied slots only) is set in the mask: the slot stays.
+
+    ``CG`` reads around L1 (a mask that other programs of the launch wrote before a grid barrier).
+    """
+    if CG:
+        nw = tl.load(mask_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0, cache_modifier=".cg")
+    else:
+        nw = tl.load(mask_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0)
+    return occ & (nw != 0)
+
+
+@triton.jit
+def _slots(s2n_ptr, mask_ptr, s, ok):
+    """(neuron, occupied, stays) of slots ``s`` (-1 / False where not ``ok``)."""
+    nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
+    occ = nid >= 0
+    return nid, occ, _in_mask(mask_ptr, nid, occ, ok)
+
+
+@triton.jit
 def _count_stayers(s2n_ptr, new_ptr, CAP, BLOCK: tl.constexpr):
     """(cached neurons still in the new mask, cached neurons) over all ``CAP`` slots, BLOCK slots a step."""
     offs = tl.arange(0, BLOCK)
@@ -108,11 +129,8 @@ def _count_stayers(s2n_ptr, new_ptr, CAP, BLOCK: tl.constexpr):
     n_old = n_stay
     for start in range(0, CAP, BLOCK):
         s = start + offs
-        ok = s < CAP
-        nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
-        occ = nid >= 0
-        nw = tl.load(new_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0)
-        n_stay += tl.sum((occ & (nw != 0)).to(tl.int32), axis=0)
+        _, occ, stays = _slots(s2n_ptr, new_ptr, s, s < CAP)
+        n_stay += tl.sum(stays.to(tl.int32), axis=0)
         n_old += tl.sum(occ.to(tl.int32), axis=0)
     return n_stay, n_old
 
@@ -156,10 +174,7 @@ def _plan_kernel(
     for start in range(0, CAP, BLOCK):
         s = start + offs
         ok = s < lim
-        nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
-        occ = nid >= 0
-        nw = tl.load(new_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0)
-        stays = occ & (nw != 0)
+        nid, occ, stays = _slots(s2n_ptr, new_ptr, s, ok)
         below = s < m_new
         hole = (ok & below & (stays == 0)).to(tl.int32)
         climb = (ok & stays & (below == 0)).to(tl.int32)
@@ -332,7 +347,7 @@ def _plan_move_kernel(
         n_old = tl.sum(occ1.to(tl.int32), axis=0)
     if not PUBLISH:
         if ONE:
-            stays1 = occ1 & (tl.load(new_ptr + tl.maximum(nid1, 0), mask=ok1 & occ1, other=0) != 0)
+            stays1 = _in_mask(new_ptr, nid1, occ1, ok1)
             n_stay = tl.sum(stays1.to(tl.int32), axis=0)
         else:
             n_stay, n_old = _count_stayers(s2n_ptr, new_ptr, CAP, SB)
@@ -342,8 +357,7 @@ def _plan_move_kernel(
             tl.store(ctr_ptr, call + 1)
     if PUBLISH:
         if ONE:
-            nwd = tl.load(newd_ptr + tl.maximum(nid1, 0), mask=ok1 & occ1, other=0, cache_modifier=".cg")
-            stays1 = occ1 & (nwd != 0)
+            stays1 = _in_mask(newd_ptr, nid1, occ1, ok1, CG=True)
             n_stay = tl.sum(stays1.to(tl.int32), axis=0)
         else:
             n_stay, n_old = _count_stayers(s2n_ptr, newd_ptr, CAP, SB)
@@ -371,9 +385,7 @@ def _plan_move_kernel(
             s = start + offs
             ok = s < lim
             owner = (start // SB) % n_prog
-            nid = tl.load(s2n_ptr + s, mask=ok, other=-1)
-            occ = nid >= 0
-            stays = occ & (tl.load(scan_ptr + tl.maximum(nid, 0), mask=ok & occ, other=0) != 0)
+            nid, occ, stays = _slots(s2n_ptr, scan_ptr, s, ok)
             n_hole, n_climb = _slot_block(s, ok, ok & ((offs * 0 + owner) == pid), nid, occ, stays, m_new, n_add,
                                           n_hole, n_climb, dst_ptr, src_ptr, moved_ptr, n2s_ptr)
     _grid_sync(sync_ptr, pid, flip, SPIN)
