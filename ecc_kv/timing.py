@@ -98,14 +98,17 @@ def time_stats(times_ms: list[float]) -> dict[str, float]:
     }
 
 
-def copy_bandwidth_gbps(nbytes: int, *, device: str | torch.device, warmup: int = 3, repeats: int = 20) -> float:
+def copy_bandwidth_gbps(
+    nbytes: int, *, device: str | torch.device, warmup: int = 3, repeats: int = 20, host_lead_ms: float = 0.0
+) -> float:
     """Device-to-device copy bandwidth for a buffer of ``nbytes``, counting bytes read + written.
 
-    This is the floor every memory-bound kernel is compared with, measured in the same run.
+    This is the floor every memory-bound kernel is compared with, measured in the same run
+    (``host_lead_ms``: device time only, as in :func:`time_fn`).
     """
     src = torch.empty(max(int(nbytes), 1), dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    times = time_fn(lambda: dst.copy_(src), device=device, warmup=warmup, repeats=repeats)
+    times = time_fn(lambda: dst.copy_(src), device=device, warmup=warmup, repeats=repeats, host_lead_ms=host_lead_ms)
     return 2 * src.numel() / (statistics.median(times) * 1e-3) / 1e9
 
 

@@ -58,6 +58,8 @@ def test_run_and_summarize(tmp_path: Path) -> None:
         ({"placement": "offloaded", "methods": ["paired"], "planner": "fused", "offload": "staged"}, "offload='direct'"),
         ({"colour": 1}, "unknown parameter"),
         ({"dtype": "fp64"}, "dtype"),
+        ({"host_lead_ms": -1}, "host_lead_ms"),
+        ({"host_lead_ms": "long"}, "host_lead_ms"),
     ],
 )
 def test_validate_names_the_key(bad: dict, match: str) -> None:
