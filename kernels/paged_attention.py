@@ -23,6 +23,8 @@ dot products.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -324,6 +326,16 @@ def _word_aligned(kd: torch.Tensor, vd: torch.Tensor) -> bool:
     return all(x.is_contiguous() and x.data_ptr() % 4 == 0 and x.numel() % 4 == 0 for x in (kd, vd))
 
 
+def _fits_i32(*xs: torch.Tensor) -> bool:
+    """Whether every element offset into these tensors fits in int32 (the kernels' row arithmetic stays 32-bit)."""
+    return all(x.storage_offset() + x.numel() < 2**31 for x in xs)
+
+
+def _asm_default(device: torch.device) -> bool:
+    """Inline PTX where it can run: compiled CUDA kernels (Triton's interpreter cannot execute PTX)."""
+    return device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+
+
 def _geometry(codec: str | None, d: int) -> tuple[int, int, int]:
     """(codec id, R parts, units per row NU) of a codec at head dim d."""
     cid = CODEC_IDS[codec]
@@ -367,6 +379,7 @@ def paged_decode_attention(
     fast: bool = True,
     prefetch: bool | None = None,
     words: bool | None = None,
+    asm: bool | None = None,
 ) -> torch.Tensor:
     """Attention of ``q [B, HQ, D]`` over the paged cache; returns ``[B, HQ, D]`` in q's dtype.
 
@@ -382,6 +395,8 @@ def paged_decode_attention(
     the packed-word one); False forces the per-value kernel. ``prefetch``: load the next tile
     ahead in registers (None: the per-codec default). ``words``: Golay rows read as aligned words
     (None: when the storage allows it), Hamming(7,4) rows as words when D % 32 == 0; False: byte loads.
+    ``asm``: inline PTX for the nibble -> fp16 conversion and the flag counts (None: on compiled CUDA
+    kernels; False: the plain-Triton twin, as the interpreter runs; both give the same values).
     """
     if codec not in CODEC_IDS:
         raise ValueError(f"codec={codec!r} is not one of {list(CODEC_IDS)}")
@@ -394,7 +409,7 @@ def paged_decode_attention(
     if q.dtype == torch.float32:  # the dots run in fp16 (the cache holds INT4 x fp16 values); result back in fp32
         kw = dict(sm_scale=sm_scale, codec=codec, max_len=max_len, interpolate=interpolate, sink=sink,
                   sink_codec=sink_codec, sink_tokens=sink_tokens, counters=counters, num_splits=num_splits,
-                  block_n=block_n, num_warps=num_warps, fast=fast, prefetch=prefetch, words=words)  # fmt: skip
+                  block_n=block_n, num_warps=num_warps, fast=fast, prefetch=prefetch, words=words, asm=asm)  # fmt: skip
         args = (k_data, k_scale, v_data, v_scale, block_tables, lengths)
         return paged_decode_attention(q.to(torch.float16), *args, **kw).to(torch.float32)
     bsz, hq, d = q.shape
@@ -426,6 +441,10 @@ def paged_decode_attention(
         s_total = num_splits
     partial = s_total > 1
     gtab = kc.golay_tables(q.device)
+    use_asm = _asm_default(q.device) if asm is None else bool(asm)
+    if use_asm and not _asm_default(q.device):
+        raise ValueError(f"asm=True needs compiled CUDA kernels (device {q.device}, TRITON_INTERPRET="
+                         f"{os.environ.get('TRITON_INTERPRET')!r}); use asm=None or False")
     if partial:
         pacc = torch.empty(bsz, hq, s_total, d, dtype=torch.float32, device=q.device)
         pml = torch.empty(bsz, hq, s_total, 2, dtype=torch.float32, device=q.device)
@@ -450,7 +469,8 @@ def paged_decode_attention(
                 *common, qk_scale, lo, hi, part, off, s_total,
                 G=group, GP=gp, D=d, BS=bs, BLOCK_N=block_n,
                 CODEC=wcodec, DW=d // 8, DWP=max(2, triton.next_power_of_2(d // 8)),  # dots need 8 DWP >= 16
-                PARTIAL=partial, COUNT=counters is not None, INTERP=interpolate, PREFETCH=pre, num_warps=num_warps,
+                PARTIAL=partial, COUNT=counters is not None, INTERP=interpolate, PREFETCH=pre,
+                ASM=use_asm, I32=_fits_i32(kd, ks, vd, vs), num_warps=num_warps,
             )  # fmt: skip
             continue
         if fast and ng == 1 and cid == 3:

@@ -35,12 +35,25 @@ from kernels.tiles import split8
 
 
 @triton.jit
-def _rows(bt_ptr, t, tmask, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS: tl.constexpr):
-    """Byte offsets of the data and scale rows of tokens ``t`` (gathered through the block table)."""
-    phys = tl.load(bt_ptr + t // BS, mask=tmask, other=0).to(tl.int64)
-    off = (t % BS).to(tl.int64)
-    row = phys * stride_db + h * stride_dh + off * stride_dt
-    srow = phys * stride_sb + h * stride_sh + off * stride_st
+def _rows(bt_ptr, t, tmask, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS: tl.constexpr,
+          I32: tl.constexpr = False):  # fmt: skip
+    """Offsets of the data and scale rows of tokens ``t`` (gathered through the block table).
+
+    ``t`` >= 0 wherever ``tmask`` holds, so the block and the offset in it are taken unsigned (a shift
+    and a mask, not a signed division). ``I32``: every offset fits in int32 (host check), so the
+    row arithmetic stays 32-bit; otherwise int64.
+    """
+    tu = t.to(tl.uint32)
+    phys = tl.load(bt_ptr + (tu // BS).to(tl.int32), mask=tmask, other=0)
+    off = (tu % BS).to(tl.int32)
+    if I32:
+        row = phys * stride_db + h * stride_dh + off * stride_dt
+        srow = phys * stride_sb + h * stride_sh + off * stride_st
+    else:
+        phys = phys.to(tl.int64)
+        off = off.to(tl.int64)
+        row = phys * stride_db + h * stride_dh + off * stride_dt
+        srow = phys * stride_sb + h * stride_sh + off * stride_st
     return row, srow
 
 
@@ -87,11 +100,11 @@ def _raw_tile(data_ptr, row, tmask, CODEC: tl.constexpr, DW: tl.constexpr, DWP: 
 @triton.jit
 def _tile_words(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt_ptr, t0, end, h, stride_db, stride_dh, stride_dt, stride_sb,
                 stride_sh, stride_st, BS: tl.constexpr, BLOCK_N: tl.constexpr, CODEC: tl.constexpr,
-                DW: tl.constexpr, DWP: tl.constexpr):  # fmt: skip
+                DW: tl.constexpr, DWP: tl.constexpr, I32: tl.constexpr):  # fmt: skip
     """The loads of tokens t0 .. t0 + BLOCK_N - 1 (masked at ``end``): K and V raw words, then their scales."""
     t = t0 + tl.arange(0, BLOCK_N)
     tm = t < end
-    row, srow = _rows(bt_ptr, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+    row, srow = _rows(bt_ptr, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS, I32)
     kr = _raw_tile(kd_ptr, row, tm, CODEC, DW, DWP)
     vr = _raw_tile(vd_ptr, row, tm, CODEC, DW, DWP)
     return kr, vr, tl.load(ks_ptr + srow, mask=tm, other=0.0), tl.load(vs_ptr + srow, mask=tm, other=0.0)
@@ -109,6 +122,49 @@ def _h74_group(lo, hi):
     p = p | ((t >> 4) << 28)
     s = kc._h_parity_swar(d) ^ p
     return d ^ kc._h_flip_swar(s), kc._nonzero_swar(s)
+
+
+@triton.jit
+def _h84_decode(lo, hi):
+    """Two words of 4 Hamming(8,4) codeword bytes -> (corrected data word, corrected flags, detected flags).
+
+    The low nibbles (data) of ``lo`` and ``hi`` merge into one word whose nibble ``n`` is codeword
+    ``PERM[n]`` (0 4 1 5 2 6 3 7), the high nibbles (parity, bit 3 the overall parity) into another.
+    Syndrome bits s0..s2 and the overall parity are formed unmasked at bit 0 of each nibble (garbage
+    above), as 3-input XORs (one ``lop3`` each); only the flip and flag terms are masked. Same
+    results as ``kernels.codecs.hamming84_decode_word`` (checked exhaustively per nibble lane),
+    about 30 instead of 45 instructions per 8 codewords.
+    """
+    w = (lo & 0x0F0F0F0F) | ((hi << 4) & 0xF0F0F0F0)  # data nibbles
+    p = ((lo >> 4) & 0x0F0F0F0F) | (hi & 0xF0F0F0F0)  # parity nibbles
+    a = w >> 1
+    b = w >> 2
+    c = w >> 3
+    p1 = p >> 1
+    x = w ^ c
+    s0 = x ^ a ^ p  # d0 ^ d1 ^ d3 ^ p0
+    s1 = x ^ b ^ p1  # d0 ^ d2 ^ d3 ^ p1
+    s2 = (a ^ b ^ c) ^ (p >> 2)  # d1 ^ d2 ^ d3 ^ p2
+    odd = (s2 ^ w ^ p) ^ p1 ^ (p >> 3)  # parity of all 8 bits
+    g0 = s0 & odd & 0x11111111
+    g2 = s2 & odd & 0x11111111
+    f0 = g0 & s1 & ~s2  # syndrome 3 -> d0
+    f1 = g0 & ~s1 & s2  # 5 -> d1
+    f2 = ~s0 & s1 & g2  # 6 -> d2
+    f3 = g0 & s1 & s2  # 7 -> d3
+    flip = f0 + (f1 << 1) + (f2 << 2) + (f3 << 3)
+    det = (s0 | s1 | s2) & ~odd & 0x11111111
+    return w ^ flip, odd & 0x11111111, det
+
+
+@triton.jit
+def _count_pair(a, b, ASM: tl.constexpr):
+    """Number of set flags (bit 0 of each nibble) in ``a`` and ``b`` together, per element (int32)."""
+    if ASM:  # the flags are disjoint from each other shifted by one: one popc
+        n = tl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [a | (b << 1)], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        n = (kc._count_swar(a) + kc._count_swar(b)).to(tl.int32)
+    return n
 
 
 @triton.jit
@@ -130,15 +186,8 @@ def _words_of(raw, CODEC: tl.constexpr, DWP: tl.constexpr):
         det = corr
     elif CODEC == 1:
         both = raw.to(tl.uint64, bitcast=True)
-        lo = both.to(tl.uint32)  # words 2m (values 8m..8m+3) and 2m + 1 (8m+4..8m+7), little-endian
-        hi = (both >> 32).to(tl.uint32)
-        w = (lo & 0x0F0F0F0F) | ((hi & 0x0F0F0F0F) << 4)  # data nibbles: v0 v4 v1 v5 v2 v6 v3 v7
-        p = ((lo >> 4) & 0x0F0F0F0F) | (hi & 0xF0F0F0F0)  # their parity nibbles (bit 3: overall)
-        s = kc._h_parity_swar(w) ^ (p & 0x77777777)
-        odd = kc._nibble_parity_swar(w) ^ kc._nibble_parity_swar(p)
-        words = w ^ (kc._h_flip_swar(s) & (odd * 15))
-        corr = odd
-        det = kc._nonzero_swar(s) & (odd ^ 0x11111111)
+        # words 2m (values 8m..8m+3) and 2m + 1 (8m+4..8m+7), little-endian
+        words, corr, det = _h84_decode(both.to(tl.uint32), (both >> 32).to(tl.uint32))
     elif CODEC == 2:
         b = raw.to(tl.uint32)  # [BLOCK_N, DWP, 8]
         j = tl.arange(0, 8).to(tl.uint32)[None, None, :]
@@ -163,26 +212,75 @@ def _words_of(raw, CODEC: tl.constexpr, DWP: tl.constexpr):
     return words, corr, det
 
 
-@triton.jit
-def _unpack(words, dtype: tl.constexpr, DWP: tl.constexpr):
-    """Packed words [BLOCK_N, DWP] -> signed INT4 values [BLOCK_N, 8 DWP] in ``dtype`` (column 8w + n = nibble n of w).
+# w -> 8 fp16 values q = code - 8 (nibble n in output n): one mask | magic per pair of nibbles
+# (n, n + 4), then 1032 subtracted (low nibbles) or x / 16 - 72 in one fma (nibbles at bits 4-7)
+_NIB8_PTX = tl.constexpr("""{
+.reg .b32 t0, t1, t2, t3, u, m, c, f, g;
+mov.b32 m, 0x64006400;
+mov.b32 c, 0x64086408;
+mov.b32 f, 0x2C002C00;
+mov.b32 g, 0xD480D480;
+shr.b32 u, $8, 8;
+lop3.b32 t0, $8, 0x000F000F, m, 0xEA;
+lop3.b32 t1, $8, 0x00F000F0, m, 0xEA;
+lop3.b32 t2, u, 0x000F000F, m, 0xEA;
+lop3.b32 t3, u, 0x00F000F0, m, 0xEA;
+sub.f16x2 t0, t0, c;
+fma.rn.f16x2 t1, t1, f, g;
+sub.f16x2 t2, t2, c;
+fma.rn.f16x2 t3, t3, f, g;
+mov.b32 {$0, $4}, t0;
+mov.b32 {$1, $5}, t1;
+mov.b32 {$2, $6}, t2;
+mov.b32 {$3, $7}, t3;
+}""")
 
-    Built with joins (the new axis stays inside the thread that holds the word) rather than a
-    broadcast against a nibble axis, which let the compiler replicate the whole decode chain
-    across the threads holding the nibbles of one word.
+
+@triton.jit
+def _nibbles(words, ASM: tl.constexpr):
+    """The 8 nibbles of ``words`` (uint32) as fp16 q = code - 8; ASM: PTX (lop3 + f16x2 math, two values per op).
+
+    The plain version (Triton's interpreter cannot run PTX) gives the same values.
     """
-    a = tl.join(tl.join(_nib(words, 0, dtype), _nib(words, 4, dtype)), tl.join(_nib(words, 2, dtype), _nib(words, 6, dtype)))
-    b = tl.join(tl.join(_nib(words, 1, dtype), _nib(words, 5, dtype)), tl.join(_nib(words, 3, dtype), _nib(words, 7, dtype)))
-    return tl.reshape(tl.join(a, b), [words.shape[0], 8 * DWP])  # [.., c, b, a] = nibble a + 2b + 4c = column
+    if ASM:
+        n0, n1, n2, n3, n4, n5, n6, n7 = tl.inline_asm_elementwise(
+            _NIB8_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r", [words], dtype=(tl.float16,) * 8, is_pure=True, pack=1
+        )
+    else:
+        n0 = _nib(words, 0, tl.float16)
+        n1 = _nib(words, 1, tl.float16)
+        n2 = _nib(words, 2, tl.float16)
+        n3 = _nib(words, 3, tl.float16)
+        n4 = _nib(words, 4, tl.float16)
+        n5 = _nib(words, 5, tl.float16)
+        n6 = _nib(words, 6, tl.float16)
+        n7 = _nib(words, 7, tl.float16)
+    return n0, n1, n2, n3, n4, n5, n6, n7
+
+
+@triton.jit
+def _unpack(words, dtype: tl.constexpr, DWP: tl.constexpr, ASM: tl.constexpr = False):
+    """Packed words [BLOCK_N, DWP] -> signed INT4 values [BLOCK_N, 8 DWP] in ``dtype``.
+
+    Column ``8w + 2j + h`` holds nibble ``j + 4h`` of word ``w`` (nibble order 0 4 1 5 2 6 3 7): each
+    pair of adjacent columns is one 32-bit register whose halves come from one 32-bit mask of
+    the word, so no byte permutes are needed to pack the fp16 operand. Built with joins (the new
+    axes stay inside the thread that holds the word) rather than a broadcast against a nibble
+    axis, which let the compiler replicate the whole decode chain across threads.
+    """
+    n0, n1, n2, n3, n4, n5, n6, n7 = _nibbles(words, ASM)
+    lo = tl.join(tl.join(n0, n2), tl.join(n1, n3))
+    hi = tl.join(tl.join(n4, n6), tl.join(n5, n7))
+    return tl.reshape(tl.join(lo, hi), [words.shape[0], 8 * DWP]).to(dtype)  # [.., j >> 1, j & 1, h]
 
 
 @triton.jit
 def _unpack_flags(flags, DWP: tl.constexpr):
     """Nibble flags [BLOCK_N, DWP] -> bool [BLOCK_N, 8 DWP] in ``_unpack``'s column order."""
     f = flags & 0x11111111
-    a = tl.join(tl.join(f & 1, (f >> 16) & 1), tl.join((f >> 8) & 1, (f >> 24) & 1))
-    b = tl.join(tl.join((f >> 4) & 1, (f >> 20) & 1), tl.join((f >> 12) & 1, (f >> 28) & 1))
-    return tl.reshape(tl.join(a, b), [flags.shape[0], 8 * DWP]) != 0
+    lo = tl.join(tl.join(f & 1, (f >> 8) & 1), tl.join((f >> 4) & 1, (f >> 12) & 1))
+    hi = tl.join(tl.join((f >> 16) & 1, (f >> 24) & 1), tl.join((f >> 20) & 1, (f >> 28) & 1))
+    return tl.reshape(tl.join(lo, hi), [flags.shape[0], 8 * DWP]) != 0
 
 
 @triton.jit
@@ -326,14 +424,22 @@ def _store_parts(ptr, fac, acc0, acc1, acc2, d0, cm, D, R: tl.constexpr):
 
 @triton.jit
 def _columns(DWP: tl.constexpr, CODEC: tl.constexpr):
-    """Head-dim index of each unpacked column (Hamming(8,4) words interleave the two codeword words)."""
+    """Head-dim index of each unpacked column: column ``8w + c`` holds nibble ``(c >> 1) + 4 (c & 1)`` of word w.
+
+    Raw INT4 and Hamming(7,4): nibble n of word w is value ``8w + n``; Hamming(8,4): value
+    ``8w + PERM[n]`` (PERM = 0 4 1 5 2 6 3 7, ``_h84_decode``); Hamming(7,4) on words: word w holds
+    group ``(w & ~3) | (w & 1) << 1 | (w >> 1) & 1`` (``_interleave4``).
+    """
     dd = tl.arange(0, 8 * DWP)
+    c = dd & 7
+    w = dd >> 3
     if CODEC == 1:
-        dd = (dd & ~7) | ((dd & 7) >> 1) | ((dd & 1) << 2)
-    if CODEC == 3:  # word w holds group (w & ~3) | (w & 1) << 1 | (w >> 1) & 1 (see _interleave4)
-        w = dd >> 3
-        dd = 8 * ((w & ~3) | ((w & 1) << 1) | ((w >> 1) & 1)) + (dd & 7)
-    return dd
+        n = 2 * (c & 3) + (c >> 2)  # PERM[(c >> 1) + 4 (c & 1)]
+    else:
+        n = (c >> 1) + 4 * (c & 1)
+    if CODEC == 3:
+        w = (w & ~3) | ((w & 1) << 1) | ((w >> 1) & 1)
+    return 8 * w + n
 
 
 @triton.jit(do_not_specialize=["qk_scale", "tok_lo", "tok_hi", "part_tokens", "split_off", "S_TOTAL"])
@@ -347,7 +453,7 @@ def _paged_decode_words_kernel(
     qk_scale, tok_lo, tok_hi, part_tokens, split_off, S_TOTAL,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
     CODEC: tl.constexpr, DW: tl.constexpr, DWP: tl.constexpr, PARTIAL: tl.constexpr, COUNT: tl.constexpr,
-    INTERP: tl.constexpr, PREFETCH: tl.constexpr,
+    INTERP: tl.constexpr, PREFETCH: tl.constexpr, ASM: tl.constexpr = False, I32: tl.constexpr = False,
 ):  # fmt: skip
     """Raw INT4 / Hamming(8,4) / Hamming(7,4) rows with one scale per row (D % 8 == 0).
 
@@ -373,31 +479,31 @@ def _paged_decode_words_kernel(
     bt = bt_ptr + b.to(tl.int64) * stride_bt
     if PREFETCH:  # prologue: raw words and scales of the first tile
         kr, vr, ks, vs = _tile_words(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, start, end, h, stride_db, stride_dh,
-                                     stride_dt, stride_sb, stride_sh, stride_st, BS, BLOCK_N, CODEC, DW, DWP)
+                                     stride_dt, stride_sb, stride_sh, stride_st, BS, BLOCK_N, CODEC, DW, DWP, I32)
     for t0 in range(start, end, BLOCK_N):
         tm = (t0 + tl.arange(0, BLOCK_N)) < end
         if PREFETCH:  # the next tile's loads (masked off past the end) go out before this tile's math
             krn, vrn, ksn, vsn = _tile_words(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, t0 + BLOCK_N, end, h, stride_db,
                                              stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS, BLOCK_N,
-                                             CODEC, DW, DWP)
+                                             CODEC, DW, DWP, I32)
         else:
             kr, vr, ks, vs = _tile_words(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, t0, end, h, stride_db, stride_dh,
-                                         stride_dt, stride_sb, stride_sh, stride_st, BS, BLOCK_N, CODEC, DW, DWP)
+                                         stride_dt, stride_sb, stride_sh, stride_st, BS, BLOCK_N, CODEC, DW, DWP, I32)
         kw, kcor, kdet = _words_of(kr, CODEC, DWP)
         vw, vcor, vdet = _words_of(vr, CODEC, DWP)
-        if COUNT:  # per-element running counts: no cross-thread reduction inside the loop
-            n_corr += (kc._count_swar(kcor) + kc._count_swar(vcor)).to(tl.int32)
-            n_det += (kc._count_swar(kdet) + kc._count_swar(vdet)).to(tl.int32)
+        if COUNT and CODEC != 0:  # per-element running counts: no cross-thread reduction inside the loop
+            n_corr += _count_pair(kcor, vcor, ASM)
+            n_det += _count_pair(kdet, vdet, ASM)
         if INTERP:
             if tl.max(tl.max(kdet | vdet, axis=1), axis=0) != 0:  # rare: a detected codeword in this tile
                 m_i, l_i, acc = _interp_step(q, m_i, l_i, acc, kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, t0, end, tok_lo, hi, h,
                                              stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, qk_scale,
                                              dtype, BS, CODEC, DW, DWP, BLOCK_N, 16)  # fmt: skip
             else:
-                m_i, l_i, acc = _attend_tile(q, _unpack(kw, dtype, DWP), ks.to(tl.float32), _unpack(vw, dtype, DWP),
+                m_i, l_i, acc = _attend_tile(q, _unpack(kw, dtype, DWP, ASM), ks.to(tl.float32), _unpack(vw, dtype, DWP, ASM),
                                              vs.to(tl.float32), tm, m_i, l_i, acc, qk_scale, dtype)  # fmt: skip
         else:
-            m_i, l_i, acc = _attend_tile(q, _unpack(kw, dtype, DWP), ks.to(tl.float32), _unpack(vw, dtype, DWP),
+            m_i, l_i, acc = _attend_tile(q, _unpack(kw, dtype, DWP, ASM), ks.to(tl.float32), _unpack(vw, dtype, DWP, ASM),
                                          vs.to(tl.float32), tm, m_i, l_i, acc, qk_scale, dtype)  # fmt: skip
         if PREFETCH:
             kr = krn

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from ecc_kv.cache import ECCCacheConfig, PagedECCCache
+from kernels import codecs as kc
+from kernels import paged_attention_words as pw
 
 # dtype -> (atol, rtol): outputs are convex combinations of values of magnitude ~1; the kernel
 # dots in fp16/bf16 with fp32 accumulation, the reference in fp32 on the same dequantized values
@@ -42,7 +46,7 @@ def _cache(mode: str, lens: list[int], device: str, *, hq_per_kv: int = 4, head_
 
 def _check(
     cache: PagedECCCache, hq: int, dtype: torch.dtype, num_splits: int | None, block_n: int = 16, fast: bool = True,
-    prefetch: bool | None = None, words: bool | None = None,
+    prefetch: bool | None = None, words: bool | None = None, asm: bool | None = None,
 ) -> None:
     from kernels.paged_attention import paged_decode_attention
 
@@ -59,7 +63,7 @@ def _check(
         q, cache.k_data[0], cache.k_scale[0], cache.v_data[0], cache.v_scale[0], cache.block_tables, cache.lengths,
         sm_scale=c.head_dim**-0.5, codec=c.codec, interpolate=c.interpolate, sink=sink, sink_codec=c.sink_codec,
         sink_tokens=c.sink_tokens, counters=cnt, num_splits=num_splits, max_len=max(cache.host_lengths),
-        block_n=block_n, fast=fast, prefetch=prefetch, words=words,
+        block_n=block_n, fast=fast, prefetch=prefetch, words=words, asm=asm,
     )  # fmt: skip
     assert out.dtype == dtype and out.shape == q.shape
     assert_close_verbose(out, ref, dtype)
@@ -184,3 +188,105 @@ def test_rejects_bad_arguments(device: str) -> None:
         paged_decode_attention(q.double(), *args, sm_scale=1.0, codec=c.codec, max_len=3)
     with pytest.raises(ValueError, match="block_n"):
         paged_decode_attention(q, *args, sm_scale=1.0, codec=c.codec, max_len=3, block_n=48)
+
+
+@triton.jit
+def _probe_kernel(w_ptr, lo_ptr, hi_ptr, nib_ptr, dec_ptr, cnt_ptr, N, ASM: tl.constexpr, BLOCK: tl.constexpr):
+    """The packed-word kernel's device helpers on their own: nibbles -> fp16, Hamming(8,4) decode, flag counts."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < N
+    w = tl.load(w_ptr + i, mask=m, other=0).to(tl.uint32, bitcast=True)
+    n0, n1, n2, n3, n4, n5, n6, n7 = pw._nibbles(w, ASM)
+    tl.store(nib_ptr + 8 * i + 0, n0, mask=m)
+    tl.store(nib_ptr + 8 * i + 1, n1, mask=m)
+    tl.store(nib_ptr + 8 * i + 2, n2, mask=m)
+    tl.store(nib_ptr + 8 * i + 3, n3, mask=m)
+    tl.store(nib_ptr + 8 * i + 4, n4, mask=m)
+    tl.store(nib_ptr + 8 * i + 5, n5, mask=m)
+    tl.store(nib_ptr + 8 * i + 6, n6, mask=m)
+    tl.store(nib_ptr + 8 * i + 7, n7, mask=m)
+    lo = tl.load(lo_ptr + i, mask=m, other=0).to(tl.uint32, bitcast=True)
+    hi = tl.load(hi_ptr + i, mask=m, other=0).to(tl.uint32, bitcast=True)
+    d, c, e = pw._h84_decode(lo, hi)
+    rd, rc, re = kc.hamming84_decode_word(lo, hi)
+    tl.store(dec_ptr + 6 * i + 0, d.to(tl.int32, bitcast=True), mask=m)
+    tl.store(dec_ptr + 6 * i + 1, c.to(tl.int32, bitcast=True), mask=m)
+    tl.store(dec_ptr + 6 * i + 2, e.to(tl.int32, bitcast=True), mask=m)
+    tl.store(dec_ptr + 6 * i + 3, rd.to(tl.int32, bitcast=True), mask=m)
+    tl.store(dec_ptr + 6 * i + 4, rc.to(tl.int32, bitcast=True), mask=m)
+    tl.store(dec_ptr + 6 * i + 5, re.to(tl.int32, bitcast=True), mask=m)
+    tl.store(cnt_ptr + i, pw._count_pair(c, e, ASM), mask=m)
+
+
+def _nibble_perm(x: torch.Tensor) -> torch.Tensor:
+    """Words with nibble n = value n -> nibble n = value PERM[n] (PERM = 0 4 1 5 2 6 3 7, ``_h84_decode``'s order)."""
+    out = torch.zeros_like(x)
+    for n, v in enumerate((0, 4, 1, 5, 2, 6, 3, 7)):
+        out |= ((x >> (4 * v)) & 15) << (4 * n)
+    return out
+
+
+def _probe(device: str, asm: bool) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(7)
+    b = torch.arange(256, dtype=torch.int64)
+    every_byte = b | (b << 8) | (b << 16) | (b << 24)  # every codeword byte in every lane
+    rnd = torch.randint(0, 2**32, (2, 1792), generator=gen, dtype=torch.int64)
+    lo = torch.cat([every_byte, every_byte, rnd[0]])
+    hi = torch.cat([every_byte, every_byte.flip(0), rnd[1]])
+    n = lo.numel()
+    w = torch.randint(0, 2**32, (n,), generator=gen, dtype=torch.int64)
+    w[:65536 // 32] = every_byte[:8].repeat(256)  # a few structured words too
+
+    def i32(x: torch.Tensor) -> torch.Tensor:  # uint32 bit patterns as int32
+        return (x - (x >= 2**31).long() * 2**32).to(torch.int32).to(device)
+
+    nib = torch.empty(n, 8, dtype=torch.float16, device=device)
+    dec = torch.empty(n, 6, dtype=torch.int32, device=device)
+    cnt = torch.empty(n, dtype=torch.int32, device=device)
+    _probe_kernel[(triton.cdiv(n, 256),)](i32(w), i32(lo), i32(hi), nib, dec, cnt, n, ASM=asm, BLOCK=256)
+    return w, nib.cpu(), dec.cpu().long() & 0xFFFFFFFF, cnt.cpu()
+
+
+def test_word_helpers_match_codecs(device: str) -> None:
+    # the plain (interpreter) versions: nibble values, the Hamming(8,4) decode against kernels.codecs, counts
+    w, nib, dec, cnt = _probe(device, asm=False)
+    want = torch.stack([((w >> (4 * j)) & 15) - 8 for j in range(8)], 1).to(torch.float16)
+    assert torch.equal(nib, want)
+    assert torch.equal(dec[:, 0], _nibble_perm(dec[:, 3]))
+    assert torch.equal(dec[:, 1], _nibble_perm(dec[:, 4]))
+    assert torch.equal(dec[:, 2], _nibble_perm(dec[:, 5]))
+    flags = dec[:, 1:3]
+    want_cnt = sum(((flags >> (4 * j)) & 1).sum(1) for j in range(8))
+    assert torch.equal(cnt.long(), want_cnt)
+    assert int(dec[:, 1].ne(0).sum()) > 0 and int(dec[:, 2].ne(0).sum()) > 0
+
+
+@pytest.mark.gpu
+def test_word_helpers_asm_equals_plain(device: str) -> None:
+    # the inline-PTX versions (compiled kernels) give exactly the plain versions' values
+    _, nib_a, dec_a, cnt_a = _probe(device, asm=True)
+    _, nib_p, dec_p, cnt_p = _probe(device, asm=False)
+    assert torch.equal(nib_a.view(torch.int16), nib_p.view(torch.int16))
+    assert torch.equal(dec_a, dec_p) and torch.equal(cnt_a, cnt_p)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["int4", "int4-hamming84", "int4-hamming", "int4-hamming84-interp"])
+def test_asm_and_plain_kernels_agree(mode: str, device: str) -> None:
+    # the whole packed-word kernel with and without inline PTX, both against the reference
+    cache = _cache(mode, [70, 3, 129], device, head_dim=128, ber=0.02 if "interp" in mode else 0.005, seed=9,
+                   num_blocks=64)  # fmt: skip
+    for asm in (True, False):
+        _check(cache, hq=8, dtype=torch.float16, num_splits=2, block_n=64, asm=asm)
+
+
+def test_asm_rejected_in_interpreter(device: str) -> None:
+    if device == "cuda":
+        pytest.skip("compiled kernels run the PTX")
+    from kernels.paged_attention import paged_decode_attention
+
+    cache = _cache("int4", [3], device, head_dim=64)
+    q = torch.randn(1, 4, 64, dtype=torch.float16)
+    args = (cache.k_data[0], cache.k_scale[0], cache.v_data[0], cache.v_scale[0], cache.block_tables, cache.lengths)
+    with pytest.raises(ValueError, match="asm"):
+        paged_decode_attention(q, *args, sm_scale=1.0, codec=None, max_len=3, asm=True)
