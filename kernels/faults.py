@@ -27,8 +27,9 @@ of ``event_thresholds`` (the same for every caller):
 group ``g`` (words 4g .. 4g+3, 128 bits) from the 128-bit plan, positions as 7-bit chunks (bit b & 31
 of word 4g + (b >> 5)), more than 64 events placed as the complement of 128 - k positions
 (``group_masks``). Each bit is still an independent Bernoulli(p); a tile that holds whole groups
-pays one draw per four words, a tile of scattered words one per word (``flip_mask``), with the same
-faults either way. Widths below 32 keep one draw per word.
+pays one draw per four words (``group_masks``, or ``group_draw`` + ``group_fix`` for a kernel that
+draws several groups per lane and tests them all at once), a tile of scattered words one per word
+(``flip_mask``), with the same faults either way. Widths below 32 keep one draw per word.
 
 Loops run to tile-level bounds (the largest count in the tile), never to per-lane ones, so the cost
 follows the events actually present. BSC: an event flips its bit. Burst: an event at bit b starts a
@@ -265,23 +266,37 @@ def _group_events(u, key, ctr, row):
 @triton.jit
 def _group_fast(u, row):
     """Event sets of count draws ``u`` assuming counts <= 2 and distinct residual chunks, and a per-group
-    flag where that assumption fails (a count above 2 or a duplicate): those need ``_group_events``."""
+    flag where that assumption fails (a count above 2 or a duplicate): those need ``_group_events``.
+
+    The same sets as ``_group_events`` wherever the flag is clear: count k = h0 + h1 (h1 implies h0, the
+    thresholds grow), chunk 0 placed when k >= 1, chunk 1 when k = 2 unless it repeats chunk 0 (flagged).
+    """
     n_thr = tl.load(row).to(tl.int32)
     c0 = tl.load(row + 2).to(tl.uint64, bitcast=True)
     c1 = tl.load(row + 3).to(tl.uint64, bitcast=True)
     h0 = (u >= c0) & (n_thr > 0)
     h1 = (u >= c1) & (n_thr > 1)
     h2 = (u >= tl.load(row + 4).to(tl.uint64, bitcast=True)) & (n_thr > 2)
-    k = h0.to(tl.int32) + h1.to(tl.int32)
-    res = ((u - tl.where(h1, c1, tl.where(h0, c0, 0))) & 0xFFFF).to(tl.uint32)
-    z = tl.zeros(u.shape, tl.uint32)
-    s0, s1, s2, s3, cnt = _take4(z, z, z, z, tl.zeros(u.shape, tl.int32), k, res & 127)
-    s0, s1, s2, s3, cnt = _take4(s0, s1, s2, s3, cnt, k, (res >> 7) & 127)
-    return s0, s1, s2, s3, (cnt < k) | h2
+    # only the residual's low 16 bits are used: 32-bit arithmetic suffices
+    res = (u.to(tl.uint32) - tl.where(h1, c1.to(tl.uint32), tl.where(h0, c0.to(tl.uint32), 0))) & 0xFFFF
+    b0 = res & 127
+    b1 = (res >> 7) & 127
+    dup = b1 == b0
+    one = tl.full(b0.shape, 1, tl.uint32)
+    e0 = tl.where(h0, one << (b0 & 31), 0)
+    e1 = tl.where(h1 & (b1 != b0), one << (b1 & 31), 0)
+    w0 = b0 >> 5
+    w1 = b1 >> 5
+    s0 = tl.where(w0 == 0, e0, 0) | tl.where(w1 == 0, e1, 0)
+    s1 = tl.where(w0 == 1, e0, 0) | tl.where(w1 == 1, e1, 0)
+    s2 = tl.where(w0 == 2, e0, 0) | tl.where(w1 == 2, e1, 0)
+    s3 = tl.where(w0 == 3, e0, 0) | tl.where(w1 == 3, e1, 0)
+    return s0, s1, s2, s3, (h1 & dup) | h2
 
 
 @triton.jit
-def _bursts(s0, s1, s2, s3, BURST_LEN: tl.constexpr):
+def group_bursts(s0, s1, s2, s3, BURST_LEN: tl.constexpr):
+    """Event sets of a group -> its four int32 XOR masks (BURST_LEN = 1: the events themselves)."""
     return _burst(s0, BURST_LEN, 32), _burst(s1, BURST_LEN, 32), _burst(s2, BURST_LEN, 32), _burst(s3, BURST_LEN, 32)
 
 
@@ -304,7 +319,34 @@ def group_masks(seed, group_index, stream, thr_ptr, BURST_LEN: tl.constexpr):
     s0, s1, s2, s3, bad = _group_fast(u, row)
     if tl.max(bad.to(tl.int32)) > 0:  # rare at small p
         s0, s1, s2, s3 = _group_events(u, key, ctr, row)
-    return _bursts(s0, s1, s2, s3, BURST_LEN)
+    return group_bursts(s0, s1, s2, s3, BURST_LEN)
+
+
+@triton.jit
+def group_draw(key, group_index, row):
+    """First draw and fast-path event sets of aligned groups ``group_index``, without the tile test.
+
+    Returns (u, s0, s1, s2, s3, bad); ``group_fix`` finishes the groups flagged ``bad``. Splitting
+    ``group_masks`` in two lets a kernel that draws several groups per lane test them all at once.
+    ``key``: ``_key(seed, stream)``; ``row``: the group plan, ``thr_ptr + GROUP_ROW``.
+    """
+    u = _draw(key, group_index.to(tl.uint64) * 64, 0)
+    s0, s1, s2, s3, bad = _group_fast(u, row)
+    return u, s0, s1, s2, s3, bad
+
+
+@triton.jit
+def group_fix(u, key, group_index, row, s0, s1, s2, s3, bad):
+    """The full rule for a tile of ``group_draw`` results where some group is ``bad`` (same sets elsewhere)."""
+    if tl.max(bad.to(tl.int32)) > 0:
+        s0, s1, s2, s3 = _group_events(u, key, group_index.to(tl.uint64) * 64, row)
+    return s0, s1, s2, s3
+
+
+@triton.jit
+def group_key_row(seed, stream, thr_ptr):
+    """(key, group plan row) for ``group_draw``: computed once per program."""
+    return _key(seed, stream), thr_ptr + 1320  # GROUP_ROW
 
 
 @triton.jit
@@ -330,8 +372,8 @@ def run_masks(seed, first, stream, thr_ptr, BURST_LEN: tl.constexpr):
     if tl.max((bad_a | bad_b).to(tl.int32)) > 0:
         a0, a1, a2, a3 = _group_events(ua, key, ca, row)
         b0, b1, b2, b3 = _group_events(ub, key, cb, row)
-    a0, a1, a2, a3 = _bursts(a0, a1, a2, a3, BURST_LEN)
-    b0, b1, b2, b3 = _bursts(b0, b1, b2, b3, BURST_LEN)
+    a0, a1, a2, a3 = group_bursts(a0, a1, a2, a3, BURST_LEN)
+    b0, b1, b2, b3 = group_bursts(b0, b1, b2, b3, BURST_LEN)
     m0 = tl.where(r < 4, select4(a0, a1, a2, a3, r), select4(b0, b1, b2, b3, r - 4))
     m1 = tl.where(r + 1 < 4, select4(a0, a1, a2, a3, r + 1), select4(b0, b1, b2, b3, r - 3))
     m2 = tl.where(r + 2 < 4, select4(a0, a1, a2, a3, r + 2), select4(b0, b1, b2, b3, r - 2))
