@@ -309,6 +309,8 @@ def _reduce_kernel(pacc_ptr, pml_ptr, out_ptr, stride_ob, stride_oh, HQ, S_TOTAL
     tl.store(out_ptr + b.to(tl.int64) * stride_ob + hq * stride_oh + d, out.to(out_ptr.dtype.element_ty), mask=d < D)
 
 
+TRANS_DEFAULT = True  # packed-word kernel: tile as the M side of the dots (H100 measurements in docs/paged_cache.md)
+
 _DUMMY: dict[str, torch.Tensor] = {}
 
 
@@ -343,17 +345,44 @@ def _geometry(codec: str | None, d: int) -> tuple[int, int, int]:
     return cid, r, -(-d // r)
 
 
-def default_num_splits(batch: int, kv_heads: int, max_len: int, block_n: int, device: torch.device) -> int:
-    """Splits per (sequence, head): about 4 programs per SM, each at least 4 tiles long.
+def programs_per_sm(codec: str | None, interpolate: bool = False, block_n: int = 64, num_warps: int = 4,
+                    lazy: bool = True) -> int:  # fmt: skip
+    """Programs of the specialised kernel that fit on one H100 SM at once (registers: 64K per SM).
 
-    The kernels hold one tile ahead in registers (128-255 registers a thread), so only 2-3
-    programs of 4 warps fit on an SM: more, shorter splits only add prologues, partial writes and
-    reduce traffic (H100, 1 x 8k, ``block_n`` 64: 32 splits beat 64 by 9-22% in every mode).
+    From sm_90 compiles with triton 3.6 (the GPU's): at ``block_n`` 64 and 4 warps the packed-word
+    kernel takes 145 registers for raw INT4 and 168 for Hamming(8,4) with lazy correction (3
+    programs); Hamming(8,4) correcting every tile 183, with interpolation, Hamming(7,4) and Golay
+    200-255 (2 programs). Other tile shapes: 2 (a safe guess).
+    """
+    if block_n == 64 and num_warps == 4 and not interpolate and (codec is None or (codec == "hamming84" and lazy)):
+        return 3
+    return 2
+
+
+def default_num_splits(batch: int, kv_heads: int, max_len: int, block_n: int, device: torch.device,
+                       per_sm: int = 2) -> int:  # fmt: skip
+    """Splits per (sequence, head) so the grid fills whole waves of ``per_sm`` programs per SM.
+
+    The smallest split count whose programs fill at least 90% of the last wave they need (each
+    split at least 4 tiles long), else the one that fills the most. A program of these kernels
+    holds one tile ahead in registers, so only 2-3 fit on an SM: a grid a little larger than one
+    wave runs a second, nearly empty wave (H100, 1 x 32k Hamming(8,4) at 2 programs per SM: 33
+    splits 0.059 ms, 66 splits 0.063 ms, 132 splits 0.072 ms), and more, shorter splits add
+    prologues, partial writes and reduce traffic.
     """
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-    want = -(-4 * sms // max(batch * kv_heads, 1))
-    min_part = 4 * block_n  # amortise the prefetch prologue and the partial write
-    return max(1, min(want, -(-max_len // min_part)))
+    slots = max(1, per_sm * sms)
+    heads = max(batch * kv_heads, 1)
+    cap = max(1, -(-max_len // (4 * block_n)))  # amortise the prefetch prologue and the partial write
+    best, best_fill = 1, 0.0
+    for s in range(1, cap + 1):
+        progs = heads * s
+        fill = progs / (-(-progs // slots) * slots)
+        if fill >= 0.9:
+            return s
+        if fill > best_fill + 1e-9:
+            best, best_fill = s, fill
+    return best
 
 
 def paged_decode_attention(
@@ -380,6 +409,8 @@ def paged_decode_attention(
     prefetch: bool | None = None,
     words: bool | None = None,
     asm: bool | None = None,
+    trans: bool | None = None,
+    lazy: bool = True,
 ) -> torch.Tensor:
     """Attention of ``q [B, HQ, D]`` over the paged cache; returns ``[B, HQ, D]`` in q's dtype.
 
@@ -397,6 +428,9 @@ def paged_decode_attention(
     (None: when the storage allows it), Hamming(7,4) rows as words when D % 32 == 0; False: byte loads.
     ``asm``: inline PTX for the nibble -> fp16 conversion and the flag counts (None: on compiled CUDA
     kernels; False: the plain-Triton twin, as the interpreter runs; both give the same values).
+    ``trans``: packed-word kernel with the tile as the M side of both dots (None: the default,
+    ``TRANS_DEFAULT``). ``lazy``: Hamming(8,4) corrections only in tiles with a non-codeword (the
+    syndromes are always computed; False corrects every tile).
     """
     if codec not in CODEC_IDS:
         raise ValueError(f"codec={codec!r} is not one of {list(CODEC_IDS)}")
@@ -409,7 +443,8 @@ def paged_decode_attention(
     if q.dtype == torch.float32:  # the dots run in fp16 (the cache holds INT4 x fp16 values); result back in fp32
         kw = dict(sm_scale=sm_scale, codec=codec, max_len=max_len, interpolate=interpolate, sink=sink,
                   sink_codec=sink_codec, sink_tokens=sink_tokens, counters=counters, num_splits=num_splits,
-                  block_n=block_n, num_warps=num_warps, fast=fast, prefetch=prefetch, words=words, asm=asm)  # fmt: skip
+                  block_n=block_n, num_warps=num_warps, fast=fast, prefetch=prefetch, words=words, asm=asm,
+                  trans=trans, lazy=lazy)  # fmt: skip
         args = (k_data, k_scale, v_data, v_scale, block_tables, lengths)
         return paged_decode_attention(q.to(torch.float16), *args, **kw).to(torch.float32)
     bsz, hq, d = q.shape
@@ -427,7 +462,8 @@ def paged_decode_attention(
     bt = block_tables.to(torch.int32)
     max_len = max(int(max_len), 1)
     if num_splits is None:
-        num_splits = default_num_splits(bsz, hkv, max_len, block_n, q.device)
+        per_sm = programs_per_sm(codec, interpolate, block_n, num_warps, lazy) if fast else 2
+        num_splits = default_num_splits(bsz, hkv, max_len, block_n, q.device, per_sm)
     num_splits = max(1, min(int(num_splits), -(-max_len // block_n)))
     launches = []  # (codec, storage, tok_lo, tok_hi, splits, split_off)
     if sink is not None:
@@ -470,7 +506,8 @@ def paged_decode_attention(
                 G=group, GP=gp, D=d, BS=bs, BLOCK_N=block_n,
                 CODEC=wcodec, DW=d // 8, DWP=max(2, triton.next_power_of_2(d // 8)),  # dots need 8 DWP >= 16
                 PARTIAL=partial, COUNT=counters is not None, INTERP=interpolate, PREFETCH=pre,
-                ASM=use_asm, I32=_fits_i32(kd, ks, vd, vs), num_warps=num_warps,
+                ASM=use_asm, I32=_fits_i32(kd, ks, vd, vs), TRANS=TRANS_DEFAULT if trans is None else bool(trans),
+                LAZY=bool(lazy), num_warps=num_warps,
             )  # fmt: skip
             continue
         if fast and ng == 1 and cid == 3:
@@ -481,7 +518,8 @@ def paged_decode_attention(
                 *common, gtab, qk_scale, lo, hi, part, off, s_total, kd.numel(),
                 G=group, GP=gp, D=d, BS=bs, BLOCK_N=block_n, NC=nu, NCP=ncp,
                 NW=nw, NWP=nwp, WORDS=wds, CP=4 * nwp if wds else ncp,
-                PARTIAL=partial, COUNT=counters is not None, PREFETCH=pre, num_warps=num_warps,
+                PARTIAL=partial, COUNT=counters is not None, PREFETCH=pre, ASM=use_asm,
+                I32=_fits_i32(kd, ks, vd, vs), num_warps=num_warps,
             )  # fmt: skip
             continue
         # general per-value kernel: its 3-part Golay tiles outgrow shared memory past 64 tokens

@@ -27,7 +27,15 @@ import triton
 import triton.language as tl
 
 from kernels import codecs as kc
-from kernels.paged_attention_words import _load_parts, _nib, _output_rows, _rows, _split_bounds, _store_parts
+from kernels.paged_attention_words import (
+    _half_nibbles,
+    _load_parts,
+    _nib,
+    _output_rows,
+    _rows,
+    _split_bounds,
+    _store_parts,
+)
 
 
 @triton.jit
@@ -140,14 +148,18 @@ def _golay_words_kv(k0, k1, k2, v0, v1, v2, row, gtab_ptr, NC: tl.constexpr, NWP
 
 
 @triton.jit
-def _part(x02, x13, J: tl.constexpr, dtype: tl.constexpr):
-    """Values 3c + J of codewords c = 4i + e as [BLOCK_N, 4 NWP], column 4i + 2 (e & 1) + (e >> 1)."""
-    e0 = _nib(x02, J, dtype)
-    e2 = _nib(x02, 4 + J, dtype)
-    e1 = _nib(x13, J, dtype)
-    e3 = _nib(x13, 4 + J, dtype)
-    j = tl.join(tl.join(e0, e1), tl.join(e2, e3))  # [BLOCK_N, NWP, 2, 2]: [i, b, a] holds e = 2a + b
-    return tl.reshape(j, [x02.shape[0], 4 * x02.shape[1]])
+def _parts(x02, x13, dtype: tl.constexpr, ASM: tl.constexpr):
+    """The three parts of codewords c = 4i + e: part J holds values 3c + J, [BLOCK_N, 4 NWP], column 4i + 2 (e & 1) + (e >> 1).
+
+    Codewords 4i and 4i + 2 share the pair word ``x02`` (and 4i + 1, 4i + 3 ``x13``), so adjacent
+    columns are the two halves of one word: one mask and one f16x2 op per two values with ASM.
+    """
+    a0, a1, a2, c0, c1, c2 = _half_nibbles(x02, ASM)  # codeword 4i (a) and 4i + 2 (c)
+    b0, b1, b2, d0, d1, d2 = _half_nibbles(x13, ASM)  # 4i + 1 (b) and 4i + 3 (d); [i, b, a] holds e = 2a + b
+    p0 = tl.reshape(tl.join(tl.join(a0, b0), tl.join(c0, d0)), [x02.shape[0], 4 * x02.shape[1]]).to(dtype)
+    p1 = tl.reshape(tl.join(tl.join(a1, b1), tl.join(c1, d1)), [x02.shape[0], 4 * x02.shape[1]]).to(dtype)
+    p2 = tl.reshape(tl.join(tl.join(a2, b2), tl.join(c2, d2)), [x02.shape[0], 4 * x02.shape[1]]).to(dtype)
+    return p0, p1, p2
 
 
 @triton.jit
@@ -170,11 +182,11 @@ def _raw(kd_ptr, vd_ptr, row, tm, limit, NC: tl.constexpr, NCP: tl.constexpr, NW
 @triton.jit
 def _tile(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt_ptr, t0, end, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh,
           stride_st, limit, BS: tl.constexpr, BLOCK_N: tl.constexpr, NC: tl.constexpr, NCP: tl.constexpr,
-          NW: tl.constexpr, NWP: tl.constexpr, WORDS: tl.constexpr):  # fmt: skip
+          NW: tl.constexpr, NWP: tl.constexpr, WORDS: tl.constexpr, I32: tl.constexpr):  # fmt: skip
     """The loads of tokens t0 .. t0 + BLOCK_N - 1 (masked at ``end``): data rows, K and V planes, their scales."""
     t = t0 + tl.arange(0, BLOCK_N)
     tm = t < end
-    row, srow = _rows(bt_ptr, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS)
+    row, srow = _rows(bt_ptr, t, tm, h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, BS, I32)
     k0, k1, k2, v0, v1, v2 = _raw(kd_ptr, vd_ptr, row, tm, limit, NC, NCP, NW, NWP, WORDS)
     ks = tl.load(ks_ptr + srow, mask=tm, other=0.0)
     vs = tl.load(vs_ptr + srow, mask=tm, other=0.0)
@@ -201,7 +213,8 @@ def _paged_decode_golay_kernel(
     qk_scale, tok_lo, tok_hi, part_tokens, split_off, S_TOTAL, limit,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
     NC: tl.constexpr, NCP: tl.constexpr, NW: tl.constexpr, NWP: tl.constexpr, WORDS: tl.constexpr, CP: tl.constexpr,
-    PARTIAL: tl.constexpr, COUNT: tl.constexpr, PREFETCH: tl.constexpr,
+    PARTIAL: tl.constexpr, COUNT: tl.constexpr, PREFETCH: tl.constexpr, ASM: tl.constexpr = False,
+    I32: tl.constexpr = False,
 ):  # fmt: skip
     """Golay rows with one scale per row; same contract as ``kernels.paged_attention._paged_decode_kernel``.
 
@@ -221,7 +234,7 @@ def _paged_decode_golay_kernel(
     qrow = q_ptr + b.to(tl.int64) * stride_qb + (h * G + g)[:, None] * stride_qh
     q0, q1, q2 = _load_parts(qrow, d0, cm, D, 3)  # [GP, CP] each
     m_i = tl.full([GP], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([GP], dtype=tl.float32)
+    l_acc = tl.zeros([GP, BLOCK_N], dtype=tl.float32)
     acc0 = tl.zeros([GP, CP], dtype=tl.float32)
     acc1 = tl.zeros([GP, CP], dtype=tl.float32)
     acc2 = tl.zeros([GP, CP], dtype=tl.float32)
@@ -231,23 +244,24 @@ def _paged_decode_golay_kernel(
     if PREFETCH:
         row, k0, k1, k2, v0, v1, v2, ks, vs = _tile(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, start, end, h, stride_db,
                                                     stride_dh, stride_dt, stride_sb, stride_sh, stride_st, limit,
-                                                    BS, BLOCK_N, NC, NCP, NW, NWP, WORDS)  # fmt: skip
+                                                    BS, BLOCK_N, NC, NCP, NW, NWP, WORDS, I32)  # fmt: skip
     for t0 in range(start, end, BLOCK_N):
         tm = (t0 + tl.arange(0, BLOCK_N)) < end
         if PREFETCH:
             rown, k0n, k1n, k2n, v0n, v1n, v2n, ksn, vsn = _tile(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, t0 + BLOCK_N, end,
                                                                 h, stride_db, stride_dh, stride_dt, stride_sb,
                                                                 stride_sh, stride_st, limit, BS, BLOCK_N, NC, NCP,
-                                                                NW, NWP, WORDS)  # fmt: skip
+                                                                NW, NWP, WORDS, I32)  # fmt: skip
         else:
             row, k0, k1, k2, v0, v1, v2, ks, vs = _tile(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, t0, end, h, stride_db,
                                                         stride_dh, stride_dt, stride_sb, stride_sh, stride_st, limit,
-                                                        BS, BLOCK_N, NC, NCP, NW, NWP, WORDS)  # fmt: skip
+                                                        BS, BLOCK_N, NC, NCP, NW, NWP, WORDS, I32)  # fmt: skip
         if WORDS:
             kx02, kx13, vx02, vx13, nc_, nd_ = _golay_words_kv(k0, k1, k2, v0, v1, v2, row, gtab_ptr, NC, NWP)
-            qk = tl.dot(q0, tl.trans(_part(kx02, kx13, 0, dtype)))  # [GP, BLOCK_N] fp32
-            qk += tl.dot(q1, tl.trans(_part(kx02, kx13, 1, dtype)))
-            qk += tl.dot(q2, tl.trans(_part(kx02, kx13, 2, dtype)))
+            kp0, kp1, kp2 = _parts(kx02, kx13, dtype, ASM)
+            qk = tl.dot(q0, tl.trans(kp0))  # [GP, BLOCK_N] fp32
+            qk += tl.dot(q1, tl.trans(kp1))
+            qk += tl.dot(q2, tl.trans(kp2))
         else:
             x, nc_, nd_ = _golay_kv(k0, k1, k2, v0, v1, v2, gtab_ptr)
             qk = tl.dot(q0, tl.trans(_nib(x, 0, dtype)))
@@ -257,13 +271,14 @@ def _paged_decode_golay_kernel(
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        l_acc = l_acc * alpha[:, None] + p  # per-column running sums, reduced once after the loop
         m_i = m_new
         pv = (p * vs.to(tl.float32)[None, :]).to(dtype)
         if WORDS:
-            acc0 = acc0 * alpha[:, None] + tl.dot(pv, _part(vx02, vx13, 0, dtype))  # [GP, CP]
-            acc1 = acc1 * alpha[:, None] + tl.dot(pv, _part(vx02, vx13, 1, dtype))
-            acc2 = acc2 * alpha[:, None] + tl.dot(pv, _part(vx02, vx13, 2, dtype))
+            vp0, vp1, vp2 = _parts(vx02, vx13, dtype, ASM)
+            acc0 = acc0 * alpha[:, None] + tl.dot(pv, vp0)  # [GP, CP]
+            acc1 = acc1 * alpha[:, None] + tl.dot(pv, vp1)
+            acc2 = acc2 * alpha[:, None] + tl.dot(pv, vp2)
         else:
             acc0 = acc0 * alpha[:, None] + tl.dot(pv, _nib(x, 4, dtype))
             acc1 = acc1 * alpha[:, None] + tl.dot(pv, _nib(x, 5, dtype))
@@ -280,6 +295,7 @@ def _paged_decode_golay_kernel(
             ks = ksn
             vs = vsn
             row = rown
+    l_i = tl.sum(l_acc, axis=1)
     if COUNT:
         kc.add_counts(cnt_ptr, n_corr, n_det)
     ptr, fac = _output_rows(b, h, s, g, gm, m_i, l_i, pacc_ptr, pml_ptr, out_ptr, stride_ob, stride_oh,

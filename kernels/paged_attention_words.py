@@ -125,15 +125,13 @@ def _h74_group(lo, hi):
 
 
 @triton.jit
-def _h84_decode(lo, hi):
-    """Two words of 4 Hamming(8,4) codeword bytes -> (corrected data word, corrected flags, detected flags).
+def _h84_syndromes(lo, hi):
+    """Two words of 4 Hamming(8,4) codeword bytes -> (data word, s0, s1, s2, odd), the last four unmasked.
 
     The low nibbles (data) of ``lo`` and ``hi`` merge into one word whose nibble ``n`` is codeword
     ``PERM[n]`` (0 4 1 5 2 6 3 7), the high nibbles (parity, bit 3 the overall parity) into another.
-    Syndrome bits s0..s2 and the overall parity are formed unmasked at bit 0 of each nibble (garbage
-    above), as 3-input XORs (one ``lop3`` each); only the flip and flag terms are masked. Same
-    results as ``kernels.codecs.hamming84_decode_word`` (checked exhaustively per nibble lane),
-    about 30 instead of 45 instructions per 8 codewords.
+    Syndrome bits and the overall parity are formed at bit 0 of each nibble with garbage above, as
+    3-input XORs (one ``lop3`` each): a codeword is clean where all four are 0 at bit 0.
     """
     w = (lo & 0x0F0F0F0F) | ((hi << 4) & 0xF0F0F0F0)  # data nibbles
     p = ((lo >> 4) & 0x0F0F0F0F) | (hi & 0xF0F0F0F0)  # parity nibbles
@@ -146,6 +144,16 @@ def _h84_decode(lo, hi):
     s1 = x ^ b ^ p1  # d0 ^ d2 ^ d3 ^ p1
     s2 = (a ^ b ^ c) ^ (p >> 2)  # d1 ^ d2 ^ d3 ^ p2
     odd = (s2 ^ w ^ p) ^ p1 ^ (p >> 3)  # parity of all 8 bits
+    return w, s0, s1, s2, odd
+
+
+@triton.jit
+def _h84_fix(w, s0, s1, s2, odd):
+    """Syndromes of ``_h84_syndromes`` -> (corrected data word, corrected flags, detected flags).
+
+    SECDED: odd overall parity corrects the data bit the syndrome names (3, 5, 6, 7 -> d0..d3; other
+    syndromes name a parity bit); even parity with a non-zero syndrome is detected, left as read.
+    """
     g0 = s0 & odd & 0x11111111
     g2 = s2 & odd & 0x11111111
     f0 = g0 & s1 & ~s2  # syndrome 3 -> d0
@@ -155,6 +163,36 @@ def _h84_decode(lo, hi):
     flip = f0 + (f1 << 1) + (f2 << 2) + (f3 << 3)
     det = (s0 | s1 | s2) & ~odd & 0x11111111
     return w ^ flip, odd & 0x11111111, det
+
+
+@triton.jit
+def _h84_dirty(s0, s1, s2, odd):
+    """Bit 0 of each nibble set where that codeword is not a clean codeword (to be OR-reduced)."""
+    return (s0 | s1 | s2 | odd) & 0x11111111
+
+
+@triton.jit
+def _h84_decode(lo, hi):
+    """Two words of 4 Hamming(8,4) codeword bytes -> (corrected data word, corrected flags, detected flags).
+
+    Same results as ``kernels.codecs.hamming84_decode_word`` with the nibbles in ``PERM`` order
+    (tested exhaustively per nibble lane); about 30 instead of 45 instructions per 8 codewords.
+    """
+    w, s0, s1, s2, odd = _h84_syndromes(lo, hi)
+    return _h84_fix(w, s0, s1, s2, odd)
+
+
+@triton.jit
+def _any(x):
+    """Max over every element of a 2-D tile (order free: one flat reduction, no per-axis steps)."""
+    return tl.max(tl.reshape(x, [x.shape[0] * x.shape[1]]), axis=0)
+
+
+@triton.jit
+def _h84_raw(raw):
+    """int64 loads of 8 codeword bytes -> their two 32-bit halves (codewords 0-3, 4-7), little-endian."""
+    both = raw.to(tl.uint64, bitcast=True)
+    return both.to(tl.uint32), (both >> 32).to(tl.uint32)
 
 
 @triton.jit
@@ -185,9 +223,8 @@ def _words_of(raw, CODEC: tl.constexpr, DWP: tl.constexpr):
         corr = tl.zeros(words.shape, dtype=tl.uint32)
         det = corr
     elif CODEC == 1:
-        both = raw.to(tl.uint64, bitcast=True)
-        # words 2m (values 8m..8m+3) and 2m + 1 (8m+4..8m+7), little-endian
-        words, corr, det = _h84_decode(both.to(tl.uint32), (both >> 32).to(tl.uint32))
+        lo, hi = _h84_raw(raw)  # words 2m (values 8m..8m+3) and 2m + 1 (8m+4..8m+7)
+        words, corr, det = _h84_decode(lo, hi)
     elif CODEC == 2:
         b = raw.to(tl.uint32)  # [BLOCK_N, DWP, 8]
         j = tl.arange(0, 8).to(tl.uint32)[None, None, :]
@@ -234,6 +271,47 @@ mov.b32 {$1, $5}, t1;
 mov.b32 {$2, $6}, t2;
 mov.b32 {$3, $7}, t3;
 }""")
+
+
+# w -> 6 fp16 values: nibbles 0-2 of the low half (outputs 0-2) and of the high half (3-5), code - 8
+_NIB6_PTX = tl.constexpr("""{
+.reg .b32 t0, t1, t2, u, m, c, f, g;
+mov.b32 m, 0x64006400;
+mov.b32 c, 0x64086408;
+mov.b32 f, 0x2C002C00;
+mov.b32 g, 0xD480D480;
+shr.b32 u, $6, 8;
+lop3.b32 t0, $6, 0x000F000F, m, 0xEA;
+lop3.b32 t1, $6, 0x00F000F0, m, 0xEA;
+lop3.b32 t2, u, 0x000F000F, m, 0xEA;
+sub.f16x2 t0, t0, c;
+fma.rn.f16x2 t1, t1, f, g;
+sub.f16x2 t2, t2, c;
+mov.b32 {$0, $3}, t0;
+mov.b32 {$1, $4}, t1;
+mov.b32 {$2, $5}, t2;
+}""")
+
+
+@triton.jit
+def _half_nibbles(x, ASM: tl.constexpr):
+    """Nibbles 0-2 of both 16-bit halves of ``x`` (uint32) as fp16 code - 8: (lo 0, lo 1, lo 2, hi 0, hi 1, hi 2).
+
+    The Golay kernel keeps two codewords' 12 data bits per word (bits 0-11 and 16-27); ASM: PTX
+    (one mask and one f16x2 op per pair of values), else the plain version (same values).
+    """
+    if ASM:
+        a0, a1, a2, b0, b1, b2 = tl.inline_asm_elementwise(
+            _NIB6_PTX, "=h,=h,=h,=h,=h,=h,r", [x], dtype=(tl.float16,) * 6, is_pure=True, pack=1
+        )
+    else:
+        a0 = _nib(x, 0, tl.float16)
+        a1 = _nib(x, 1, tl.float16)
+        a2 = _nib(x, 2, tl.float16)
+        b0 = _nib(x, 4, tl.float16)
+        b1 = _nib(x, 5, tl.float16)
+        b2 = _nib(x, 6, tl.float16)
+    return a0, a1, a2, b0, b1, b2
 
 
 @triton.jit
@@ -317,17 +395,43 @@ def _interp_words(x, bad, data_ptr, scale_ptr, bt_ptr, t, tmask, lo, hi, h,
 
 
 @triton.jit
-def _attend_tile(q, kx, kmul, vx, vmul, tm, m_i, l_i, acc, qk_scale, dtype: tl.constexpr):
-    """Online-softmax step over one tile: values kx, vx [N, 8 DWP], per-row multipliers kmul, vmul [N] fp32."""
-    qk = tl.dot(q, tl.trans(kx))  # [GP, N] fp32
-    qk = tl.where(tm[None, :], qk * (kmul * qk_scale)[None, :], float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-    alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(qk - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    pv = (p * vmul[None, :]).to(dtype)
-    acc = acc * alpha[:, None] + tl.dot(pv, vx)  # [GP, 8 DWP]
-    return m_new, l_i, acc
+def _attend_tile(q, kx, kmul, vx, vmul, tm, m_i, l_acc, acc, qk_scale, dtype: tl.constexpr, WHOLE: tl.constexpr,
+                 TRANS: tl.constexpr):  # fmt: skip
+    """Online-softmax step over one tile: values kx, vx [N, 8 DWP], per-row multipliers kmul, vmul [N] fp32.
+
+    ``l_acc``: running sums per score element (``WHOLE``: the tile is BLOCK_N wide) or in the first
+    token slot (a sub-tile); the kernel reduces it once after the loop, so no row sum (shuffles, a
+    cross-warp exchange and its barriers) is taken per tile. ``TRANS``: the tile is the M side of
+    both dots (scores [N, GP], ``acc`` [8 DWP, GP]): on sm_90 Triton then issues wgmma with the
+    values from registers; otherwise scores [GP, N], ``acc`` [GP, 8 DWP].
+    """
+    if TRANS:
+        qk = tl.dot(kx, tl.trans(q))  # [N, GP] fp32
+        qk = tl.where(tm[:, None], qk * (kmul * qk_scale)[:, None], float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=0))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(qk - m_new[None, :])
+        if WHOLE:
+            l_acc = l_acc * alpha[None, :] + p
+        else:
+            first = (tl.arange(0, l_acc.shape[0]) == 0)[:, None]
+            l_acc = l_acc * alpha[None, :] + tl.where(first, tl.sum(p, axis=0)[None, :], 0.0)
+        pv = (p * vmul[:, None]).to(dtype)
+        acc = acc * alpha[None, :] + tl.dot(tl.trans(vx), pv)  # [8 DWP, GP]
+    else:
+        qk = tl.dot(q, tl.trans(kx))  # [GP, N] fp32
+        qk = tl.where(tm[None, :], qk * (kmul * qk_scale)[None, :], float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(qk - m_new[:, None])
+        if WHOLE:
+            l_acc = l_acc * alpha[:, None] + p
+        else:
+            first = (tl.arange(0, l_acc.shape[1]) == 0)[None, :]
+            l_acc = l_acc * alpha[:, None] + tl.where(first, tl.sum(p, axis=1)[:, None], 0.0)
+        pv = (p * vmul[None, :]).to(dtype)
+        acc = acc * alpha[:, None] + tl.dot(pv, vx)  # [GP, 8 DWP]
+    return m_new, l_acc, acc
 
 
 @triton.jit
@@ -349,7 +453,7 @@ def _interp_operand(data_ptr, scale_ptr, bt_ptr, t, tm, lo, hi, h,
 def _interp_step(q, m_i, l_i, acc, kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt_ptr, t0, end, lo, hi, h,
                  stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, qk_scale, dtype: tl.constexpr,
                  BS: tl.constexpr, CODEC: tl.constexpr, DW: tl.constexpr, DWP: tl.constexpr,
-                 BLOCK_N: tl.constexpr, SUB: tl.constexpr):  # fmt: skip
+                 BLOCK_N: tl.constexpr, SUB: tl.constexpr, TRANS: tl.constexpr):  # fmt: skip
     """The tile at ``t0`` again, from memory, in sub-tiles of SUB tokens, with interpolation (rare path).
 
     Sub-tiles keep this path's registers (neighbour rows, flags, fp32 means) small, so the
@@ -363,7 +467,7 @@ def _interp_step(q, m_i, l_i, acc, kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt_ptr, t0, e
         vx = _interp_operand(vd_ptr, vs_ptr, bt_ptr, t, tm, lo, hi, h, stride_db, stride_dh, stride_dt,
                              stride_sb, stride_sh, stride_st, dtype, BS, CODEC, DW, DWP)  # fmt: skip
         one = tl.where(tm, 1.0, 0.0)
-        m_i, l_i, acc = _attend_tile(q, kx, one, vx, one, tm, m_i, l_i, acc, qk_scale, dtype)
+        m_i, l_i, acc = _attend_tile(q, kx, one, vx, one, tm, m_i, l_i, acc, qk_scale, dtype, False, TRANS)
     return m_i, l_i, acc
 
 
@@ -454,6 +558,7 @@ def _paged_decode_words_kernel(
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
     CODEC: tl.constexpr, DW: tl.constexpr, DWP: tl.constexpr, PARTIAL: tl.constexpr, COUNT: tl.constexpr,
     INTERP: tl.constexpr, PREFETCH: tl.constexpr, ASM: tl.constexpr = False, I32: tl.constexpr = False,
+    TRANS: tl.constexpr = False, LAZY: tl.constexpr = False,
 ):  # fmt: skip
     """Raw INT4 / Hamming(8,4) / Hamming(7,4) rows with one scale per row (D % 8 == 0).
 
@@ -472,10 +577,16 @@ def _paged_decode_words_kernel(
     # q: [GP, 8 DWP] in the unpacked column order (rows past G and columns past D are zero)
     q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + (h * G + g)[:, None] * stride_qh + col[None, :], mask=qm, other=0.0)
     m_i = tl.full([GP], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([GP], dtype=tl.float32)
-    acc = tl.zeros([GP, 8 * DWP], dtype=tl.float32)
+    if TRANS:
+        l_acc = tl.zeros([BLOCK_N, GP], dtype=tl.float32)  # running sums per score, reduced after the loop
+        acc = tl.zeros([8 * DWP, GP], dtype=tl.float32)
+    else:
+        l_acc = tl.zeros([GP, BLOCK_N], dtype=tl.float32)
+        acc = tl.zeros([GP, 8 * DWP], dtype=tl.float32)
     n_corr = tl.zeros([BLOCK_N, DWP], dtype=tl.int32)
     n_det = tl.zeros([BLOCK_N, DWP], dtype=tl.int32)
+    n_corr_s = tl.zeros([], dtype=tl.int32)
+    n_det_s = tl.zeros([], dtype=tl.int32)
     bt = bt_ptr + b.to(tl.int64) * stride_bt
     if PREFETCH:  # prologue: raw words and scales of the first tile
         kr, vr, ks, vs = _tile_words(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, start, end, h, stride_db, stride_dh,
@@ -489,29 +600,59 @@ def _paged_decode_words_kernel(
         else:
             kr, vr, ks, vs = _tile_words(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, t0, end, h, stride_db, stride_dh,
                                          stride_dt, stride_sb, stride_sh, stride_st, BS, BLOCK_N, CODEC, DW, DWP, I32)
-        kw, kcor, kdet = _words_of(kr, CODEC, DWP)
-        vw, vcor, vdet = _words_of(vr, CODEC, DWP)
-        if COUNT and CODEC != 0:  # per-element running counts: no cross-thread reduction inside the loop
-            n_corr += _count_pair(kcor, vcor, ASM)
-            n_det += _count_pair(kdet, vdet, ASM)
-        if INTERP:
-            if tl.max(tl.max(kdet | vdet, axis=1), axis=0) != 0:  # rare: a detected codeword in this tile
-                m_i, l_i, acc = _interp_step(q, m_i, l_i, acc, kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, t0, end, tok_lo, hi, h,
-                                             stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st, qk_scale,
-                                             dtype, BS, CODEC, DW, DWP, BLOCK_N, 16)  # fmt: skip
-            else:
-                m_i, l_i, acc = _attend_tile(q, _unpack(kw, dtype, DWP, ASM), ks.to(tl.float32), _unpack(vw, dtype, DWP, ASM),
-                                             vs.to(tl.float32), tm, m_i, l_i, acc, qk_scale, dtype)  # fmt: skip
+        redo = tl.zeros([], dtype=tl.int32)  # INTERP: a detected codeword in this tile
+        if CODEC == 1 and LAZY:  # Hamming(8,4): syndromes always, corrections only where a tile needs them
+            klo, khi = _h84_raw(kr)
+            kw, k0, k1, k2, kodd = _h84_syndromes(klo, khi)
+            vlo, vhi = _h84_raw(vr)
+            vw, v0, v1, v2, vodd = _h84_syndromes(vlo, vhi)
+            if _any(_h84_dirty(k0, k1, k2, kodd) | _h84_dirty(v0, v1, v2, vodd)) != 0:
+                # rare: a tile with an error, decoded again from a second load of its rows, so neither
+                # the raw words nor the syndromes stay live across the test (registers: occupancy)
+                kr2, vr2, _ks2, _vs2 = _tile_words(kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, t0, end, h, stride_db, stride_dh,
+                                                   stride_dt, stride_sb, stride_sh, stride_st, BS, BLOCK_N, CODEC, DW,
+                                                   DWP, I32)  # fmt: skip
+                klo, khi = _h84_raw(kr2)
+                kw, kcor, kdet = _h84_decode(klo, khi)
+                vlo, vhi = _h84_raw(vr2)
+                vw, vcor, vdet = _h84_decode(vlo, vhi)
+                if COUNT:  # scalar sums here: per-element counters would hold registers on the common path
+                    n_corr_s += tl.sum(tl.sum(_count_pair(kcor, vcor, ASM), axis=1), axis=0)
+                    n_det_s += tl.sum(tl.sum(_count_pair(kdet, vdet, ASM), axis=1), axis=0)
+                if INTERP:
+                    redo = _any(kdet | vdet).to(tl.int32)
         else:
-            m_i, l_i, acc = _attend_tile(q, _unpack(kw, dtype, DWP, ASM), ks.to(tl.float32), _unpack(vw, dtype, DWP, ASM),
-                                         vs.to(tl.float32), tm, m_i, l_i, acc, qk_scale, dtype)  # fmt: skip
+            kw, kcor, kdet = _words_of(kr, CODEC, DWP)
+            vw, vcor, vdet = _words_of(vr, CODEC, DWP)
+            if COUNT and CODEC != 0:  # per-element running counts: no cross-thread reduction inside the loop
+                n_corr += _count_pair(kcor, vcor, ASM)
+                n_det += _count_pair(kdet, vdet, ASM)
+            if INTERP:
+                redo = _any(kdet | vdet).to(tl.int32)
+        if INTERP:
+            if redo != 0:  # rare: the tile again from memory, with detected values interpolated
+                m_i, l_acc, acc = _interp_step(q, m_i, l_acc, acc, kd_ptr, ks_ptr, vd_ptr, vs_ptr, bt, t0, end, tok_lo, hi,
+                                               h, stride_db, stride_dh, stride_dt, stride_sb, stride_sh, stride_st,
+                                               qk_scale, dtype, BS, CODEC, DW, DWP, BLOCK_N, 16, TRANS)  # fmt: skip
+            else:
+                m_i, l_acc, acc = _attend_tile(q, _unpack(kw, dtype, DWP, ASM), ks.to(tl.float32), _unpack(vw, dtype, DWP, ASM),
+                                               vs.to(tl.float32), tm, m_i, l_acc, acc, qk_scale, dtype, True, TRANS)  # fmt: skip
+        else:
+            m_i, l_acc, acc = _attend_tile(q, _unpack(kw, dtype, DWP, ASM), ks.to(tl.float32), _unpack(vw, dtype, DWP, ASM),
+                                           vs.to(tl.float32), tm, m_i, l_acc, acc, qk_scale, dtype, True, TRANS)  # fmt: skip
         if PREFETCH:
             kr = krn
             vr = vrn
             ks = ksn
             vs = vsn
+    if TRANS:
+        l_i = tl.sum(l_acc, axis=0)
+        acc = tl.trans(acc)
+    else:
+        l_i = tl.sum(l_acc, axis=1)
     if COUNT:
-        kc.add_counts(cnt_ptr, tl.sum(tl.sum(n_corr, axis=1), axis=0), tl.sum(tl.sum(n_det, axis=1), axis=0))
+        kc.add_counts(cnt_ptr, tl.sum(tl.sum(n_corr, axis=1), axis=0) + n_corr_s,
+                      tl.sum(tl.sum(n_det, axis=1), axis=0) + n_det_s)  # fmt: skip
     ptr, fac = _output_rows(b, h, s, g, gm, m_i, l_i, pacc_ptr, pml_ptr, out_ptr, stride_ob, stride_oh,
                             split_off, S_TOTAL, D, G, PARTIAL)
     ptr = ptr + col[None, :]

@@ -290,3 +290,23 @@ def test_asm_rejected_in_interpreter(device: str) -> None:
     args = (cache.k_data[0], cache.k_scale[0], cache.v_data[0], cache.v_scale[0], cache.block_tables, cache.lengths)
     with pytest.raises(ValueError, match="asm"):
         paged_decode_attention(q, *args, sm_scale=1.0, codec=None, max_len=3, asm=True)
+
+
+@pytest.mark.parametrize("lazy, trans", [(True, True), (False, False)])
+def test_hamming84_few_errors_clean_and_dirty_tiles(lazy: bool, trans: bool, device: str) -> None:
+    # a handful of flips: most tiles are clean (lazy: syndromes only), a few are corrected
+    cache = _cache("int4-hamming84", [160, 37], device, head_dim=64, ber=2e-5, seed=12, num_blocks=56)
+    _, _, st = cache.read(0)
+    assert 0 < int((st > 0).sum()) < 20, "a few corrected codewords, most tiles clean"
+    from kernels.paged_attention import paged_decode_attention
+
+    c = cache.config
+    q = torch.randn(2, 4, 64, generator=torch.Generator().manual_seed(3)).to(torch.float16).to(device)
+    cnt_ref = torch.zeros(2, dtype=torch.int64, device=device)
+    ref = cache.attend(0, q, backend="torch", counters=cnt_ref)
+    cnt = torch.zeros(2, dtype=torch.int64, device=device)
+    args = (cache.k_data[0], cache.k_scale[0], cache.v_data[0], cache.v_scale[0], cache.block_tables, cache.lengths)
+    out = paged_decode_attention(q, *args, sm_scale=64**-0.5, codec=c.codec, counters=cnt, num_splits=None,
+                                 max_len=160, block_n=16, lazy=lazy, trans=trans)  # fmt: skip
+    assert_close_verbose(out, ref, torch.float16)
+    assert cnt.tolist() == cnt_ref.tolist()
