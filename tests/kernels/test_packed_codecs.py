@@ -18,10 +18,10 @@ from kernels.packed_codecs import decode_packed, encode_packed
 CASES = [  # (codec, n, rows, units per program)
     ("hamming84", 72, 9, 32),  # 81 output words: 40 whole groups over two programs, then the half group
     ("hamming84", 128, 3, 64),
-    ("hamming74", 128, 19, 16),  # one quad per row, two programs
+    ("hamming74", 128, 9, 8),  # one quad per row, two programs
     ("hamming74", 256, 5, 32),  # two quads per row
     ("hamming74", 32, 3, 32),  # no whole quad per row: group decoder
-    ("golay2412", 96, 19, 16),
+    ("golay2412", 96, 9, 8),
     ("golay2412", 192, 5, 32),
     ("golay2412", 24, 4, 32),
 ]
@@ -59,7 +59,7 @@ def test_units_equal_group_decoder_and_layouts(name: str, n: int, rows: int, blo
 # every case at BER 3e-3 (mostly the fast path, a few tiles on the full rule), bursts and 0.6 (more than
 # 64 events per group: complement draws, every tile on the full rule) on one shape per codec
 CHANNELS = [(*c, 0.003, "bsc") for c in CASES] + [(*CASES[i], 0.05, "burst") for i in (0, 2, 5)] + [
-    (*CASES[i], 0.6, "bsc") for i in (0, 3, 6)  # rows of two quads: fewer lanes than the one-quad shapes
+    ("hamming84", 72, 3, 32, 0.6, "bsc"), ("hamming74", 256, 2, 32, 0.6, "bsc"), ("golay2412", 192, 2, 32, 0.6, "bsc")
 ]
 
 
