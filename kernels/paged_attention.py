@@ -346,17 +346,20 @@ def _geometry(codec: str | None, d: int) -> tuple[int, int, int]:
 
 
 def programs_per_sm(codec: str | None, interpolate: bool = False, block_n: int = 64, num_warps: int = 4,
-                    lazy: bool = True) -> int:  # fmt: skip
-    """Programs of the specialised kernel that fit on one H100 SM at once (registers: 64K per SM).
+                    lazy: bool = True, head_dim: int = 128) -> int:  # fmt: skip
+    """Programs of the specialised kernel that fit on one H100 SM at once (64K registers per SM).
 
-    From sm_90 compiles with triton 3.6 (the GPU's): at ``block_n`` 64 and 4 warps the packed-word
-    kernel takes 145 registers for raw INT4 and 168 for Hamming(8,4) with lazy correction (3
-    programs); Hamming(8,4) correcting every tile 183, with interpolation, Hamming(7,4) and Golay
-    200-255 (2 programs). Other tile shapes: 2 (a safe guess).
+    From sm_90 compiles with triton 3.6 (the GPU's) at ``block_n`` 64 and 4 warps, packed-word
+    kernel: head_dim 128 takes 145 registers for raw INT4 and 168 for Hamming(8,4) with lazy
+    correction (3 programs), head_dim 64 95 and 128 (5 and 4); Hamming(8,4) correcting every tile,
+    with interpolation, Hamming(7,4) and Golay take 180-255 (2). Other shapes: 2 (a safe guess).
     """
-    if block_n == 64 and num_warps == 4 and not interpolate and (codec is None or (codec == "hamming84" and lazy)):
-        return 3
-    return 2
+    plain = codec is None or (codec == "hamming84" and lazy and not interpolate)
+    if block_n != 64 or num_warps != 4 or not plain or head_dim > 128:
+        return 2
+    if head_dim <= 64:
+        return 5 if codec is None else 4
+    return 3
 
 
 def default_num_splits(batch: int, kv_heads: int, max_len: int, block_n: int, device: torch.device,
@@ -462,7 +465,9 @@ def paged_decode_attention(
     bt = block_tables.to(torch.int32)
     max_len = max(int(max_len), 1)
     if num_splits is None:
-        per_sm = programs_per_sm(codec, interpolate, block_n, num_warps, lazy) if fast else 2
+        use_trans = TRANS_DEFAULT if trans is None else bool(trans)
+        words_kernel = fast and ng == 1 and d % 8 == 0 and use_trans
+        per_sm = programs_per_sm(codec, interpolate, block_n, num_warps, lazy, d) if words_kernel else 2
         num_splits = default_num_splits(bsz, hkv, max_len, block_n, q.device, per_sm)
     num_splits = max(1, min(int(num_splits), -(-max_len // block_n)))
     launches = []  # (codec, storage, tok_lo, tok_hi, splits, split_off)
