@@ -191,8 +191,9 @@ def test_rejects_bad_arguments(device: str) -> None:
 
 
 @triton.jit
-def _probe_kernel(w_ptr, lo_ptr, hi_ptr, nib_ptr, dec_ptr, cnt_ptr, N, ASM: tl.constexpr, BLOCK: tl.constexpr):
-    """The packed-word kernel's device helpers on their own: nibbles -> fp16, Hamming(8,4) decode, flag counts."""
+def _probe_kernel(w_ptr, lo_ptr, hi_ptr, nib_ptr, half_ptr, dec_ptr, cnt_ptr, N, ASM: tl.constexpr, BLOCK: tl.constexpr):
+    """The packed-word kernels' device helpers on their own: nibbles -> fp16 (8 per word, and the Golay
+    kernel's 3 per 16-bit half), Hamming(8,4) decode, flag counts."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < N
     w = tl.load(w_ptr + i, mask=m, other=0).to(tl.uint32, bitcast=True)
@@ -205,6 +206,13 @@ def _probe_kernel(w_ptr, lo_ptr, hi_ptr, nib_ptr, dec_ptr, cnt_ptr, N, ASM: tl.c
     tl.store(nib_ptr + 8 * i + 5, n5, mask=m)
     tl.store(nib_ptr + 8 * i + 6, n6, mask=m)
     tl.store(nib_ptr + 8 * i + 7, n7, mask=m)
+    h0, h1, h2, h4, h5, h6 = pw._half_nibbles(w, ASM)
+    tl.store(half_ptr + 6 * i + 0, h0, mask=m)
+    tl.store(half_ptr + 6 * i + 1, h1, mask=m)
+    tl.store(half_ptr + 6 * i + 2, h2, mask=m)
+    tl.store(half_ptr + 6 * i + 3, h4, mask=m)
+    tl.store(half_ptr + 6 * i + 4, h5, mask=m)
+    tl.store(half_ptr + 6 * i + 5, h6, mask=m)
     lo = tl.load(lo_ptr + i, mask=m, other=0).to(tl.uint32, bitcast=True)
     hi = tl.load(hi_ptr + i, mask=m, other=0).to(tl.uint32, bitcast=True)
     d, c, e = pw._h84_decode(lo, hi)
@@ -241,17 +249,18 @@ def _probe(device: str, asm: bool) -> tuple[torch.Tensor, ...]:
         return (x - (x >= 2**31).long() * 2**32).to(torch.int32).to(device)
 
     nib = torch.empty(n, 8, dtype=torch.float16, device=device)
+    half = torch.empty(n, 6, dtype=torch.float16, device=device)
     dec = torch.empty(n, 6, dtype=torch.int32, device=device)
     cnt = torch.empty(n, dtype=torch.int32, device=device)
-    _probe_kernel[(triton.cdiv(n, 256),)](i32(w), i32(lo), i32(hi), nib, dec, cnt, n, ASM=asm, BLOCK=256)
-    return w, nib.cpu(), dec.cpu().long() & 0xFFFFFFFF, cnt.cpu()
+    _probe_kernel[(triton.cdiv(n, 256),)](i32(w), i32(lo), i32(hi), nib, half, dec, cnt, n, ASM=asm, BLOCK=256)
+    return w, torch.cat([nib.cpu(), half.cpu()], 1), dec.cpu().long() & 0xFFFFFFFF, cnt.cpu()
 
 
 def test_word_helpers_match_codecs(device: str) -> None:
     # the plain (interpreter) versions: nibble values, the Hamming(8,4) decode against kernels.codecs, counts
     w, nib, dec, cnt = _probe(device, asm=False)
-    want = torch.stack([((w >> (4 * j)) & 15) - 8 for j in range(8)], 1).to(torch.float16)
-    assert torch.equal(nib, want)
+    want = torch.stack([((w >> (4 * j)) & 15) - 8 for j in (0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 4, 5, 6)], 1)
+    assert torch.equal(nib, want.to(torch.float16))
     assert torch.equal(dec[:, 0], _nibble_perm(dec[:, 3]))
     assert torch.equal(dec[:, 1], _nibble_perm(dec[:, 4]))
     assert torch.equal(dec[:, 2], _nibble_perm(dec[:, 5]))
