@@ -16,8 +16,7 @@ without a copy (the leading dimension is the bundled row length; BLAS accepts it
 The move plans come from ``ecc_kv.weight_cache_plans`` (torch, numpy) or from the fused
 Triton kernels in ``kernels.weight_cache``; all make the same plan, move for move. On the
 GPU the fastest update (``planner="fused"``) is ONE launch that plans, moves the rows and
-commits the maps with no grid barrier (``kernels.weight_cache_update``), replayed from a CUDA
-graph; offloaded, a one-launch update with grid barriers (``kernels.weight_cache``) reads the mask
+commits the maps, replayed from a CUDA graph; offloaded, the same launch reads the mask
 and the added rows from pinned host memory while the host only counts (or the host plans
 and one kernel reads the added rows from the pinned pool: ``planner="torch"``).
 """
@@ -77,10 +76,9 @@ class PairedWeightCache:
     planner: ``"torch"`` (fixed-shape torch ops on the GPU, numpy on the host),
         ``"triton"`` (``kernels.weight_cache.plan_and_commit``: the whole plan and the map
         updates in one single-program launch, then the move launch) or ``"fused"``
-        (``kernels.weight_cache_update.paired_update``: plan, moves and map commit in ONE
-        launch with no grid barrier, every program planning for itself on double-buffered
-        maps; the counts come back through pinned host memory; default for the gpu
-        placement with the triton backend). Offloaded: ``"torch"`` (the host plans
+        (``kernels.weight_cache.plan_and_move``: plan, moves and map commit in ONE
+        multi-program launch; the counts come back through pinned host memory; default for
+        the gpu placement with the triton backend). Offloaded: ``"torch"`` (the host plans
         on host maps) or ``"fused"`` (the host only counts; one launch plans on GPU maps and
         reads the mask and the added rows from pinned host memory; needs ``offload="direct"``;
         default when the buffer is on CUDA, the backend triton and offload direct).
@@ -190,19 +188,10 @@ class PairedWeightCache:
         if planner == "triton":
             z = lambda k: torch.zeros(k, dtype=torch.int32, device=map_dev)  # noqa: E731
             self._fused = {"dst": z(capacity), "src": z(capacity), "moved": z(capacity), "counts": z(2), "stats": z(4)}
-        # the fused update off the offloaded path: its own double-buffered device state; n2s is
-        # updated in place, the slot map is read through _slot_map()
-        self._state = None
-        if planner == "fused" and placement != "offloaded":
-            from kernels.weight_cache_update import paired_state
-
-            self._state = paired_state(n, capacity, buf_dev)
-            self._n2s, self._s2n = self._state.n2s, None
-        elif planner == "fused":
+        if planner == "fused":
             from kernels.weight_cache import fused_scratch
 
             self._scratch = fused_scratch(n, capacity, buf_dev)  # move lists, chunk counts, barrier state
-        if planner == "fused":
             self._stats = torch.zeros(4, dtype=torch.int32, device=buf_dev)
             self._moves = self._stats[2]  # 0-d view: rows written by the last launch (update_async)
             # the launch also writes its counts to pinned host memory: update() reads them after a
@@ -242,20 +231,15 @@ class PairedWeightCache:
     def __len__(self) -> int:
         return self._m
 
-    def _slot_map(self) -> torch.Tensor:
-        """int32 [capacity]: the current slot -> neuron map (a copy for the gpu fused update,
-        whose launch keeps two and picks one by its own counters: no host sync)."""
-        return self._state.current_slots() if self._state is not None else self._s2n
-
     @property
     def active(self) -> torch.Tensor:
         """int64 [n]: the active neuron ids, in slot order (row i of the views is neuron active[i])."""
-        return self._slot_map()[: self._m].long()
+        return self._s2n[: self._m].long()
 
     @property
     def slot_to_neuron(self) -> torch.Tensor:
-        """int32 [capacity]: the neuron in each slot, -1 when empty (gpu fused update: a copy)."""
-        return self._slot_map()
+        """int32 [capacity]: the neuron in each slot, -1 when empty."""
+        return self._s2n
 
     @property
     def neuron_to_slot(self) -> torch.Tensor:
@@ -473,43 +457,42 @@ class PairedWeightCache:
         ``mask_feed="copy"``: the graph reads the mask from a static input the call copies it
         into. ``"ring"``: the host writes the mask's address into the ring slot of this call
         (pinned host memory) and the launch reads it there (its device counter names the
-        slot, from the launch's own count of ring-fed calls): one replay and no copy per call;
-        every half ring the host waits for the
+        slot): one replay and no copy per call; every half ring the host waits for the
         launch of half a ring ago, so it never overwrites a slot a queued launch has yet to
         read. Launched directly where no graph can be (CPU, or inside a capture the caller
         is recording).
         """
-        from kernels.weight_cache_update import mask_ring, paired_update
+        from kernels.weight_cache import mask_ring, plan_and_move
 
-        args = (self._state, self.buffer, self.pool, self._stats, self._hstats)
+        args = (self._n2s, self._s2n, self.buffer, self.pool, self._scratch, self._stats, self._hstats)
         if not self.buffer.is_cuda or torch.cuda.is_current_stream_capturing():
-            paired_update(new, *args)
+            plan_and_move(new, *args)
             return
         if self.mask_feed == "copy":
             if self._graph is None:
-                paired_update(new, *args)  # compiles the kernel; the graph serves the next calls
+                plan_and_move(new, *args)  # compiles the kernel; the graph serves the next calls
                 self._mask_in = torch.zeros_like(new)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    paired_update(self._mask_in, *args)
+                    plan_and_move(self._mask_in, *args)
                 self._graph = graph
                 return
             self._mask_in.copy_(new)
             self._graph.replay()
             return
         if self._graph is None:
-            self._ring = mask_ring(self._state)  # [slots, programs, 16] in pinned host memory
-            self._ring_np = self._ring.numpy()
+            self._ring = mask_ring(self.n_neurons, self.capacity, self.buffer.device)  # [slots, programs, 16], ctr
+            self._ring_np = self._ring[0].numpy()
             self._ring_event = torch.cuda.Event()
         slots = self._ring_np.shape[0]
         self._ring_np[self._calls % slots, :, 0] = new.data_ptr()
         if self._graph is not None:
             self._graph.replay()
         else:
-            paired_update(new, *args, ring=self._ring)  # compiles the kernel and runs this update
+            plan_and_move(new, *args, ring=self._ring)  # compiles the kernel and runs this update
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                paired_update(new, *args, ring=self._ring)  # recorded, not run: each replay reads the ring
+                plan_and_move(new, *args, ring=self._ring)  # recorded, not run: each replay reads the ring
             self._graph = graph
         self._calls += 1
         if self._calls % (slots // 2) == 0:  # every launch up to half a ring ago has read its slot
@@ -550,8 +533,8 @@ class PairedWeightCache:
         if rebuilt:  # the paired moves ran already; the rebuild overwrites them and the maps
             plan = plan_rebuild(new, self.capacity)
             torch.index_select(self.pool, 0, plan.src[:m_new].long(), out=self.buffer[:m_new])
-            self._state.set_slots(plan.s2n)
-            self._n2s.copy_(plan.n2s)  # the cached set is the same: the launch's next mask stands
+            self._s2n.copy_(plan.s2n)
+            self._n2s.copy_(plan.n2s)
             n_moves = m_new
         self._m = m_new
         self.rows_written += n_moves
@@ -608,9 +591,9 @@ class PairedWeightCache:
         n2s = self._n2s.long().cpu()
         if not torch.equal(n2s[act.cpu()], torch.arange(self._m)) or int((n2s >= 0).sum()) != self._m:
             raise ValueError("neuron->slot map disagrees with slot->neuron map")
-        if bool((self._slot_map()[self._m :] >= 0).any()):
+        if bool((self._s2n[self._m :] >= 0).any()):
             raise ValueError("slots past the active size are not empty")
-        if self.planner == "fused" and self._state is None:
+        if self.planner == "fused":
             from kernels.weight_cache import barrier_timeouts
 
             if barrier_timeouts(self._scratch):

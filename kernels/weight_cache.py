@@ -17,9 +17,9 @@ launches (plan, move) instead of ~40 small torch ops.
 ``plan_and_move`` is the whole update in ONE launch of one program per SM: chunk counts,
 a grid barrier, ranks, a second barrier, then the row copies as (move, column chunk)
 work items over every program and the map commit. The pool (and, with ``mask_out``,
-the mask) may sit in pinned host memory: the offloaded cache uses it, so that the mask
-crosses PCIe once, split over the programs. The GPU-resident cache uses the barrier-free
-``kernels.weight_cache_update`` instead, whose programs each read the whole mask.
+the mask) may sit in pinned host memory (the offloaded cache); with ``ring`` the launch
+reads its mask's address from a ring in pinned host memory, so one CUDA graph of it takes
+a new mask every replay without a copy.
 """
 
 from __future__ import annotations
@@ -302,6 +302,8 @@ def _plan_move_kernel(
     newd_ptr,  # uint8 [N] out (PUBLISH): the device copy of the mask the slot scan reads
     stats_ptr,  # int32 [4] out: (added, removed, moves, new size)
     hstats_ptr,  # int32 [4] out (HOST_STATS): the same, in pinned host memory
+    ring_ptr,  # int64 [RING, n_prog, 16] (INDIRECT): mask addresses, pinned host memory, a line per program
+    ctr_ptr,  # int32 [1] (INDIRECT): launches so far; this launch's mask address is ring[ctr % RING, pid, 0]
     N,
     CAP,
     row_len,
@@ -316,8 +318,13 @@ def _plan_move_kernel(
     HOST_STATS: tl.constexpr,
     ONE: tl.constexpr,  # CAP <= SB: the slot block stays in registers from phase 1 to phase 2
     PUBLISH: tl.constexpr,  # new_ptr may be host memory: read once, copied to newd_ptr for the slot scan
+    INDIRECT: tl.constexpr,  # the mask's address comes from the ring (a graph replayed with a new mask each call)
+    RING: tl.constexpr,  # ring slots (a power of two)
 ):
     pid = tl.program_id(0)
+    if INDIRECT:  # each program reads its own 128-byte line: no two programs read one host line
+        call = tl.load(ctr_ptr)
+        new_ptr = tl.load(ring_ptr + ((call & (RING - 1)) * n_prog + pid) * 16).to(tl.pointer_type(tl.uint8))
     zero = tl.sum(tl.zeros([SB], dtype=tl.int32), axis=0)
     # phase 1: added neurons of this program's chunk; stayers over all slots (every program;
     # with PUBLISH after the barrier, from the device copy of the mask the chunks make)
@@ -345,6 +352,9 @@ def _plan_move_kernel(
         else:
             n_stay, n_old = _count_stayers(s2n_ptr, new_ptr, CAP, SB)
     _grid_sync(sync_ptr, pid, flip, SPIN)
+    if INDIRECT:
+        if pid == 0:  # every program read the counter before the barrier
+            tl.store(ctr_ptr, call + 1)
     if PUBLISH:
         if ONE:
             stays1 = _in_mask(newd_ptr, nid1, occ1, ok1, CG=True)
@@ -448,6 +458,7 @@ def plan_and_move(
     stats: torch.Tensor,
     host_stats: torch.Tensor | None = None,
     mask_out: torch.Tensor | None = None,
+    ring: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """A whole paired update in ONE launch: plan, row moves and map commit.
 
@@ -465,6 +476,11 @@ def plan_and_move(
     addressing) and so may ``new``: with ``mask_out`` (bool [N] on the buffer's device)
     every program reads its chunk of ``new`` once and copies it there, and the scan over
     the slots reads that copy after the first barrier, so no separate mask copy is needed.
+    ``ring`` = (addresses, counter) from :func:`mask_ring`: the launch ignores ``new``'s
+    address (only its size is checked) and reads its mask's address from slot
+    ``counter % RING`` of the ring (pinned host memory, written by the host before the
+    launch; each program reads its own copy on its own 128-byte line), then increments
+    ``counter``: one graph of this launch takes a new mask every replay without a copy.
     """
     if new.dtype != torch.bool or new.dim() != 1:
         raise TypeError(f"new must be a 1-D bool mask, got {new.dtype} {tuple(new.shape)}")
@@ -492,17 +508,35 @@ def plan_and_move(
         raise TypeError(f"mask_out must be a bool [N={n}] tensor, got {mask_out.dtype} {tuple(mask_out.shape)}")
     hs = stats if host_stats is None else host_stats
     newd = new if mask_out is None else mask_out
+    addrs, ctr = ring if ring is not None else (stats, stats)
+    slots = addrs.numel() // (progs * 16) if ring is not None else 1
+    if ring is not None and (addrs.dtype != torch.int64 or ctr.dtype != torch.int32 or ctr.numel() != 1
+                             or addrs.numel() != slots * progs * 16 or slots & (slots - 1) or mask_out is not None):
+        raise ValueError(f"ring must be mask_ring()'s (int64 [RING, {progs}, 16], RING a power of two; int32 [1]) "
+                         f"and excludes mask_out, got {addrs.dtype} {tuple(addrs.shape)}, {ctr.dtype} {tuple(ctr.shape)}")
     _plan_move_kernel[(progs,)](
         new.view(torch.uint8), n2s, s2n, buf, pool, dst, src, moved, part, sync, newd.view(torch.uint8), stats, hs,
-        n, cap, row_len, progs, _flip(progs), NB=triton.next_power_of_2(triton.cdiv(n, progs)), SB=sb,
+        addrs, ctr, n, cap, row_len, progs, _flip(progs), NB=triton.next_power_of_2(triton.cdiv(n, progs)), SB=sb,
         PB=triton.next_power_of_2(progs), MB=mb, COLS=cols, SPIN=SPIN_LIMIT, HOST_STATS=host_stats is not None,
-        ONE=cap <= sb, PUBLISH=mask_out is not None, num_warps=8)
+        ONE=cap <= sb, PUBLISH=mask_out is not None, INDIRECT=ring is not None, RING=slots, num_warps=8)
 
 
 def fused_scratch(n: int, cap: int, device: torch.device | str) -> torch.Tensor:
     """Zeroed int32 scratch for :func:`plan_and_move`: move lists, chunk counts, barrier state."""
     device = torch.device(device)
     return torch.zeros(3 * cap + _programs(n, cap, device) + SYNC_WORDS, dtype=torch.int32, device=device)
+
+
+def mask_ring(n: int, cap: int, device: torch.device | str, slots: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(addresses, counter) for :func:`plan_and_move`'s ``ring``: int64 [slots, programs, 16]
+    in pinned host memory (pageable on a CPU device) and a zeroed int32 [1] launch counter on
+    ``device``. The host writes a mask's address into every program's line of the slot that
+    launch number ``counter`` reads: ``addresses.numpy()[counter % slots, :, 0] = mask.data_ptr()``."""
+    device = torch.device(device)
+    if slots < 1 or slots & (slots - 1):
+        raise ValueError(f"slots must be a power of two, got {slots}")
+    addrs = torch.zeros(slots, _programs(n, cap, device), 16, dtype=torch.int64)
+    return (addrs.pin_memory() if device.type == "cuda" else addrs), torch.zeros(1, dtype=torch.int32, device=device)
 
 
 def barrier_timeouts(scratch: torch.Tensor) -> int:

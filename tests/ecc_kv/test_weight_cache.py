@@ -360,7 +360,7 @@ def test_offloaded_on_gpu(backend: str, offload: str, planner: str, tau: float |
 @pytest.mark.gpu
 @pytest.mark.parametrize(("dtype", "feed"), [(torch.float16, "copy"), (torch.bfloat16, "copy"), (torch.float16, "ring")])
 def test_fused_update_on_gpu_sequences(dtype: torch.dtype, feed: str) -> None:
-    """planner='fused' on the GPU (one program per SM, each planning for itself): every regime, with and
+    """planner='fused' on the GPU (many programs, grid barriers): every regime, with and
     without hybrid rebuilds, at a size where the neuron scan spans many programs; the
     graph's mask by copy or through the address ring."""
     for tau in (None, 0.5):

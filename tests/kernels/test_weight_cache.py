@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ecc_kv.sparse_mlp import random_walk_masks
 from ecc_kv.weight_cache import apply_moves_torch, plan_moves
 from kernels.weight_cache import (
     apply_moves,
     barrier_timeouts,
     fused_scratch,
+    mask_ring,
     plan_and_commit,
     plan_and_move,
 )
@@ -215,3 +217,32 @@ def test_plan_and_move_reads_pinned_pool(n: int, cap: int, r: int, dtype: torch.
         assert torch.equal(s2n, want.s2n) and torch.equal(n2s, want.n2s)
         _assert_equal_rows(buf[: st[3]].cpu(), pool[s2n[: st[3]].long().cpu()])
     assert barrier_timeouts(scratch) == 0
+
+
+def test_plan_and_move_reads_mask_through_ring(device: str) -> None:
+    """ring=mask_ring(...): the launch ignores the mask it is handed and reads the address in
+    slot counter % RING (one copy per program line), then counts the call; the same plan,
+    maps and rows as plan_moves on the real mask, past a ring wrap."""
+    gen = torch.Generator().manual_seed(5)
+    n, cap, r = 300, 90, 37
+    s2n = torch.full((cap,), -1, dtype=torch.int32, device=device)
+    n2s = torch.full((n,), -1, dtype=torch.int32, device=device)
+    pool = torch.randn(n, r, generator=gen).to(device)
+    buf = torch.zeros(cap, r, device=device)
+    scratch, stats = fused_scratch(n, cap, device), torch.zeros(4, dtype=torch.int32, device=device)
+    ring = mask_ring(n, cap, device, slots=4)
+    decoy = torch.zeros(n, dtype=torch.bool, device=device)  # what the launch is handed: never read
+    masks = random_walk_masks(n, 80, 0.2, 7, seed=3).to(device)
+    for t, new in enumerate(masks):
+        ring[0].numpy()[t % 4, :, 0] = new.data_ptr()
+        want = plan_moves(new, n2s, s2n)
+        plan_and_move(decoy, n2s, s2n, buf, pool, scratch, stats, ring=ring)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        assert stats.tolist() == want.stats.tolist() and int(ring[1]) == t + 1
+        assert torch.equal(s2n, want.s2n) and torch.equal(n2s, want.n2s)
+        _assert_equal_rows(buf[:80], pool[s2n[:80].long()])
+    with pytest.raises(ValueError, match="power of two"):
+        mask_ring(n, cap, device, slots=3)
+    with pytest.raises(ValueError, match="mask_ring"):
+        plan_and_move(decoy, n2s, s2n, buf, pool, scratch, stats, ring=(ring[0][:3], ring[1]))
