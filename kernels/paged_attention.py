@@ -32,9 +32,9 @@ import triton.language as tl
 from kernels import codecs as kc
 from kernels.cache_write import CODEC_IDS
 from kernels.paged_attention_golay import _paged_decode_golay_kernel
+from kernels.paged_attention_unpack import _nib
 from kernels.paged_attention_words import (
     _load_parts,
-    _nib,
     _output_rows,
     _paged_decode_words_kernel,
     _rows,

@@ -27,15 +27,8 @@ import triton
 import triton.language as tl
 
 from kernels import codecs as kc
-from kernels.paged_attention_words import (
-    _half_nibbles,
-    _load_parts,
-    _nib,
-    _output_rows,
-    _rows,
-    _split_bounds,
-    _store_parts,
-)
+from kernels.paged_attention_unpack import _half_nibbles, _nib
+from kernels.paged_attention_words import _load_parts, _output_rows, _rows, _split_bounds, _store_parts
 
 
 @triton.jit

@@ -9,7 +9,7 @@ import triton.language as tl
 
 from ecc_kv.cache import ECCCacheConfig, PagedECCCache
 from kernels import codecs as kc
-from kernels import paged_attention_words as pw
+from kernels import paged_attention_unpack as pw
 
 # dtype -> (atol, rtol): outputs are convex combinations of values of magnitude ~1; the kernel
 # dots in fp16/bf16 with fp32 accumulation, the reference in fp32 on the same dequantized values
