@@ -292,7 +292,9 @@ def _paged_decode_words_kernel(
     """Raw INT4 / Hamming(8,4) / Hamming(7,4) rows with one scale per row (D % 8 == 0).
 
     Same contract as ``kernels.paged_attention._paged_decode_kernel``. With ``PREFETCH`` the raw
-    words and scales of the next tile are loaded before the current tile is decoded.
+    words and scales of the next tile are loaded before the current tile is decoded. ``ASM``:
+    inline PTX (compiled kernels only); ``I32``: 32-bit row offsets (the host checked they fit);
+    ``TRANS`` and ``LAZY``: see the module docstring.
     """
     b = tl.program_id(0)
     h = tl.program_id(1)
