@@ -26,6 +26,12 @@ from ecc_kv.cache_layout import Layout, get_layout
 from ecc_kv.modes import get_mode
 from ecc_kv.quant import check_backend, dequantize_int4, quantize_int4, resolve_group_size
 
+# above this stored BER most 64-token Hamming(8,4) tiles hold a non-codeword (1 - (1 - p)^65536: 12% of
+# tiles at 2e-6, 48% at 1e-5), and lazy correction, which reloads such a tile, loses to correcting every
+# tile (H100, Llama 32 x 8k at BER 1e-4: 0.586 ms lazy, 0.372 ms eager; 0.307 ms lazy on a clean cache;
+# docs/paged_cache.md): the break-even is about 23% of tiles
+LAZY_MAX_BER = 2e-6
+
 SUPPORTED_MODES = (
     "int4",
     "int4-hamming",
@@ -195,6 +201,7 @@ class PagedECCCache:
         self._step_slots: torch.Tensor | None = None
         # running totals of what was done to the stored bytes (read counts go to attend(counters=...))
         self.stats = {"injected_flips": 0, "scrub_rewritten": 0}
+        self.fault_rate = 0.0  # highest BER injected into the stored codewords (see attend's lazy)
 
     # --- sequence and block management ---------------------------------------------------
     @property
@@ -349,6 +356,7 @@ class PagedECCCache:
         num_splits: int | None = None,
         block_n: int = 64,
         num_warps: int = 4,
+        lazy: bool | None = None,
     ) -> torch.Tensor:
         """Decode attention for one query token per sequence: ``q [max_seqs, H_q, D] -> [max_seqs, H_q, D]``.
 
@@ -356,6 +364,9 @@ class PagedECCCache:
         of this call are added to it (triton backend; the torch backend adds its own).
         ``num_splits``: split-KV partitions per (sequence, head) (None: enough to fill the GPU).
         ``block_n`` (tokens per tile, a power of two >= 16) and ``num_warps`` tune the kernel.
+        ``lazy``: Hamming(8,4) corrections only in tiles that hold a non-codeword (None: lazy
+        while the stored cache has seen faults at a rate below ``LAZY_MAX_BER``, see
+        ``fault_rate``; above it most tiles hold an error and correcting every tile is faster).
         """
         check_backend(backend)
         self._check_layer(layer)
@@ -379,7 +390,13 @@ class PagedECCCache:
             self.block_tables, self.lengths, sm_scale=scale, codec=c.codec, interpolate=c.interpolate,
             sink=sink, sink_codec=c.sink_codec, sink_tokens=c.sink_tokens, counters=counters,
             num_splits=num_splits, max_len=max(self._host_lengths), block_n=block_n, num_warps=num_warps,
+            lazy=self.lazy_correction() if lazy is None else bool(lazy),
         )  # fmt: skip
+
+    def lazy_correction(self) -> bool:
+        """Whether ``attend`` corrects lazily by default: the highest BER injected into the stored
+        cache (``fault_rate``) is below ``LAZY_MAX_BER``."""
+        return self.fault_rate < LAZY_MAX_BER
 
     # --- faults and scrub ----------------------------------------------------------------------
     def inject_faults(
@@ -393,7 +410,13 @@ class PagedECCCache:
 
         n = inject_storage(self, ber, seed, layers, model, burst_len)
         self.stats["injected_flips"] += n
+        self.note_faults(ber)
         return n
+
+    def note_faults(self, ber: float) -> None:
+        """Record that stored codewords were exposed to faults at ``ber`` (raises ``fault_rate``;
+        callers that inject into the storage themselves, like the transformers shim, call it)."""
+        self.fault_rate = max(self.fault_rate, float(ber))
 
     def scrub(self, layers: list[int] | None = None) -> dict[str, int]:
         """Decode every allocated codeword and write corrected codewords back (detected ones stay)."""

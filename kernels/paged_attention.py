@@ -362,6 +362,17 @@ def programs_per_sm(codec: str | None, interpolate: bool = False, block_n: int =
     return 3
 
 
+def auto_num_splits(batch: int, kv_heads: int, max_len: int, head_dim: int, groups: int, codec: str | None,
+                    device: torch.device, *, interpolate: bool = False, block_n: int = 64, num_warps: int = 4,
+                    fast: bool = True, trans: bool | None = None, lazy: bool = True) -> int:  # fmt: skip
+    """The split count ``paged_decode_attention`` picks when ``num_splits`` is None (``groups``: scale
+    groups per row); callers that report it (attention_bench) ask here rather than re-derive it."""
+    use_trans = TRANS_DEFAULT if trans is None else bool(trans)
+    words_kernel = fast and groups == 1 and head_dim % 8 == 0 and use_trans
+    per_sm = programs_per_sm(codec, interpolate, block_n, num_warps, lazy, head_dim) if words_kernel else 2
+    return default_num_splits(batch, kv_heads, max_len, block_n, device, per_sm)
+
+
 def default_num_splits(batch: int, kv_heads: int, max_len: int, block_n: int, device: torch.device,
                        per_sm: int = 2) -> int:  # fmt: skip
     """Splits per (sequence, head) so the grid fills whole waves of ``per_sm`` programs per SM.
@@ -465,10 +476,8 @@ def paged_decode_attention(
     bt = block_tables.to(torch.int32)
     max_len = max(int(max_len), 1)
     if num_splits is None:
-        use_trans = TRANS_DEFAULT if trans is None else bool(trans)
-        words_kernel = fast and ng == 1 and d % 8 == 0 and use_trans
-        per_sm = programs_per_sm(codec, interpolate, block_n, num_warps, lazy, d) if words_kernel else 2
-        num_splits = default_num_splits(bsz, hkv, max_len, block_n, q.device, per_sm)
+        num_splits = auto_num_splits(bsz, hkv, max_len, d, ng, codec, q.device, interpolate=interpolate,
+                                     block_n=block_n, num_warps=num_warps, fast=fast, trans=trans, lazy=lazy)
     num_splits = max(1, min(int(num_splits), -(-max_len // block_n)))
     launches = []  # (codec, storage, tok_lo, tok_hi, splits, split_off)
     if sink is not None:

@@ -244,9 +244,13 @@ def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     tune = {"block_n": p["block_n"], "num_warps": p["num_warps"]}
     out = cache.attend(0, q, backend="triton", counters=counters, num_splits=splits, **tune)
     corrected, detected = int(counters[0]), int(counters[1])  # one call's counts, before timing adds more
-    from kernels.paged_attention import default_num_splits
+    from kernels.paged_attention import auto_num_splits
 
-    used = splits or default_num_splits(p["batch"], k.shape[1], p["context"], p["block_n"], torch.device(dev))
+    cfg = cache.config
+    used = splits or auto_num_splits(
+        p["batch"], k.shape[1], p["context"], cfg.head_dim, cache.k_scale[0].shape[3], cfg.codec, torch.device(dev),
+        interpolate=cfg.interpolate, block_n=p["block_n"], num_warps=p["num_warps"], lazy=cache.lazy_correction(),
+    )  # the split count the kernel picked (the adaptive mode's sink launch adds one)
     # timed with the same counters (one compiled variant; the atomics are two per program)
     step, graphed = _graphed(
         lambda: cache.attend(0, q, counters=counters, num_splits=splits, **tune), dev, p["cuda_graph"], ctx

@@ -41,6 +41,7 @@ def inject_new_slots(paged: Any, layer: int, slots: torch.Tensor, cfg: ECCShimCo
         return 0
     c = paged.config
     bs, n_main = c.block_size, c.num_blocks * c.block_size
+    paged.note_faults(cfg.ber)  # the decode kernel's lazy correction follows the stored fault rate
     total = 0
     for which_i, which in enumerate(("k", "v")):
         pools = [(getattr(paged, f"{which}_data")[layer], c.layout, slots[slots < n_main], 0)]

@@ -203,3 +203,25 @@ def test_reference_attention_matches_sdpa_on_read(device: str) -> None:
     assert int(counters[0]) == int((st == 1).sum()) and int(counters[1]) == int((st == 2).sum())
     with pytest.raises(ValueError, match="q.shape"):
         cache.attend(0, q[:, :3], backend="torch")
+
+
+def test_lazy_correction_follows_the_stored_fault_rate(device: str) -> None:
+    """attend's default: lazy Hamming(8,4) correction on a clean or lightly faulted cache, eager once
+    faults at or above LAZY_MAX_BER were injected; both give the same output and counts."""
+    from ecc_kv.cache import LAZY_MAX_BER
+
+    cache, _, _ = _filled("int4-hamming84", [9, 30], device, seed=3)
+    assert cache.fault_rate == 0.0 and cache.lazy_correction()
+    cache.inject_faults(LAZY_MAX_BER / 2, seed=1)
+    assert cache.lazy_correction()
+    cache.inject_faults(0.01, seed=2)
+    assert cache.fault_rate == 0.01 and not cache.lazy_correction()
+    q = torch.randn(2, 4, 32, dtype=torch.float16, device=device)
+    outs, counts = [], []
+    for lazy in (True, False, None):
+        c = torch.zeros(2, dtype=torch.int64, device=device)
+        outs.append(cache.attend(0, q, counters=c, lazy=lazy))
+        counts.append(c.tolist())
+    assert counts[0] == counts[1] == counts[2] and counts[0][0] > 0
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-3)
+    assert torch.equal(outs[1], outs[2])
