@@ -16,10 +16,8 @@ Methods, each split into an update (making the weights ready) and a compute (the
 - ``paired``: :class:`ecc_kv.weight_cache.PairedWeightCache` update, GEMMs on its views.
 - ``hybrid``: the same cache with ``rebuild_tau=tau`` (full rebuild on high churn).
 - ``offloaded`` (GPU): the paired cache with its pool in pinned host memory (rows gathered
-  on the host, one copy); ``offloaded_direct``: one kernel reads the added rows from the
-  pinned pool itself (unified addressing), so only they cross PCIe; with ``planner="fused"``
-  that launch also makes the plan on maps kept on the GPU (the host only counts), otherwise
-  the host plans and the kernel reads the packed plan.
+  on the host, one copy); ``offloaded_direct``: one kernel reads the packed plan and the
+  added rows from the pinned pool itself (unified addressing), so only they cross PCIe.
 - ``offloaded_rebuild`` (GPU): pool in pinned host memory, every active row sent each step.
 
 Times: pass 1 replays the mask sequence timing the update only, pass 2 replays it timing
@@ -173,13 +171,10 @@ def _method(name: str, w: Weights, masks: torch.Tensor, cap: int, device: str, s
         off = name.startswith("offloaded")
         place = "offloaded" if off else ("gpu" if device == "cuda" else "cpu")
         src = [t.cpu() for t in w] if off else w
-        # offloaded: the staged copy takes the host plan; the direct one the fused launch when asked
-        # (the launch reads the added rows from the pinned pool), else the host plan too
-        off_planner = "fused" if name == "offloaded_direct" and planner == "fused" else "torch"
         cache = PairedWeightCache(*src, cap, placement=place, device=device,
                                   rebuild_tau=tau if name == "hybrid" else None,
                                   offload="direct" if name == "offloaded_direct" else "staged",
-                                  planner=off_planner if off else planner)
+                                  planner="torch" if off else planner)
         if name == "paired":
             shared_pool.append(cache.pool)
         cache.update(masks[0].to(cache.neuron_to_slot.device))
