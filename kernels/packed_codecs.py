@@ -286,12 +286,14 @@ def _store_group(ptr, gi, valid, w0, w1, w2, w3):
 
 @triton.jit
 def _faulty_group(src, gi, valid, key, row, INJECT: tl.constexpr):
-    """Words of groups ``gi`` and, with INJECT, their fast-path event sets and first draws (``group_draw``)."""
+    """Words of groups ``gi`` and, with INJECT, their fast-path event sets and first draws (``group_draw``);
+    without, empty event sets (``_apply`` then XORs nothing and the compiler drops it)."""
     x0, x1, x2, x3 = _load_group(src, gi, valid)
     if INJECT:
         u, s0, s1, s2, s3, bad = group_draw(key, gi, row)
     else:
-        u, s0, s1, s2, s3, bad = x0, x0, x0, x0, x0, valid & False
+        z = tl.zeros(gi.shape, tl.uint32)
+        u, s0, s1, s2, s3, bad = z, z, z, z, z, valid & False
     return x0, x1, x2, x3, u, s0, s1, s2, s3, bad
 
 
@@ -374,21 +376,13 @@ def _h74_unit(src, dst, st_ptr, u, valid, GQ, key, row, WRITE_STATUS: tl.constex
             ps0, ps1, ps2, ps3 = group_fix(up, key, pg, row, ps0, ps1, ps2, ps3, pbad)
             qs0, qs1, qs2, qs3 = group_fix(uq, key, pg + GQ, row, qs0, qs1, qs2, qs3, qbad)
             es0, es1, es2, es3 = group_fix(ue, key, pg + 2 * GQ, row, es0, es1, es2, es3, ebad)
-        a0, a1, a2, a3 = _apply(a0, a1, a2, a3, as0, as1, as2, as3, BURST_LEN)
-        b0, b1, b2, b3 = _apply(b0, b1, b2, b3, bs0, bs1, bs2, bs3, BURST_LEN)
-        c0, c1, c2, c3 = _apply(c0, c1, c2, c3, cs0, cs1, cs2, cs3, BURST_LEN)
-        d0, d1, d2, d3 = _apply(d0, d1, d2, d3, ds0, ds1, ds2, ds3, BURST_LEN)
-        p0, p1, p2, p3 = _apply(p0, p1, p2, p3, ps0, ps1, ps2, ps3, BURST_LEN)
-        q0, q1, q2, q3 = _apply(q0, q1, q2, q3, qs0, qs1, qs2, qs3, BURST_LEN)
-        e0, e1, e2, e3 = _apply(e0, e1, e2, e3, es0, es1, es2, es3, BURST_LEN)
-    else:
-        a0, a1, a2, a3 = _u32(a0), _u32(a1), _u32(a2), _u32(a3)
-        b0, b1, b2, b3 = _u32(b0), _u32(b1), _u32(b2), _u32(b3)
-        c0, c1, c2, c3 = _u32(c0), _u32(c1), _u32(c2), _u32(c3)
-        d0, d1, d2, d3 = _u32(d0), _u32(d1), _u32(d2), _u32(d3)
-        p0, p1, p2, p3 = _u32(p0), _u32(p1), _u32(p2), _u32(p3)
-        q0, q1, q2, q3 = _u32(q0), _u32(q1), _u32(q2), _u32(q3)
-        e0, e1, e2, e3 = _u32(e0), _u32(e1), _u32(e2), _u32(e3)
+    a0, a1, a2, a3 = _apply(a0, a1, a2, a3, as0, as1, as2, as3, BURST_LEN)
+    b0, b1, b2, b3 = _apply(b0, b1, b2, b3, bs0, bs1, bs2, bs3, BURST_LEN)
+    c0, c1, c2, c3 = _apply(c0, c1, c2, c3, cs0, cs1, cs2, cs3, BURST_LEN)
+    d0, d1, d2, d3 = _apply(d0, d1, d2, d3, ds0, ds1, ds2, ds3, BURST_LEN)
+    p0, p1, p2, p3 = _apply(p0, p1, p2, p3, ps0, ps1, ps2, ps3, BURST_LEN)
+    q0, q1, q2, q3 = _apply(q0, q1, q2, q3, qs0, qs1, qs2, qs3, BURST_LEN)
+    e0, e1, e2, e3 = _apply(e0, e1, e2, e3, es0, es1, es2, es3, BURST_LEN)
     g = 4 * u
     n = _h74_out(dst, st_ptr, g, valid, a0, a1, a2, a3, p0, q0, e0, WRITE_STATUS)
     n += _h74_out(dst, st_ptr, g + 1, valid, b0, b1, b2, b3, p1, q1, e1, WRITE_STATUS)
@@ -420,19 +414,12 @@ def _golay_unit(src, dst, st_ptr, table_ptr, u, valid, GQ, key, row, WRITE_STATU
             ps0, ps1, ps2, ps3 = group_fix(up, key, pg, row, ps0, ps1, ps2, ps3, pbad)
             qs0, qs1, qs2, qs3 = group_fix(uq, key, pg + 1, row, qs0, qs1, qs2, qs3, qbad)
             es0, es1, es2, es3 = group_fix(ue, key, pg + 2, row, es0, es1, es2, es3, ebad)
-        a0, a1, a2, a3 = _apply(a0, a1, a2, a3, as0, as1, as2, as3, BURST_LEN)
-        b0, b1, b2, b3 = _apply(b0, b1, b2, b3, bs0, bs1, bs2, bs3, BURST_LEN)
-        c0, c1, c2, c3 = _apply(c0, c1, c2, c3, cs0, cs1, cs2, cs3, BURST_LEN)
-        p0, p1, p2, p3 = _apply(p0, p1, p2, p3, ps0, ps1, ps2, ps3, BURST_LEN)
-        q0, q1, q2, q3 = _apply(q0, q1, q2, q3, qs0, qs1, qs2, qs3, BURST_LEN)
-        e0, e1, e2, e3 = _apply(e0, e1, e2, e3, es0, es1, es2, es3, BURST_LEN)
-    else:
-        a0, a1, a2, a3 = _u32(a0), _u32(a1), _u32(a2), _u32(a3)
-        b0, b1, b2, b3 = _u32(b0), _u32(b1), _u32(b2), _u32(b3)
-        c0, c1, c2, c3 = _u32(c0), _u32(c1), _u32(c2), _u32(c3)
-        p0, p1, p2, p3 = _u32(p0), _u32(p1), _u32(p2), _u32(p3)
-        q0, q1, q2, q3 = _u32(q0), _u32(q1), _u32(q2), _u32(q3)
-        e0, e1, e2, e3 = _u32(e0), _u32(e1), _u32(e2), _u32(e3)
+    a0, a1, a2, a3 = _apply(a0, a1, a2, a3, as0, as1, as2, as3, BURST_LEN)
+    b0, b1, b2, b3 = _apply(b0, b1, b2, b3, bs0, bs1, bs2, bs3, BURST_LEN)
+    c0, c1, c2, c3 = _apply(c0, c1, c2, c3, cs0, cs1, cs2, cs3, BURST_LEN)
+    p0, p1, p2, p3 = _apply(p0, p1, p2, p3, ps0, ps1, ps2, ps3, BURST_LEN)
+    q0, q1, q2, q3 = _apply(q0, q1, q2, q3, qs0, qs1, qs2, qs3, BURST_LEN)
+    e0, e1, e2, e3 = _apply(e0, e1, e2, e3, es0, es1, es2, es3, BURST_LEN)
     # Golay group i of the quad holds words 3i .. 3i+2 of the 12 (a0..a3 b0..b3 c0..c3)
     o00, o01, o02, sa0, sb0 = golay_decode_group(a0, a1, a2, p0, p1, p2, table_ptr, ALGEBRAIC)
     o10, o11, o12, sa1, sb1 = golay_decode_group(a3, b0, b1, p3, q0, q1, table_ptr, ALGEBRAIC)
