@@ -315,7 +315,7 @@ def group_masks(seed, group_index, stream, thr_ptr, BURST_LEN: tl.constexpr):
     key = _key(seed, stream)
     ctr = group_index.to(tl.uint64) * 64
     u = _draw(key, ctr, 0)
-    row = thr_ptr + 1320  # GROUP_ROW
+    row = thr_ptr + 1320  # GROUP_ROW; not group_key_row: through it sm_90 gets 8 more instructions a program
     s0, s1, s2, s3, bad = _group_fast(u, row)
     if tl.max(bad.to(tl.int32)) > 0:  # rare at small p
         s0, s1, s2, s3 = _group_events(u, key, ctr, row)
@@ -361,8 +361,7 @@ def run_masks(seed, first, stream, thr_ptr, BURST_LEN: tl.constexpr):
     f = first.to(tl.int64)
     ga = f >> 2
     r = (f & 3).to(tl.int32)
-    key = _key(seed, stream)
-    row = thr_ptr + 1320  # GROUP_ROW
+    key, row = group_key_row(seed, stream, thr_ptr)
     ca = ga.to(tl.uint64) * 64
     cb = ca + 64
     ua = _draw(key, ca, 0)
