@@ -67,6 +67,14 @@ def pos_int(params: Mapping[str, Any], key: str, default: int | None, minimum: i
     return value
 
 
+def nonneg_float(params: Mapping[str, Any], key: str, default: float) -> float:
+    """``params[key]`` as a float >= 0 (bools refused): e.g. ``host_lead_ms``."""
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{key}={value!r} must be a number >= 0")
+    return float(value)
+
+
 def opt_pos_int(params: Mapping[str, Any], key: str) -> int | None:
     """Like :func:`pos_int` but ``None`` (absent or null) is allowed and kept."""
     if params.get(key) is None:

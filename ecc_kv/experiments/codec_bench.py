@@ -29,6 +29,7 @@ import torch
 
 from ecc_kv import layouts
 from ecc_kv.codecs import CODEC_NAMES, canonical_name
+from ecc_kv.experiments import _shapes_common as sc
 from ecc_kv.quant import dequantize_int4, quantize_int4
 from ecc_kv.timing import time_fn, time_stats
 
@@ -82,8 +83,7 @@ def validate(params: dict[str, Any]) -> None:
         _int(p, key, lo)
     if not isinstance(p["ber"], (int, float)) or not 0.0 <= float(p["ber"]) < 0.5:
         raise ValueError(f"ber={p['ber']!r} must be a number in [0, 0.5)")
-    if isinstance(p["host_lead_ms"], bool) or not isinstance(p["host_lead_ms"], (int, float)) or p["host_lead_ms"] < 0:
-        raise ValueError(f"host_lead_ms={p['host_lead_ms']!r} must be a number >= 0")
+    sc.nonneg_float(p, "host_lead_ms", DEFAULTS["host_lead_ms"])
     if p["model"] not in ("bsc", "burst"):
         raise ValueError(f"model={p['model']!r} is not one of ['bsc', 'burst']")
     if p["backend"] not in ("auto", "torch", "triton"):

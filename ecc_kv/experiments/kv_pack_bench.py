@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ecc_kv.bitpack import byte_report, quantize_pack, unpack_dequantize
+from ecc_kv.experiments import _shapes_common as sc
 from ecc_kv.timing import copy_bandwidth_gbps, time_fn, time_stats
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def validate(params: dict[str, Any]) -> None:
         raise ValueError(f"kv_pack_bench: values={p['values']} is not a multiple of heads*head_dim")
     if p["backend"] not in ("torch", "triton"):
         raise ValueError(f"kv_pack_bench: backend={p['backend']!r} is not one of ('torch', 'triton')")
+    sc.nonneg_float(p, "host_lead_ms", DEFAULTS["host_lead_ms"])
 
 
 def run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:

@@ -69,6 +69,7 @@ def test_plots(tmp_path: Path) -> None:
         ({"head_dim": 128, "codec": "golay"}, "head_dim=128"),
         ({"colour": 1}, "unknown parameter"),
         ({"backend": "cuda"}, "backend"),
+        ({"host_lead_ms": -0.5}, "host_lead_ms"),
     ],
 )
 def test_validate_names_the_key(bad: dict, match: str) -> None:

@@ -36,3 +36,5 @@ def test_validate_names_the_key() -> None:
         kv_pack_bench.validate({"values": 1000})
     with pytest.raises(ValueError, match="unknown"):
         kv_pack_bench.validate({"nope": 1})
+    with pytest.raises(ValueError, match="host_lead_ms"):
+        kv_pack_bench.validate({"host_lead_ms": "long"})
