@@ -29,7 +29,10 @@ of word 4g + (b >> 5)), more than 64 events placed as the complement of 128 - k 
 (``group_masks``). Each bit is still an independent Bernoulli(p); a tile that holds whole groups
 pays one draw per four words (``group_masks``, or ``group_draw`` + ``group_fix`` for a kernel that
 draws several groups per lane and tests them all at once), a tile of scattered words one per word
-(``flip_mask``), with the same faults either way. Widths below 32 keep one draw per word.
+(``flip_mask``), with the same faults either way. Widths below 32 keep one draw per word. A group is
+placed in up to three stages, each a tile-level test away from the next and each giving the full
+rule's sets for the groups it serves: counts 0..2 off the residual (``_group_fast``), counts of 3 and
+repeated chunks with one more draw (``_group_more``), the full rule (``_group_events``).
 
 Loops run to tile-level bounds (the largest count in the tile), never to per-lane ones, so the cost
 follows the events actually present. BSC: an event flips its bit. Burst: an event at bit b starts a
@@ -264,6 +267,12 @@ def _group_events(u, key, ctr, row):
 
 
 @triton.jit
+def _bit(r):
+    """1 << r for uint32 ``r`` below 32, else 0 (compiles to one clamped shift)."""
+    return tl.where(r < 32, tl.full(r.shape, 1, tl.uint32) << r, 0)
+
+
+@triton.jit
 def _group_fast(u, row):
     """Event sets of count draws ``u`` assuming counts <= 2 and distinct residual chunks, and a per-group
     flag where that assumption fails (a count above 2 or a duplicate): those need ``_group_events``.
@@ -282,16 +291,57 @@ def _group_fast(u, row):
     b0 = res & 127
     b1 = (res >> 7) & 127
     dup = b1 == b0
-    one = tl.full(b0.shape, 1, tl.uint32)
-    e0 = tl.where(h0, one << (b0 & 31), 0)
-    e1 = tl.where(h1 & (b1 != b0), one << (b1 & 31), 0)
-    w0 = b0 >> 5
-    w1 = b1 >> 5
-    s0 = tl.where(w0 == 0, e0, 0) | tl.where(w1 == 0, e1, 0)
-    s1 = tl.where(w0 == 1, e0, 0) | tl.where(w1 == 1, e1, 0)
-    s2 = tl.where(w0 == 2, e0, 0) | tl.where(w1 == 2, e1, 0)
-    s3 = tl.where(w0 == 3, e0, 0) | tl.where(w1 == 3, e1, 0)
+    # word j holds bit b - 32 j of an event at b when that is in 0..31; absent events move past the group
+    # (255), and the wrapped differences of events in earlier words are above 31 too: one clamped shift
+    # (SHF.L.U32) per event and word, no word index compares
+    r0 = tl.where(h0, b0, 255)
+    r1 = tl.where(h1 & (b1 != b0), b1, 255)
+    s0 = _bit(r0) | _bit(r1)
+    s1 = _bit(r0 - 32) | _bit(r1 - 32)
+    s2 = _bit(r0 - 64) | _bit(r1 - 64)
+    s3 = _bit(r0 - 96) | _bit(r1 - 96)
     return s0, s1, s2, s3, (h1 & dup) | h2
+
+
+@triton.jit
+def _group_more(u, key, ctr, row):
+    """Event sets of count draws ``u`` from the residual's two chunks and the first two chunks of draw 1,
+    and a per-group flag where that does not suffice (a count above 3, or too many repeats among the four
+    chunks): those need ``_group_events``.
+
+    The full rule takes the residual's chunks, then draw 1's in order; counts up to 3 finish within the
+    first four chunks unless they repeat, so the same sets as ``_group_events`` wherever the flag is
+    clear. At BER 1e-3 about one group in 2500 needs more than ``_group_fast`` and one in 10^6 more than
+    this: a tile that holds one such group pays a draw and four placements here, not the whole rule.
+    """
+    n_thr = tl.load(row).to(tl.int32)
+    c0 = tl.load(row + 2).to(tl.uint64, bitcast=True)
+    c1 = tl.load(row + 3).to(tl.uint64, bitcast=True)
+    c2 = tl.load(row + 4).to(tl.uint64, bitcast=True)
+    h0 = (u >= c0) & (n_thr > 0)
+    h1 = (u >= c1) & (n_thr > 1)
+    h2 = (u >= c2) & (n_thr > 2)
+    h3 = (u >= tl.load(row + 5).to(tl.uint64, bitcast=True)) & (n_thr > 3)
+    k = h0.to(tl.int32) + h1.to(tl.int32) + h2.to(tl.int32)
+    base = tl.where(h2, c2, tl.where(h1, c1, tl.where(h0, c0, 0))).to(tl.uint32)
+    res = (u.to(tl.uint32) - base) & 0xFFFF  # the residual's low 16 bits, as in ``_group_events``
+    v = _draw(key, ctr, 1)
+    z = tl.zeros(u.shape, tl.uint32)
+    s0, s1, s2, s3, cnt = _take4(z, z, z, z, tl.zeros(u.shape, tl.int32), k, res & 127)
+    s0, s1, s2, s3, cnt = _take4(s0, s1, s2, s3, cnt, k, (res >> 7) & 127)
+    s0, s1, s2, s3, cnt = _take4(s0, s1, s2, s3, cnt, k, (v & 127).to(tl.uint32))
+    s0, s1, s2, s3, cnt = _take4(s0, s1, s2, s3, cnt, k, ((v >> 7) & 127).to(tl.uint32))
+    return s0, s1, s2, s3, (cnt < k) | h3
+
+
+@triton.jit
+def _group_finish(u, key, ctr, row, s0, s1, s2, s3, bad):
+    """The sets of ``_group_events`` from ``_group_fast``'s (``bad`` its flags), paying the least the tile allows."""
+    if tl.max(bad.to(tl.int32)) > 0:  # rare at small p: counts of 3, repeated chunks
+        s0, s1, s2, s3, bad = _group_more(u, key, ctr, row)
+        if tl.max(bad.to(tl.int32)) > 0:  # rarer: the full rule
+            s0, s1, s2, s3 = _group_events(u, key, ctr, row)
+    return s0, s1, s2, s3
 
 
 @triton.jit
@@ -310,15 +360,14 @@ def group_masks(seed, group_index, stream, thr_ptr, BURST_LEN: tl.constexpr):
     64 distinct chunks. A group's masks are a pure function of (seed, stream, group index).
 
     Fast path (``_group_fast``): counts 0..2 from three scalar thresholds and the residual's two
-    chunks, one tile-level test; only a tile where that does not suffice runs the full rule.
+    chunks, one tile-level test; only a tile where that does not suffice runs ``_group_finish``.
     """
     key = _key(seed, stream)
     ctr = group_index.to(tl.uint64) * 64
     u = _draw(key, ctr, 0)
     row = thr_ptr + 1320  # GROUP_ROW; not group_key_row: through it sm_90 gets 8 more instructions a program
     s0, s1, s2, s3, bad = _group_fast(u, row)
-    if tl.max(bad.to(tl.int32)) > 0:  # rare at small p
-        s0, s1, s2, s3 = _group_events(u, key, ctr, row)
+    s0, s1, s2, s3 = _group_finish(u, key, ctr, row, s0, s1, s2, s3, bad)
     return group_bursts(s0, s1, s2, s3, BURST_LEN)
 
 
@@ -338,9 +387,7 @@ def group_draw(key, group_index, row):
 @triton.jit
 def group_fix(u, key, group_index, row, s0, s1, s2, s3, bad):
     """The full rule for a tile of ``group_draw`` results where some group is ``bad`` (same sets elsewhere)."""
-    if tl.max(bad.to(tl.int32)) > 0:
-        s0, s1, s2, s3 = _group_events(u, key, group_index.to(tl.uint64) * 64, row)
-    return s0, s1, s2, s3
+    return _group_finish(u, key, group_index.to(tl.uint64) * 64, row, s0, s1, s2, s3, bad)
 
 
 @triton.jit
@@ -369,8 +416,8 @@ def run_masks(seed, first, stream, thr_ptr, BURST_LEN: tl.constexpr):
     a0, a1, a2, a3, bad_a = _group_fast(ua, row)
     b0, b1, b2, b3, bad_b = _group_fast(ub, row)
     if tl.max((bad_a | bad_b).to(tl.int32)) > 0:
-        a0, a1, a2, a3 = _group_events(ua, key, ca, row)
-        b0, b1, b2, b3 = _group_events(ub, key, cb, row)
+        a0, a1, a2, a3 = _group_finish(ua, key, ca, row, a0, a1, a2, a3, bad_a)
+        b0, b1, b2, b3 = _group_finish(ub, key, cb, row, b0, b1, b2, b3, bad_b)
     a0, a1, a2, a3 = group_bursts(a0, a1, a2, a3, BURST_LEN)
     b0, b1, b2, b3 = group_bursts(b0, b1, b2, b3, BURST_LEN)
     m0 = tl.where(r < 4, select4(a0, a1, a2, a3, r), select4(b0, b1, b2, b3, r - 4))

@@ -134,3 +134,15 @@ def test_group_fast_path_equals_the_full_rule(device: str) -> None:
     assert torch.equal(small, large) and int(ks) == int(kl) > 0
     per_word, _ = inject_triton(w[1:], 32, 3e-3, seed=8, word_offset=1, block=256)  # one draw per word
     assert torch.equal(per_word, small[1:])
+
+
+def test_each_group_path_equals_the_full_rule(device: str) -> None:
+    # one group per tile: every group takes the cheapest path that serves it (fast for counts <= 2, the
+    # second stage for counts of 3 and repeated chunks, the full rule above); a 1024-word tile at 2% holds
+    # a count of 4 or more, so all of its groups take the full rule
+    w = torch.randint(-(2**31), 2**31 - 1, (1024,), dtype=torch.int32, device=device)
+    one, k1 = inject_triton(w, 32, 0.02, seed=21, block=4)
+    full, kf = inject_triton(w, 32, 0.02, seed=21, block=1024)
+    assert torch.equal(one, full) and int(k1) == int(kf)
+    flips = ((((one ^ w).to(torch.int64)[:, None] >> torch.arange(32, device=device)) & 1).reshape(-1, 128).sum(1))
+    assert int((flips == 3).sum()) > 0 and int((flips >= 4).sum()) > 0  # every path ran
