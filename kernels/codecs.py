@@ -227,15 +227,74 @@ def hamming84_encode_word(w):
 
 
 @triton.jit
-def hamming84_decode_word(lo, hi):
-    """Two words of Hamming(8,4) codeword bytes -> (packed INT4 word, corrected flags, detected flags) per nibble."""
-    w = _compact16(lo) | (_compact16(hi) << 16)
-    p4 = _compact16(lo >> 4) | (_compact16(hi >> 4) << 16)
-    s = _h_parity_swar(w) ^ (p4 & 0x77777777)
-    odd = _nibble_parity_swar(w) ^ _nibble_parity_swar(p4)
-    flip = _h_flip_swar(s) & (odd * 15)
-    det = _nonzero_swar(s) & (odd ^ 0x11111111)
-    return w ^ flip, odd, det
+def h84_merged_syndromes(lo, hi):
+    """Two words of 4 Hamming(8,4) codeword bytes -> (data word, s0, s1, s2, odd), the last four unmasked.
+
+    The low nibbles (data) of ``lo`` and ``hi`` merge into one word whose nibble ``n`` is codeword
+    ``PERM[n]`` (0 4 1 5 2 6 3 7), the high nibbles (parity, bit 3 the overall parity) into another.
+    Syndrome bits and the overall parity are formed at bit 0 of each nibble with garbage above, as
+    3-input XORs (one ``lop3`` each): a codeword is clean where all four are 0 at bit 0.
+    """
+    w = (lo & 0x0F0F0F0F) | ((hi << 4) & 0xF0F0F0F0)  # data nibbles
+    p = ((lo >> 4) & 0x0F0F0F0F) | (hi & 0xF0F0F0F0)  # parity nibbles
+    a = w >> 1
+    b = w >> 2
+    c = w >> 3
+    p1 = p >> 1
+    x = w ^ c
+    s0 = x ^ a ^ p  # d0 ^ d1 ^ d3 ^ p0
+    s1 = x ^ b ^ p1  # d0 ^ d2 ^ d3 ^ p1
+    s2 = (a ^ b ^ c) ^ (p >> 2)  # d1 ^ d2 ^ d3 ^ p2
+    odd = (s2 ^ w ^ p) ^ p1 ^ (p >> 3)  # parity of all 8 bits
+    return w, s0, s1, s2, odd
+
+
+@triton.jit
+def h84_merged_fix(w, s0, s1, s2, odd):
+    """Syndromes of ``h84_merged_syndromes`` -> (corrected data word, corrected flags, detected flags).
+
+    SECDED: odd overall parity corrects the data bit the syndrome names (3, 5, 6, 7 -> d0..d3; other
+    syndromes name a parity bit); even parity with a non-zero syndrome is detected, left as read.
+    """
+    g0 = s0 & odd & 0x11111111
+    g2 = s2 & odd & 0x11111111
+    f0 = g0 & s1 & ~s2  # syndrome 3 -> d0
+    f1 = g0 & ~s1 & s2  # 5 -> d1
+    f2 = ~s0 & s1 & g2  # 6 -> d2
+    f3 = g0 & s1 & s2  # 7 -> d3
+    flip = f0 + (f1 << 1) + (f2 << 2) + (f3 << 3)
+    det = (s0 | s1 | s2) & ~odd & 0x11111111
+    return w ^ flip, odd & 0x11111111, det
+
+
+@triton.jit
+def _delta_swap(x, m, S: tl.constexpr):
+    # exchange the bits of x under mask m with those S bits above them
+    t = ((x >> S) ^ x) & m
+    return x ^ t ^ (t << S)
+
+
+@triton.jit
+def h84_in_order(x):
+    """Nibbles of merged order 0 4 1 5 2 6 3 7 (``h84_merged_syndromes``) -> value order 0..7: two delta swaps."""
+    return _delta_swap(_delta_swap(x, 0x00F000F0, 4), 0x0000FF00, 8)
+
+
+@triton.jit
+def hamming84_decode_word(lo, hi, FLAGS_IN_ORDER: tl.constexpr = True):
+    """Two words of Hamming(8,4) codeword bytes -> (packed INT4 word, corrected flags, detected flags) per nibble.
+
+    The bytes merge into one data and one parity word without compaction (``h84_merged_syndromes``),
+    in the order 0 4 1 5 2 6 3 7, and the corrected data word is put back in value order: about 40
+    instead of 60 integer operations per 8 codewords. The flags come in value order too, or in the
+    merged order without FLAGS_IN_ORDER (enough to count them; two delta swaps fewer each).
+    """
+    w, s0, s1, s2, odd = h84_merged_syndromes(lo, hi)
+    w, corr, det = h84_merged_fix(w, s0, s1, s2, odd)
+    if FLAGS_IN_ORDER:
+        corr = h84_in_order(corr)
+        det = h84_in_order(det)
+    return h84_in_order(w), corr, det
 
 
 @triton.jit

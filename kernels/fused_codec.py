@@ -141,7 +141,7 @@ def _decode_dequant_kernel(
         else:
             o = g[:, None] * 2 + tl.arange(0, 2)[None, :]
             lo, hi = tl.split(_load_words(src, o, gmask[:, None], seed, stream, thr_ptr, INJECT, BURST_LEN))
-        w, corr, det = hamming84_decode_word(lo, hi)
+        w, corr, det = hamming84_decode_word(lo, hi, False)
         words = tl.reshape(w, [BU, 1])
         n_corr = tl.sum(_count_swar(corr).to(tl.int32), axis=0)
         n_det = tl.sum(_count_swar(det).to(tl.int32), axis=0)

@@ -217,7 +217,7 @@ def _decode_packed_kernel(
         m0, m1, m2, m3 = group_masks(seed, grp, stream, thr_ptr, BURST_LEN)
         x = _u32(x ^ tl.where(v4, select4(m0[:, None], m1[:, None], m2[:, None], m3[:, None], col), 0))
         lo, hi = tl.split(tl.reshape(x, [BLOCK // 2, 2, 2]))  # [B/2, 2]: output words 2 grp + (0, 1)
-        w, corr, det = hamming84_decode_word(lo, hi)
+        w, corr, det = hamming84_decode_word(lo, hi, WRITE_STATUS)
         o2 = grp[:, None] * 2 + tl.arange(0, 2)[None, :]
         tl.store(dst + o2, _i32(w), mask=o2 < NG)
         if WRITE_STATUS:
@@ -230,7 +230,7 @@ def _decode_packed_kernel(
         o = tl.program_id(0) * (2 * BLOCK) + tl.arange(0, 2 * BLOCK)  # 1-D: 128-bit loads
         x = _load_words(src, o, o < 2 * NG, seed, stream, thr_ptr, INJECT, BURST_LEN)
         lo, hi = tl.split(tl.reshape(x, [BLOCK, 2]))
-        w, corr, det = hamming84_decode_word(lo, hi)
+        w, corr, det = hamming84_decode_word(lo, hi, WRITE_STATUS)
         tl.store(dst + g, _i32(w), mask=mask)
         if WRITE_STATUS:
             st = corr | (det << 1)
@@ -320,8 +320,8 @@ def _h84_unit(src, dst, st_ptr, u, valid, NG, key, row, WRITE_STATUS: tl.constex
         x0, x1, x2, x3 = _apply(x0, x1, x2, x3, s0, s1, s2, s3, BURST_LEN)
     else:
         x0, x1, x2, x3 = _u32(x0), _u32(x1), _u32(x2), _u32(x3)
-    wa, ca, da = hamming84_decode_word(x0, x1)
-    wb, cb, db = hamming84_decode_word(x2, x3)
+    wa, ca, da = hamming84_decode_word(x0, x1, WRITE_STATUS)
+    wb, cb, db = hamming84_decode_word(x2, x3, WRITE_STATUS)
     o = u[:, None] * 2 + tl.arange(0, 2)[None, :]
     if TAIL:
         m2 = o < NG

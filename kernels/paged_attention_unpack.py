@@ -49,45 +49,9 @@ def _h74_group(lo, hi):
     return d ^ kc._h_flip_swar(s), kc._nonzero_swar(s)
 
 
-@triton.jit
-def _h84_syndromes(lo, hi):
-    """Two words of 4 Hamming(8,4) codeword bytes -> (data word, s0, s1, s2, odd), the last four unmasked.
-
-    The low nibbles (data) of ``lo`` and ``hi`` merge into one word whose nibble ``n`` is codeword
-    ``PERM[n]`` (0 4 1 5 2 6 3 7), the high nibbles (parity, bit 3 the overall parity) into another.
-    Syndrome bits and the overall parity are formed at bit 0 of each nibble with garbage above, as
-    3-input XORs (one ``lop3`` each): a codeword is clean where all four are 0 at bit 0.
-    """
-    w = (lo & 0x0F0F0F0F) | ((hi << 4) & 0xF0F0F0F0)  # data nibbles
-    p = ((lo >> 4) & 0x0F0F0F0F) | (hi & 0xF0F0F0F0)  # parity nibbles
-    a = w >> 1
-    b = w >> 2
-    c = w >> 3
-    p1 = p >> 1
-    x = w ^ c
-    s0 = x ^ a ^ p  # d0 ^ d1 ^ d3 ^ p0
-    s1 = x ^ b ^ p1  # d0 ^ d2 ^ d3 ^ p1
-    s2 = (a ^ b ^ c) ^ (p >> 2)  # d1 ^ d2 ^ d3 ^ p2
-    odd = (s2 ^ w ^ p) ^ p1 ^ (p >> 3)  # parity of all 8 bits
-    return w, s0, s1, s2, odd
-
-
-@triton.jit
-def _h84_fix(w, s0, s1, s2, odd):
-    """Syndromes of ``_h84_syndromes`` -> (corrected data word, corrected flags, detected flags).
-
-    SECDED: odd overall parity corrects the data bit the syndrome names (3, 5, 6, 7 -> d0..d3; other
-    syndromes name a parity bit); even parity with a non-zero syndrome is detected, left as read.
-    """
-    g0 = s0 & odd & 0x11111111
-    g2 = s2 & odd & 0x11111111
-    f0 = g0 & s1 & ~s2  # syndrome 3 -> d0
-    f1 = g0 & ~s1 & s2  # 5 -> d1
-    f2 = ~s0 & s1 & g2  # 6 -> d2
-    f3 = g0 & s1 & s2  # 7 -> d3
-    flip = f0 + (f1 << 1) + (f2 << 2) + (f3 << 3)
-    det = (s0 | s1 | s2) & ~odd & 0x11111111
-    return w ^ flip, odd & 0x11111111, det
+# the merged-word Hamming(8,4) syndromes and fix live with the codec's other word functions
+_h84_syndromes = kc.h84_merged_syndromes
+_h84_fix = kc.h84_merged_fix
 
 
 @triton.jit

@@ -56,6 +56,22 @@ def test_units_equal_group_decoder_and_layouts(name: str, n: int, rows: int, blo
             assert torch.equal(a[0].cpu(), ref_codes)
 
 
+
+@pytest.mark.parametrize("units", [False, True])
+def test_hamming84_every_byte_in_every_lane(units: bool, device: str) -> None:
+    # the word decoder merges two stored words' bytes out of value order and puts them back: every byte
+    # value at every one of the 8 byte positions of a packed word (rows of 16 values: two aligned groups
+    # per row for the unit decoder), against the torch layouts; with status, and counts alone
+    r = torch.arange(256, dtype=torch.int64)[:, None]
+    stored = ((r + 37 * torch.arange(16)) % 256).to(torch.uint8)  # [256, 16]: position j holds every value
+    ref_codes, ref_status = layouts.decode_stored("hamming84", stored, 16)
+    codes, status, counts = decode_packed("hamming84", stored.to(device), 16, units=units)
+    assert torch.equal(codes.cpu(), ref_codes) and torch.equal(status.cpu(), ref_status)
+    want = [int((ref_status == 1).sum()), int((ref_status == 2).sum())]
+    assert counts.cpu().tolist() == want and min(want) > 0
+    bare = decode_packed("hamming84", stored.to(device), 16, with_status=False, units=units)
+    assert torch.equal(bare[0].cpu(), ref_codes) and bare[2].cpu().tolist() == want
+
 # every case at BER 3e-3 (mostly the fast path, a few tiles on the full rule), bursts and 0.6 (more than
 # 64 events per group: complement draws, every tile on the full rule) on one shape per codec
 CHANNELS = [(*c, 0.003, "bsc") for c in CASES] + [(*CASES[i], 0.05, "burst") for i in (0, 2, 5)] + [
