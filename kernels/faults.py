@@ -311,7 +311,7 @@ def _group_more(u, key, ctr, row):
 
     The full rule takes the residual's chunks, then draw 1's in order; counts up to 3 finish within the
     first four chunks unless they repeat, so the same sets as ``_group_events`` wherever the flag is
-    clear. At BER 1e-3 about one group in 2500 needs more than ``_group_fast`` and one in 10^6 more than
+    clear. At BER 1e-3 about one group in 2700 needs more than ``_group_fast`` and one in 10^5 more than
     this: a tile that holds one such group pays a draw and four placements here, not the whole rule.
     """
     n_thr = tl.load(row).to(tl.int32)
