@@ -386,7 +386,8 @@ def group_draw(key, group_index, row):
 
 @triton.jit
 def group_fix(u, key, group_index, row, s0, s1, s2, s3, bad):
-    """The full rule for a tile of ``group_draw`` results where some group is ``bad`` (same sets elsewhere)."""
+    """Finish a tile of ``group_draw`` results where some group is ``bad``: the second stage, then the full
+    rule where that does not suffice (``_group_finish``); the same sets elsewhere."""
     return _group_finish(u, key, group_index.to(tl.uint64) * 64, row, s0, s1, s2, s3, bad)
 
 
