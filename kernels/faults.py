@@ -267,6 +267,17 @@ def _group_events(u, key, ctr, row):
 
 
 @triton.jit
+def _count_hits(u, row):
+    """(u >= C_0, u >= C_1, u >= C_2, C_0, C_1, C_2) for count draws ``u`` against the plan at ``row``
+    (a threshold past the plan's K never hits): the counts 0..3 that both short stages read."""
+    n_thr = tl.load(row).to(tl.int32)
+    c0 = tl.load(row + 2).to(tl.uint64, bitcast=True)
+    c1 = tl.load(row + 3).to(tl.uint64, bitcast=True)
+    c2 = tl.load(row + 4).to(tl.uint64, bitcast=True)
+    return (u >= c0) & (n_thr > 0), (u >= c1) & (n_thr > 1), (u >= c2) & (n_thr > 2), c0, c1, c2
+
+
+@triton.jit
 def _bit(r):
     """1 << r for uint32 ``r`` below 32, else 0 (compiles to one clamped shift)."""
     return tl.where(r < 32, tl.full(r.shape, 1, tl.uint32) << r, 0)
@@ -280,12 +291,7 @@ def _group_fast(u, row):
     The same sets as ``_group_events`` wherever the flag is clear: count k = h0 + h1 (h1 implies h0, the
     thresholds grow), chunk 0 placed when k >= 1, chunk 1 when k = 2 unless it repeats chunk 0 (flagged).
     """
-    n_thr = tl.load(row).to(tl.int32)
-    c0 = tl.load(row + 2).to(tl.uint64, bitcast=True)
-    c1 = tl.load(row + 3).to(tl.uint64, bitcast=True)
-    h0 = (u >= c0) & (n_thr > 0)
-    h1 = (u >= c1) & (n_thr > 1)
-    h2 = (u >= tl.load(row + 4).to(tl.uint64, bitcast=True)) & (n_thr > 2)
+    h0, h1, h2, c0, c1, _ = _count_hits(u, row)
     # only the residual's low 16 bits are used: 32-bit arithmetic suffices
     res = (u.to(tl.uint32) - tl.where(h1, c1.to(tl.uint32), tl.where(h0, c0.to(tl.uint32), 0))) & 0xFFFF
     b0 = res & 127
@@ -314,14 +320,8 @@ def _group_more(u, key, ctr, row):
     clear. At BER 1e-3 about one group in 2700 needs more than ``_group_fast`` and one in 10^5 more than
     this: a tile that holds one such group pays a draw and four placements here, not the whole rule.
     """
-    n_thr = tl.load(row).to(tl.int32)
-    c0 = tl.load(row + 2).to(tl.uint64, bitcast=True)
-    c1 = tl.load(row + 3).to(tl.uint64, bitcast=True)
-    c2 = tl.load(row + 4).to(tl.uint64, bitcast=True)
-    h0 = (u >= c0) & (n_thr > 0)
-    h1 = (u >= c1) & (n_thr > 1)
-    h2 = (u >= c2) & (n_thr > 2)
-    h3 = (u >= tl.load(row + 5).to(tl.uint64, bitcast=True)) & (n_thr > 3)
+    h0, h1, h2, c0, c1, c2 = _count_hits(u, row)
+    h3 = (u >= tl.load(row + 5).to(tl.uint64, bitcast=True)) & (tl.load(row).to(tl.int32) > 3)
     k = h0.to(tl.int32) + h1.to(tl.int32) + h2.to(tl.int32)
     base = tl.where(h2, c2, tl.where(h1, c1, tl.where(h0, c0, 0))).to(tl.uint32)
     res = (u.to(tl.uint32) - base) & 0xFFFF  # the residual's low 16 bits, as in ``_group_events``

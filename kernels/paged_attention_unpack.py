@@ -194,12 +194,7 @@ def _half_nibbles(x, ASM: tl.constexpr):
             _NIB6_PTX, "=h,=h,=h,=h,=h,=h,r", [x], dtype=(tl.float16,) * 6, is_pure=True, pack=1
         )
     else:
-        a0 = _nib(x, 0, tl.float16)
-        a1 = _nib(x, 1, tl.float16)
-        a2 = _nib(x, 2, tl.float16)
-        b0 = _nib(x, 4, tl.float16)
-        b1 = _nib(x, 5, tl.float16)
-        b2 = _nib(x, 6, tl.float16)
+        a0, a1, a2, _, b0, b1, b2, _ = _nibbles(x, False)
     return a0, a1, a2, b0, b1, b2
 
 
